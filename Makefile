@@ -1,0 +1,37 @@
+# The two commands that do everything on a fresh machine: `make demo`, `make test`.
+PYTHON ?= python3.10
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+DEMO_DATA ?= demo/data
+DEMO_OUT ?= demo/out
+DEMO_SLIDES ?= 150
+DEMO_SEED ?= 0
+
+# Transform and TFMA need Keras 2 (tf_keras).
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONWARNINGS := ignore::FutureWarning
+
+.PHONY: install demo test clean
+
+$(INSTALLED): setup.py requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[test]'
+	touch $@
+
+install: $(INSTALLED)
+
+$(DEMO_DATA)/train.csv: $(INSTALLED)
+	$(BIN)/histopipe synth --out $(DEMO_DATA) --slides $(DEMO_SLIDES) --seed $(DEMO_SEED)
+
+demo: $(DEMO_DATA)/train.csv
+	rm -rf $(DEMO_OUT)
+	$(BIN)/histopipe run --data $(DEMO_DATA) --out $(DEMO_OUT) --preset demo
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

@@ -1,0 +1,237 @@
+"""Synthetic PANDA-style prostate biopsy slides, for demos and tests.
+
+Real PANDA slides cannot be downloaded here, so the generator writes files in
+the same format (JPEG-compressed, tiled, pyramidal TIFF with three levels at
+downsample 1, 4 and 16, plus a `train.csv` with
+`image_id,data_provider,isup_grade,gleason_score`), and draws morphology that
+depends on the ISUP grade so that a model has something real to learn:
+
+* grade 0 (benign): few, large, round glands with wide white lumens, sparse
+  small nuclei in pink stroma;
+* rising grade: glands get smaller and more crowded, lumens shrink, nuclei get
+  denser, larger and darker (hyperchromasia and pleomorphism);
+* grade 5: glands are lost into solid sheets of crowded dark nuclei.
+
+Tissue is one to three thin elongated cores (as in needle biopsies) at a random
+position and rotation on a white background.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import os
+from typing import Callable, Iterator, List, Optional
+
+import cv2
+import numpy as np
+import tifffile
+
+# The pyramid of a PANDA file: level k has downsample PANDA_DOWNSAMPLES[k].
+PANDA_DOWNSAMPLES = (1, 4, 16)
+# Radboud scans are about 0.48 um/px at level 0; stated in the TIFF resolution.
+LEVEL0_MPP = 0.5
+TIFF_TILE_SIZE = 256
+
+PROVIDERS = ("radboud", "karolinska")
+# ISUP grade -> Gleason scores that map to it (PANDA's train.csv vocabulary).
+GLEASON_BY_ISUP = {
+    0: ("0+0", "negative"),
+    1: ("3+3",),
+    2: ("3+4",),
+    3: ("4+3",),
+    4: ("4+4", "3+5", "5+3"),
+    5: ("4+5", "5+4", "5+5"),
+}
+
+STROMA_RGB = (232, 178, 208)  # eosin pink
+BACKGROUND_RGB = (243, 243, 245)  # glass, slightly off-white like a scanner
+EPITHELIUM_RGB = (205, 150, 200)
+NUCLEUS_RGB_BENIGN = (120, 80, 160)
+NUCLEUS_RGB_MALIGNANT = (55, 25, 105)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradeMorphology:
+  """What the generator draws for one ISUP grade (sizes in level-0 pixels)."""
+  gland_radius: float  # mean gland radius
+  glands_per_megapixel: float  # gland centres per 10^6 px of tissue
+  lumen_fraction: float  # lumen radius / gland radius
+  nuclei_per_megapixel: float  # stromal and epithelial nuclei density
+  nucleus_radius: float
+  nucleus_darkness: float  # 0 = benign colour, 1 = darkest malignant colour
+
+
+def morphology_for_grade(isup_grade: int) -> GradeMorphology:
+  """Monotone in grade: smaller, denser glands; denser, darker nuclei."""
+  if not 0 <= isup_grade <= 5:
+    raise ValueError(f"ISUP grade must be 0..5, got {isup_grade}")
+  g = isup_grade
+  return GradeMorphology(
+      gland_radius=60.0 - 9.0 * g,
+      glands_per_megapixel=25.0 + 30.0 * g if g < 5 else 40.0,
+      lumen_fraction=max(0.0, 0.65 - 0.13 * g),
+      nuclei_per_megapixel=900.0 + 900.0 * g,
+      nucleus_radius=3.5 + 0.7 * g,
+      nucleus_darkness=g / 5.0,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSlide:
+  image_id: str
+  path: str
+  data_provider: str
+  isup_grade: int
+  gleason_score: str
+
+
+def _mix(a, b, t: float):
+  return tuple(int(round((1 - t) * x + t * y)) for x, y in zip(a, b))
+
+
+def _tissue_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+  """One to three thin, rotated cores; at least 5% of the slide is tissue."""
+  mask = np.zeros((height, width), np.uint8)
+  for _ in range(int(rng.integers(1, 4))):
+    center = (int(rng.uniform(0.3, 0.7) * width), int(rng.uniform(0.3, 0.7) * height))
+    long_axis = int(rng.uniform(0.30, 0.45) * min(width, height) * 1.4)
+    short_axis = int(rng.uniform(0.06, 0.10) * min(width, height))
+    angle = float(rng.uniform(0, 180))
+    cv2.ellipse(mask, center, (long_axis, short_axis), angle, 0, 360, 255, -1)
+  # Ragged edges: erode/dilate with noise so the border is not a perfect ellipse.
+  noise = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), 6)
+  edge = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 8)
+  return (edge + 0.6 * (noise - noise.mean()) * 4) > 0.5
+
+
+def render_tissue(rng: np.random.Generator, height: int, width: int,
+                  isup_grade: int) -> np.ndarray:
+  """Level-0 RGB image of one biopsy with grade-dependent morphology."""
+  morph = morphology_for_grade(isup_grade)
+  mask = _tissue_mask(rng, height, width)
+  tissue = np.empty((height, width, 3), np.uint8)
+  tissue[:] = STROMA_RGB
+  tissue_area = float(mask.sum())
+  ys, xs = np.nonzero(mask[::4, ::4])
+  if len(ys) == 0:
+    raise RuntimeError("synthetic tissue mask is empty")
+
+  def random_points(per_megapixel: float) -> Iterator[tuple]:
+    count = int(per_megapixel * tissue_area / 1e6)
+    picks = rng.integers(0, len(ys), count)
+    for i in picks:
+      yield int(xs[i] * 4 + rng.integers(0, 4)), int(ys[i] * 4 + rng.integers(0, 4))
+
+  if isup_grade < 5:
+    for cx, cy in random_points(morph.glands_per_megapixel):
+      radius = max(4, int(rng.normal(morph.gland_radius, 0.2 * morph.gland_radius)))
+      axes = (radius, max(3, int(radius * rng.uniform(0.7, 1.0))))
+      angle = float(rng.uniform(0, 180))
+      cv2.ellipse(tissue, (cx, cy), axes, angle, 0, 360, EPITHELIUM_RGB, -1)
+      if morph.lumen_fraction > 0:
+        lumen = tuple(max(1, int(a * morph.lumen_fraction)) for a in axes)
+        cv2.ellipse(tissue, (cx, cy), lumen, angle, 0, 360, BACKGROUND_RGB, -1)
+  else:
+    # Solid sheets: large epithelial patches without lumens.
+    for cx, cy in random_points(morph.glands_per_megapixel):
+      radius = int(rng.uniform(60, 120))
+      cv2.circle(tissue, (cx, cy), radius, EPITHELIUM_RGB, -1)
+
+  nucleus_rgb = _mix(NUCLEUS_RGB_BENIGN, NUCLEUS_RGB_MALIGNANT, morph.nucleus_darkness)
+  for cx, cy in random_points(morph.nuclei_per_megapixel):
+    radius = max(1, int(rng.normal(morph.nucleus_radius, 0.25 * morph.nucleus_radius)))
+    jitter = rng.integers(-12, 13, 3)
+    colour = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(nucleus_rgb, jitter))
+    cv2.circle(tissue, (cx, cy), radius, colour, -1)
+
+  # Scanner-like texture: slight blur and noise, then put tissue on glass.
+  tissue = cv2.GaussianBlur(tissue, (0, 0), 0.8)
+  noise = rng.normal(0, 4, tissue.shape)
+  tissue = np.clip(tissue.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+  slide = np.empty_like(tissue)
+  slide[:] = BACKGROUND_RGB
+  slide[mask] = tissue[mask]
+  return slide
+
+
+def pyramid(level0: np.ndarray, downsamples=PANDA_DOWNSAMPLES) -> List[np.ndarray]:
+  """Area-averaged levels; level k is ceil(size / downsample_k) as in PANDA."""
+  height, width = level0.shape[:2]
+  levels = []
+  for downsample in downsamples:
+    if downsample == 1:
+      levels.append(level0)
+      continue
+    size = (-(-width // downsample), -(-height // downsample))
+    levels.append(cv2.resize(level0, size, interpolation=cv2.INTER_AREA))
+  return levels
+
+
+def write_pyramidal_tiff(path: str, levels: List[np.ndarray],
+                         level0_mpp: float = LEVEL0_MPP,
+                         jpeg_quality: int = 90,
+                         tile_size: int = TIFF_TILE_SIZE) -> None:
+  """PANDA layout: one tiled JPEG IFD per level, largest first."""
+  pixels_per_cm0 = 1e4 / level0_mpp
+  with tifffile.TiffWriter(path) as tif:
+    for index, level in enumerate(levels):
+      downsample = levels[0].shape[1] / level.shape[1]
+      tif.write(
+          level,
+          photometric="rgb",
+          tile=(tile_size, tile_size),
+          compression="jpeg",
+          compressionargs={"level": jpeg_quality},
+          subfiletype=1 if index else 0,
+          resolution=(pixels_per_cm0 / downsample, pixels_per_cm0 / downsample),
+          resolutionunit="CENTIMETER",
+          metadata=None,
+      )
+
+
+def _image_id(seed: int, index: int) -> str:
+  # PANDA ids are 32 hex characters; derive them from the seed for determinism.
+  return hashlib.md5(f"histopipe-synth-{seed}-{index}".encode()).hexdigest()
+
+
+def write_dataset(out_dir: str, slides: int, seed: int = 0,
+                  level0_size: tuple = (3072, 2048),
+                  progress: Optional[Callable[[int, int], None]] = None
+                  ) -> List[SyntheticSlide]:
+  """Writes `slides` TIFFs under `out_dir/train_images/` and `out_dir/train.csv`.
+
+  Grades cycle through 0..5 in a shuffled order so every grade is present
+  whenever `slides >= 6` (real PANDA is skewed towards 0 and 1; the demo wants
+  every class represented in a small sample).
+  """
+  if slides < 1:
+    raise ValueError("slides must be >= 1")
+  width, height = level0_size
+  rng = np.random.default_rng(seed)
+  grades = np.tile(np.arange(6), -(-slides // 6))[:slides]
+  rng.shuffle(grades)
+  images_dir = os.path.join(out_dir, "train_images")
+  os.makedirs(images_dir, exist_ok=True)
+  written = []
+  for index, grade in enumerate(grades):
+    grade = int(grade)
+    slide_rng = np.random.default_rng([seed, index])
+    image_id = _image_id(seed, index)
+    provider = PROVIDERS[int(slide_rng.integers(0, 2))]
+    choices = GLEASON_BY_ISUP[grade]
+    gleason = choices[int(slide_rng.integers(0, len(choices)))]
+    path = os.path.join(images_dir, f"{image_id}.tiff")
+    level0 = render_tissue(slide_rng, height, width, grade)
+    write_pyramidal_tiff(path, pyramid(level0))
+    written.append(SyntheticSlide(image_id, path, provider, grade, gleason))
+    if progress:
+      progress(index + 1, slides)
+  with open(os.path.join(out_dir, "train.csv"), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image_id", "data_provider", "isup_grade", "gleason_score"])
+    for slide in written:
+      writer.writerow([slide.image_id, slide.data_provider, slide.isup_grade,
+                       slide.gleason_score])
+  return written

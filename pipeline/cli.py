@@ -1,0 +1,95 @@
+"""The `histopipe` command: synthesize slides, run the pipeline."""
+
+from __future__ import annotations
+
+import os
+
+# Transform and TFMA need Keras 2; must be set before TensorFlow is imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+
+def _progress_printer(label: str):
+  start = time.time()
+
+  def report(done: int, total: int) -> None:
+    elapsed = max(time.time() - start, 1e-9)
+    end = "\n" if done == total else "\r"
+    print(f"{label}: {done}/{total} ({done / elapsed:.1f}/s)", end=end, flush=True)
+
+  return report
+
+
+def _synth(args) -> int:
+  from components import synthetic
+  slides = synthetic.write_dataset(
+      args.out, args.slides, seed=args.seed,
+      level0_size=(args.width, args.height),
+      progress=_progress_printer("synthesizing slides"))
+  grades = sorted({s.isup_grade for s in slides})
+  print(f"wrote {len(slides)} slides to {os.path.join(args.out, 'train_images')} "
+        f"and labels to {os.path.join(args.out, 'train.csv')} (grades {grades})")
+  return 0
+
+
+def _run(args) -> int:
+  from pipeline import run_summary
+  from pipeline.configs import load_config
+  from pipeline.local_runner import run_local
+  config = load_config(args.config, preset=args.preset)
+  start = time.time()
+  paths = run_local(config, args.data, args.out)
+  summary = run_summary.summarize(paths)
+  summary.seconds = time.time() - start
+  print(run_summary.format_summary(summary))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="histopipe",
+      description="Whole-slide images to a served MIL model: a TFX pipeline "
+      "(SlideExampleGen, Transform, Trainer, Evaluator, Pusher).")
+  commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  synth = commands.add_parser(
+      "synth", help="write a synthetic PANDA-style dataset",
+      description="Write PANDA-format slides (JPEG-compressed tiled pyramidal "
+      "TIFF, levels at downsample 1/4/16) under OUT/train_images/ and labels "
+      "in OUT/train.csv. Morphology depends on the ISUP grade.")
+  synth.add_argument("--out", required=True, help="output folder")
+  synth.add_argument("--slides", type=int, required=True, help="number of slides")
+  synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+  synth.add_argument("--width", type=int, default=2048,
+                     help="level-0 width in pixels (default 2048)")
+  synth.add_argument("--height", type=int, default=1536,
+                     help="level-0 height in pixels (default 1536)")
+  synth.set_defaults(handler=_synth)
+
+  run = commands.add_parser(
+      "run", help="run the whole pipeline locally (LocalDagRunner)",
+      description="Run SlideExampleGen through Pusher on DATA with "
+      "LocalDagRunner. OUT receives pipeline_root/, metadata.sqlite (ML "
+      "Metadata) and serving_model/<version>/ (the pushed SavedModel).")
+  run.add_argument("--data", required=True,
+                   help="data folder: train.csv and train_images/*.tiff")
+  run.add_argument("--out", required=True, help="output folder")
+  run.add_argument("--config", help="JSON file overriding fields of the preset")
+  run.add_argument("--preset", default="demo", choices=["demo", "full"],
+                   help="configuration preset (default demo)")
+  run.set_defaults(handler=_run)
+  return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  return args.handler(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

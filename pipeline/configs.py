@@ -1,0 +1,177 @@
+"""Every setting of the pipeline, in one typed place.
+
+The CLI, the local runner, the Kubeflow compiler, the SlideExampleGen executor
+and the trainer module all read these dataclasses; nothing is copied between
+files. Presets: `demo` (fits `make demo` on a 2-core CPU) and `full`
+(PANDA-like: 36 tiles of 256 px from the middle level, 224 px model input).
+A JSON file given with `--config` overrides any field of a preset:
+
+    {"preset": "demo", "training": {"epochs": 30}, "tiling": {"tiles_per_slide": 12}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Optional, Tuple
+
+ISUP_GRADES = 6  # ISUP grade group 0 (benign) .. 5
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingConfig:
+  """How SlideExampleGen cuts a slide into a bag of tiles."""
+  tiles_per_slide: int = 16
+  tile_size: int = 256  # pixels at the chosen level
+  level: int = 1  # pyramid level index; PANDA's middle level is downsample 4
+  min_tissue_fraction: float = 0.25  # tiles with less tissue are not taken
+  tile_format: str = "png"  # "png" (lossless) or "jpeg"
+  jpeg_quality: int = 90
+  resize_to: int = 0  # 0 keeps tile_size; otherwise tiles are resized to this
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where slides and labels are inside the data folder."""
+  slide_pattern: str = "train_images/*.tif*"  # relative to the data folder
+  labels_file: str = "train.csv"
+  eval_buckets: int = 1  # eval share = eval_buckets / (train + eval)
+  train_buckets: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The MIL model: a shared backbone over the tiles of a bag, then pooling."""
+  backbone: str = "resnet50"
+  input_size: int = 224  # tiles are resized to this before the backbone
+  pooling: str = "gated_attention"
+  attention_units: int = 128
+  dense_units: int = 512
+  dropout: float = 0.3
+  imagenet_weights: str = ""  # path to a .h5 file, "imagenet" for the Keras cache, "" random
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+  batch_size: int = 8  # bags per batch
+  epochs: int = 30
+  steps_per_epoch: int = 0  # 0: one pass over the training split
+  learning_rate: float = 1e-4
+  warmup_epochs: int = 1
+  eval_batch_size: int = 8
+  seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+  """The Evaluator's gate on quadratic weighted kappa."""
+  min_kappa: float = 0.3  # the value threshold
+  # A new model may be at most this much worse than the last blessed one.
+  max_kappa_drop: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  name: str = "histopipe"
+  preset: str = "full"
+  data: DataConfig = DataConfig()
+  tiling: TilingConfig = TilingConfig()
+  model: ModelConfig = ModelConfig()
+  training: TrainingConfig = TrainingConfig()
+  evaluation: EvaluationConfig = EvaluationConfig()
+  # Extra Beam flags for every Beam-based component (ExampleGen, StatisticsGen,
+  # Transform, Evaluator), e.g. ["--direct_num_workers=2"].
+  beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",
+                                         "--direct_num_workers=1")
+
+  @property
+  def num_classes(self) -> int:
+    return ISUP_GRADES
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: Dict[str, Any]) -> "PipelineConfig":
+    return _build(cls, values, path="config")
+
+  @classmethod
+  def from_json(cls, text: str) -> "PipelineConfig":
+    return cls.from_dict(json.loads(text))
+
+
+def _build(cls, values: Dict[str, Any], path: str):
+  """Builds a (nested) dataclass from a dict, rejecting unknown keys."""
+  if not isinstance(values, dict):
+    raise ValueError(f"{path} must be a JSON object")
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; "
+                     f"known: {', '.join(sorted(fields))}")
+  defaults = cls()  # every config class has a default for every field
+  kwargs = {}
+  for name, value in values.items():
+    default = getattr(defaults, name)
+    if dataclasses.is_dataclass(default):
+      kwargs[name] = _build(type(default), value, f"{path}.{name}")
+    elif isinstance(default, tuple):
+      kwargs[name] = tuple(value)
+    else:
+      kwargs[name] = value
+  return cls(**kwargs)
+
+
+def full_config() -> PipelineConfig:
+  """PANDA-like: 36 tiles of 256 px at downsample 4, resized to 224 for ResNet50."""
+  return PipelineConfig(
+      preset="full",
+      tiling=TilingConfig(tiles_per_slide=36, tile_size=256, level=1),
+      model=ModelConfig(backbone="resnet50", input_size=224),
+      training=TrainingConfig(batch_size=4, epochs=30, learning_rate=1e-4),
+      evaluation=EvaluationConfig(min_kappa=0.6, max_kappa_drop=0.02),
+      beam_pipeline_args=("--direct_running_mode=multi_processing",
+                          "--direct_num_workers=0"),
+  )
+
+
+def demo_config() -> PipelineConfig:
+  """Fits `make demo` in minutes on 2 CPU cores: 8 tiles of 64 px per bag."""
+  return PipelineConfig(
+      preset="demo",
+      tiling=TilingConfig(tiles_per_slide=8, tile_size=64, level=1,
+                          min_tissue_fraction=0.5),
+      model=ModelConfig(backbone="resnet50", input_size=64, dense_units=128,
+                        attention_units=64, dropout=0.2),
+      training=TrainingConfig(batch_size=8, epochs=12, learning_rate=1e-3),
+      evaluation=EvaluationConfig(min_kappa=0.3, max_kappa_drop=0.1),
+  )
+
+
+PRESETS = {"demo": demo_config, "full": full_config}
+
+
+def load_config(path: Optional[str] = None, preset: str = "demo") -> PipelineConfig:
+  """A preset, optionally overridden by a JSON file (which may name its preset)."""
+  overrides: Dict[str, Any] = {}
+  if path:
+    with open(path) as f:
+      overrides = json.load(f)
+    preset = overrides.pop("preset", preset)
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+  merged = _merge(PRESETS[preset]().to_dict(), overrides)
+  return PipelineConfig.from_dict(merged)
+
+
+def _merge(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+  merged = dict(base)
+  for key, value in overrides.items():
+    if isinstance(value, dict) and isinstance(merged.get(key), dict):
+      merged[key] = _merge(merged[key], value)
+    else:
+      merged[key] = value
+  return merged

@@ -1,0 +1,33 @@
+"""histopipe: whole-slide images to a served MIL model, as a TFX pipeline.
+
+This file also ships the code to Beam workers (`--setup_file=./setup.py`).
+Exact versions live in requirements/constraints.txt; install with
+`pip install -c requirements/constraints.txt -e .` so pip never backtracks.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="histopipe",
+    version="0.1.0",
+    description="TFX pipeline for deep learning on histopathology whole-slide images",
+    python_requires=">=3.9,<3.11",
+    packages=find_packages(include=["pipeline", "pipeline.*", "components",
+                                    "components.*", "trainer", "trainer.*",
+                                    "kubeflow", "kubeflow.*"]),
+    install_requires=[
+        "tfx[kfp]==1.16.0",
+        "apache-beam[gcp]==2.59.0",
+        "tensorflow==2.16.2",
+        "tensorflow-transform==1.16.0",
+        "tensorflow-model-analysis==0.47.1",
+        "tf-keras==2.16.0",
+        "tensorflow-serving-api==2.16.1",
+        "tifffile",
+        "imagecodecs",
+        "opencv-python-headless",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["histopipe=pipeline.cli:main"]},
+)

@@ -1,0 +1,48 @@
+"""Quadratic weighted kappa agrees with scikit-learn's, in numpy and as a Keras metric."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.metrics import cohen_kappa_score
+
+from trainer.metrics import (QuadraticWeightedKappa, ordinal_grade_from_probabilities,
+                             quadratic_weighted_kappa)
+
+
+def _one_hot(grades, classes=6):
+  return np.eye(classes, dtype=np.float32)[grades]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kappa_matches_sklearn(seed):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 6, 200)
+  predicted = np.clip(labels + rng.integers(-2, 3, 200), 0, 5)
+  expected = cohen_kappa_score(labels, predicted, weights="quadratic")
+  confusion = np.zeros((6, 6))
+  np.add.at(confusion, (labels, predicted), 1)
+  assert quadratic_weighted_kappa(confusion) == pytest.approx(expected)
+
+  metric = QuadraticWeightedKappa(num_classes=6)
+  for start in range(0, 200, 64):  # batches accumulate
+    metric.update_state(labels[start:start + 64, None], _one_hot(predicted[start:start + 64]))
+  assert float(metric.result()) == pytest.approx(expected, abs=1e-5)
+  metric.reset_state()
+  assert float(metric.result()) == 0.0
+
+
+def test_perfect_and_reversed_predictions():
+  labels = np.array([0, 1, 2, 3, 4, 5])
+  metric = QuadraticWeightedKappa()
+  metric.update_state(labels, _one_hot(labels))
+  assert float(metric.result()) == pytest.approx(1.0)
+  metric.reset_state()
+  metric.update_state(labels, _one_hot(5 - labels))
+  assert float(metric.result()) == pytest.approx(-1.0)
+
+
+def test_grade_from_probabilities_is_the_median_class():
+  probabilities = tf.constant([[0.3, 0.3, 0.4, 0, 0, 0],  # P(>=2) = 0.4 -> grade 1
+                               [0.05, 0.05, 0.05, 0.05, 0.05, 0.75],
+                               [1, 0, 0, 0, 0, 0]])
+  assert ordinal_grade_from_probabilities(probabilities).numpy().tolist() == [1, 5, 0]

@@ -1,0 +1,111 @@
+"""MIL model: ordinal outputs, masking of padding, augmentation only in training."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline.configs import ModelConfig
+from trainer import features
+from trainer.model import build_backbone, build_mil_model, ordinal_outputs, ordinal_targets
+from trainer.preprocessing import augment_bags
+
+TINY_MODEL = ModelConfig(backbone="resnet50", input_size=32, dense_units=16,
+                         attention_units=8, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def mil_model():
+  return build_mil_model(TINY_MODEL, tiles_per_slide=4, num_classes=6)
+
+
+def test_ordinal_targets_and_decoding_round_trip():
+  targets = ordinal_targets(tf.constant([0, 3, 5]), 6).numpy()
+  np.testing.assert_array_equal(targets, [[0, 0, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+  logits = tf.constant(np.where(targets > 0, 5.0, -5.0), tf.float32)
+  decoded = ordinal_outputs(logits)
+  assert decoded[features.GRADE].numpy().tolist() == [0, 3, 5]
+  assert decoded[features.PROBABILITIES].numpy().argmax(-1).tolist() == [0, 3, 5]
+
+
+def test_probabilities_are_a_distribution_even_for_non_monotone_logits():
+  logits = tf.constant([[2.0, -1.0, 3.0, 0.5, -2.0], [-3.0, 4.0, 4.0, -4.0, 1.0]])
+  probabilities = ordinal_outputs(logits)[features.PROBABILITIES].numpy()
+  assert (probabilities >= 0).all()
+  np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-6)
+
+
+def _bag(rng, valid):
+  tiles = rng.normal(size=(1, 4, 32, 32, 3)).astype(np.float32)
+  return {features.TILES_XF: tiles,
+          features.TILE_VALID_XF: np.array([valid], np.float32)}
+
+
+def test_padding_tiles_never_change_the_output(mil_model):
+  rng = np.random.default_rng(0)
+  bag = _bag(rng, [1, 1, 0, 0])
+  other = dict(bag)
+  other[features.TILES_XF] = bag[features.TILES_XF].copy()
+  other[features.TILES_XF][0, 2:] = rng.normal(size=(2, 32, 32, 3)) * 10
+  first = mil_model(bag, training=False)
+  second = mil_model(other, training=False)
+  np.testing.assert_allclose(first[features.PROBABILITIES], second[features.PROBABILITIES],
+                             atol=1e-5)
+  attention = first[features.ATTENTION].numpy()[0]
+  assert attention[2:].tolist() == [0.0, 0.0]
+  assert attention.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_model_trains_one_step(mil_model):
+  from pipeline.configs import PipelineConfig
+  from trainer.task import compile_model
+  compile_model(mil_model, PipelineConfig(model=TINY_MODEL))
+  rng = np.random.default_rng(1)
+  bag = _bag(rng, [1, 1, 1, 0])
+  labels = np.array([[3]])
+  targets = {features.ORDINAL_LOGITS: ordinal_targets(labels, 6),
+             features.PROBABILITIES: labels}
+  before = [w.numpy().copy() for w in mil_model.trainable_weights[-2:]]
+  result = mil_model.train_on_batch(bag, targets, return_dict=True)
+  assert np.isfinite(result["loss"])
+  after = [w.numpy() for w in mil_model.trainable_weights[-2:]]
+  assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_imagenet_weights_load_from_a_local_file(tmp_path):
+  config = dataclasses.replace(TINY_MODEL)
+  source = build_backbone(config)
+  path = str(tmp_path / "resnet50_notop.h5")
+  source.save_weights(path)
+  loaded = build_backbone(dataclasses.replace(config, imagenet_weights=path))
+  for a, b in zip(source.weights, loaded.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  with pytest.raises(FileNotFoundError, match="weights file not found"):
+    build_backbone(dataclasses.replace(config, imagenet_weights=str(tmp_path / "none.h5")))
+
+
+def test_augmentation_flips_rotates_and_shuffles_but_keeps_tiles():
+  rng = np.random.default_rng(2)
+  tiles = rng.normal(size=(8, 4, 8, 8, 3)).astype(np.float32)
+  valid = np.tile(np.array([[1, 1, 1, 0]], np.float32), (8, 1))
+  batch = {features.TILES_XF: tf.constant(tiles), features.TILE_VALID_XF: tf.constant(valid)}
+  out = augment_bags(batch, seed=3)
+  out_tiles = out[features.TILES_XF].numpy()
+  assert not np.array_equal(out_tiles, tiles)  # something happened
+  changed = 0
+  for b in range(8):
+    # Each output tile is one of the 8 dihedral transforms of an input tile
+    # of the same bag, and the valid flag moved with it.
+    for i in range(4):
+      source = None
+      for j in range(4):
+        variants = [np.rot90(t, k) for t in (tiles[b, j], tiles[b, j][:, ::-1])
+                    for k in range(4)]
+        if any(np.allclose(out_tiles[b, i], v) for v in variants):
+          source = j
+      assert source is not None
+      assert out[features.TILE_VALID_XF].numpy()[b, i] == valid[b, source]
+      changed += not np.allclose(out_tiles[b, i], tiles[b, i])
+  assert changed > 8

@@ -1,0 +1,65 @@
+"""The DAG: every component, wired in data-flow order, from one config."""
+
+import json
+
+import tensorflow_model_analysis as tfma
+
+from pipeline import pipeline as pipeline_dag
+from pipeline.configs import demo_config
+
+EXPECTED_UPSTREAM = {
+    "SlideExampleGen": set(),
+    "StatisticsGen": {"SlideExampleGen"},
+    "SchemaGen": {"StatisticsGen"},
+    "ExampleValidator": {"StatisticsGen", "SchemaGen"},
+    "Transform": {"SlideExampleGen", "SchemaGen"},
+    "Trainer": {"SlideExampleGen", "Transform", "SchemaGen"},
+    "latest_blessed_model_resolver": set(),
+    "Evaluator": {"SlideExampleGen", "Trainer", "latest_blessed_model_resolver"},
+    "Pusher": {"Trainer", "Evaluator"},
+}
+
+
+def _dag(tmp_path, config=None):
+  return pipeline_dag.create_pipeline(
+      config or demo_config(), data_root=str(tmp_path / "data"),
+      pipeline_root=str(tmp_path / "root"), serving_model_dir=str(tmp_path / "serving"))
+
+
+def test_every_component_with_its_upstream(tmp_path):
+  dag = _dag(tmp_path)
+  upstream = {c.id: {u.id for u in c.upstream_nodes} for c in dag.components}
+  assert upstream == EXPECTED_UPSTREAM
+
+
+def test_components_get_the_config(tmp_path):
+  config = demo_config()
+  components = {c.id: c for c in _dag(tmp_path, config).components}
+  trainer = components["Trainer"]
+  assert json.loads(trainer.exec_properties["custom_config"])["config"] == config.to_json()
+  assert trainer.exec_properties["run_fn"] == pipeline_dag.RUN_FN
+  transform = components["Transform"]
+  assert transform.exec_properties["preprocessing_fn"] == pipeline_dag.PREPROCESSING_FN
+  # Keep bags encoded on disk: the transform graph runs in the Trainer.
+  assert not transform.spec.outputs.get("transformed_examples")
+  from components.slide_example_gen import config_from_exec_properties
+  example_gen = components["SlideExampleGen"]
+  assert config_from_exec_properties(
+      {"custom_config": example_gen.exec_properties["custom_config"]}) == config
+  output = json.loads(example_gen.exec_properties["output_config"])
+  assert output["split_config"]["partition_feature_name"] == "patient_id"
+  assert list(config.beam_pipeline_args) == _dag(tmp_path, config).beam_pipeline_args
+
+
+def test_gate_thresholds_come_from_the_config():
+  config = demo_config()
+  eval_config = pipeline_dag.eval_config(config)
+  kappa = [m for m in eval_config.metrics_specs[0].metrics
+           if m.class_name == "QuadraticWeightedKappa"][0]
+  assert kappa.module == "trainer.metrics"
+  (per_slice,) = kappa.per_slice_thresholds
+  assert list(per_slice.slicing_specs) == [tfma.SlicingSpec()]  # overall slice only
+  threshold = per_slice.threshold
+  assert threshold.value_threshold.lower_bound.value == config.evaluation.min_kappa
+  assert threshold.change_threshold.absolute.value == -config.evaluation.max_kappa_drop
+  assert [s.feature_keys for s in eval_config.slicing_specs] == [[], ["data_provider"]]

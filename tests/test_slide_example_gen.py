@@ -1,0 +1,100 @@
+"""SlideExampleGen's Beam stages: every slide ends up written or rejected with a reason."""
+
+import csv
+import os
+import shutil
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.testing.util import assert_that, equal_to
+
+from components import bag_features
+from components.labels import LabelFileError
+from components.slide_example_gen import (REJECTS_FILE, TileSlides, WriteSlideReport,
+                                          plan_slides)
+from pipeline.configs import TilingConfig
+
+TINY = TilingConfig(tiles_per_slide=4, tile_size=32, level=1, min_tissue_fraction=0.5)
+PATTERN = "train_images/*.tif*"
+
+
+@pytest.fixture()
+def messy_dataset(tiny_dataset, tmp_path):
+  """The tiny dataset plus every kind of bad input next to six good slides."""
+  source, slides = tiny_dataset
+  data = tmp_path / "data"
+  images = data / "train_images"
+  images.mkdir(parents=True)
+  good = slides[:6]
+  for slide in good:
+    shutil.copy(slide.path, images)
+  (images / "emptyfile.tiff").write_bytes(b"")
+  (images / "notatiff.tiff").write_text("hello")
+  truncated = open(slides[6].path, "rb").read()
+  (images / "truncated.tiff").write_bytes(truncated[:len(truncated) // 4])
+  shutil.copy(slides[7].path, images / "unlabelled.tiff")
+  rows = [f"{s.image_id},{s.data_provider},{s.isup_grade},{s.gleason_score}" for s in good]
+  rows += [f"{name},radboud,1,3+3" for name in
+           ("emptyfile", "notatiff", "truncated", "nofile")]
+  (data / "train.csv").write_text(
+      "image_id,data_provider,isup_grade,gleason_score\n" + "\n".join(rows) + "\n")
+  return data, good
+
+
+def test_plan_joins_labels_and_files(messy_dataset):
+  data, good = messy_dataset
+  tasks = {t.image_id: t for t in plan_slides(str(data), PATTERN, "train.csv")}
+  assert len(tasks) == 6 + 5
+  assert tasks["nofile"].path == "" and tasks["nofile"].label is not None
+  assert tasks["unlabelled"].label is None and tasks["unlabelled"].path
+
+
+def test_bad_label_file_fails_before_tiling(messy_dataset):
+  data, _ = messy_dataset
+  with open(data / "train.csv", "a") as f:
+    f.write("extra,radboud,9,5+5\n")
+  with pytest.raises(LabelFileError, match="isup_grade 9 is outside"):
+    plan_slides(str(data), PATTERN, "train.csv")
+
+
+def test_every_slide_is_written_or_rejected_with_its_reason(messy_dataset, tmp_path):
+  data, good = messy_dataset
+  tasks = plan_slides(str(data), PATTERN, "train.csv")
+  report_dir = str(tmp_path / "report")
+  with beam.Pipeline() as pipeline:
+    results = (pipeline | beam.Create(tasks) | TileSlides(TINY, "train.csv"))
+    image_ids = results.examples | beam.Map(
+        lambda e: e.features.feature[bag_features.IMAGE_ID].bytes_list.value[0].decode())
+    assert_that(image_ids, equal_to([s.image_id for s in good]))
+    _ = results.outcomes | WriteSlideReport(report_dir)
+
+  with open(os.path.join(report_dir, REJECTS_FILE)) as f:
+    rejects = {r["image_id"]: r["reason"] for r in csv.DictReader(f)}
+  assert set(rejects) == {"emptyfile", "notatiff", "truncated", "nofile", "unlabelled"}
+  assert rejects["emptyfile"] == "empty file"
+  assert "not a readable TIFF" in rejects["notatiff"]
+  assert rejects["nofile"] == "labelled slide has no file"
+  assert rejects["unlabelled"] == "slide file has no label in train.csv"
+  assert rejects["truncated"]
+
+
+def test_bag_example_carries_label_and_metadata(tiny_dataset):
+  _, slides = tiny_dataset
+  tasks = [t for t in plan_slides(str(tiny_dataset[0]), PATTERN, "train.csv")
+           if t.image_id == slides[0].image_id]
+  with beam.Pipeline() as pipeline:
+    results = pipeline | beam.Create(tasks) | TileSlides(TINY, "train.csv")
+    serialized = results.examples | beam.Map(lambda e: e.SerializeToString())
+    parsed = serialized | beam.Map(lambda s: tf.train.Example.FromString(s))
+
+    def check(examples):
+      (example,) = examples
+      f = example.features.feature
+      assert f[bag_features.LABEL].int64_list.value == [slides[0].isup_grade]
+      assert f[bag_features.PATIENT_ID].bytes_list.value == [slides[0].image_id.encode()]
+      assert f[bag_features.GLEASON_SCORE].bytes_list.value == [slides[0].gleason_score.encode()]
+      assert len(f[bag_features.TILES].bytes_list.value) == 4
+      assert f[bag_features.LEVEL_DOWNSAMPLE].float_list.value == [4.0]
+      assert f[bag_features.MPP].float_list.value[0] == pytest.approx(0.5)
+    assert_that(parsed, check)

@@ -1,0 +1,22 @@
+"""Names the trainer module uses, derived from the bag's feature keys."""
+
+from components import bag_features
+
+LABEL_KEY = bag_features.LABEL
+# Raw features the model needs at serving time; everything else in a bag is
+# metadata that serving clients need not send.
+MODEL_INPUT_KEYS = (bag_features.TILES, bag_features.TILE_VALID)
+
+
+def transformed_name(key: str) -> str:
+  return key + "_xf"
+
+
+TILES_XF = transformed_name(bag_features.TILES)  # float [N, size, size, 3], normalized
+TILE_VALID_XF = transformed_name(bag_features.TILE_VALID)  # float [N], 1 real / 0 pad
+
+# Model outputs (serving signature keys).
+GRADE = "grade"
+PROBABILITIES = "probabilities"
+ATTENTION = "attention"
+ORDINAL_LOGITS = "ordinal_logits"

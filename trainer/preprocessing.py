@@ -1,0 +1,91 @@
+"""Transform: decode, resize and normalize the tiles of a bag.
+
+The per-channel mean and standard deviation come from TFT analyzers over the
+training split and are baked into the transform graph, so serving applies the
+training normalization exactly. Padding tiles (tile_valid = 0) are left out of
+the statistics: they are white and would bias them towards glass.
+
+Augmentation lives here too, as a plain TF function that the Trainer applies to
+training batches only; it is never part of the transform graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from components import bag_features
+from pipeline.configs import PipelineConfig
+from trainer import features
+
+
+def decode_tiles(encoded: tf.Tensor, input_size: int) -> tf.Tensor:
+  """[B, N] encoded PNG/JPEG strings -> float32 [B, N, size, size, 3] in 0..255."""
+  batch = tf.shape(encoded)[0]
+  tiles_per_slide = encoded.shape[1]
+  flat = tf.reshape(encoded, [-1])
+
+  def decode_one(data):
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.image.resize(tf.cast(image, tf.float32), [input_size, input_size],
+                            method="area")
+    return tf.ensure_shape(image, [input_size, input_size, 3])
+
+  images = tf.map_fn(decode_one, flat,
+                     fn_output_signature=tf.TensorSpec([input_size, input_size, 3],
+                                                       tf.float32))
+  return tf.reshape(images, [batch, tiles_per_slide, input_size, input_size, 3])
+
+
+def preprocessing_fn(inputs: Dict[str, tf.Tensor],
+                     custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
+  config = PipelineConfig.from_json(custom_config["config"])
+  tiles = decode_tiles(inputs[bag_features.TILES], config.model.input_size)
+  valid = tf.cast(inputs[bag_features.TILE_VALID], tf.float32)
+
+  # Per-channel sums over valid tiles only; mean and std follow from them.
+  weights = valid[:, :, None, None, None]
+  pixels_per_tile = float(config.model.input_size ** 2)
+  channel_sum = tf.reduce_sum(tiles * weights, axis=[1, 2, 3])  # [B, 3]
+  channel_sq_sum = tf.reduce_sum(tf.square(tiles) * weights, axis=[1, 2, 3])
+  pixel_count = tf.reduce_sum(valid, axis=1, keepdims=True) * pixels_per_tile
+  total = tft.sum(channel_sum, reduce_instance_dims=False)
+  total_sq = tft.sum(channel_sq_sum, reduce_instance_dims=False)
+  count = tft.sum(pixel_count, reduce_instance_dims=False)
+  mean = total / count
+  std = tf.sqrt(tf.maximum(total_sq / count - tf.square(mean), 1e-6))
+
+  return {
+      features.TILES_XF: (tiles - mean) / std,
+      features.TILE_VALID_XF: valid,
+      features.LABEL_KEY: inputs[features.LABEL_KEY],
+  }
+
+
+def augment_bags(transformed: Dict[str, tf.Tensor], seed: int) -> Dict[str, tf.Tensor]:
+  """Training-only: per-tile flips and 90-degree rotations, shuffled tile order.
+
+  Tiles are square, so rotation keeps their shape; the valid mask moves with
+  its tile when the order is shuffled.
+  """
+  tiles = transformed[features.TILES_XF]
+  valid = transformed[features.TILE_VALID_XF]
+  shape = tf.shape(tiles)
+  flat = tf.reshape(tiles, tf.concat([[-1], shape[2:]], axis=0))
+  count = tf.shape(flat)[0]
+  flip = tf.random.uniform([count], seed=seed) < 0.5
+  flat = tf.where(flip[:, None, None, None], tf.reverse(flat, axis=[2]), flat)
+  quarter_turns = tf.random.uniform([count], 0, 4, dtype=tf.int32, seed=seed + 1)
+  for k in (1, 2, 3):
+    flat = tf.where((quarter_turns == k)[:, None, None, None],
+                    tf.image.rot90(flat, k=k), flat)
+  tiles = tf.reshape(flat, shape)
+
+  # One random permutation of tile positions per bag.
+  order = tf.argsort(tf.random.uniform(tf.shape(valid), seed=seed + 2), axis=1)
+  out = dict(transformed)
+  out[features.TILES_XF] = tf.gather(tiles, order, batch_dims=1)
+  out[features.TILE_VALID_XF] = tf.gather(valid, order, batch_dims=1)
+  return out
