@@ -214,8 +214,10 @@ class SlideExampleGen(FileBasedExampleGen):
             example_gen_pb2.Input.Split(name="slides", pattern=data.slide_pattern)]),
         output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
             splits=[
-                example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=data.train_buckets),
-                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=data.eval_buckets),
+                example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets)
+                for name, buckets in (("train", data.train_buckets),
+                                      ("valid", data.valid_buckets),
+                                      ("eval", data.eval_buckets))
             ],
             partition_feature_name=bag_features.PARTITION_FEATURE)),
         custom_config=make_custom_config(config))

@@ -45,6 +45,10 @@ GLEASON_BY_ISUP = {
     5: ("4+5", "5+4", "5+5"),
 }
 
+# Per-channel colour scale of each provider's scanner and staining.
+PROVIDER_STAIN = {"radboud": np.array([1.0, 1.0, 1.0]),
+                  "karolinska": np.array([0.96, 0.93, 1.0])}
+
 STROMA_RGB = (232, 178, 208)  # eosin pink
 BACKGROUND_RGB = (243, 243, 245)  # glass, slightly off-white like a scanner
 EPITHELIUM_RGB = (205, 150, 200)
@@ -61,6 +65,7 @@ class GradeMorphology:
   nuclei_per_megapixel: float  # stromal and epithelial nuclei density
   nucleus_radius: float
   nucleus_darkness: float  # 0 = benign colour, 1 = darkest malignant colour
+  solid_sheets: bool  # glands fused into sheets (Gleason pattern 5)
 
 
 def morphology_for_grade(isup_grade: int) -> GradeMorphology:
@@ -75,6 +80,7 @@ def morphology_for_grade(isup_grade: int) -> GradeMorphology:
       nuclei_per_megapixel=900.0 + 900.0 * g,
       nucleus_radius=3.5 + 0.7 * g,
       nucleus_darkness=g / 5.0,
+      solid_sheets=g == 5,
   )
 
 
@@ -106,25 +112,80 @@ def _tissue_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarra
   return (edge + 0.6 * (noise - noise.mean()) * 4) > 0.5
 
 
+def jittered(morph: GradeMorphology, rng: np.random.Generator,
+             spread: float = 0.15) -> GradeMorphology:
+  """Per-slide variation (log-normal, `spread` ~ 15%) so that neighbouring
+  grades overlap as they do between real patients."""
+  scale = lambda: float(rng.lognormal(0.0, spread))  # noqa: E731
+  return dataclasses.replace(
+      morph,
+      gland_radius=morph.gland_radius * scale(),
+      glands_per_megapixel=morph.glands_per_megapixel * scale(),
+      nuclei_per_megapixel=morph.nuclei_per_megapixel * scale(),
+      nucleus_radius=morph.nucleus_radius * scale(),
+      nucleus_darkness=float(np.clip(morph.nucleus_darkness + rng.normal(0, spread / 2), 0, 1)))
+
+
+def _tumour_region(rng: np.random.Generator, mask: np.ndarray,
+                   tumour_fraction: float) -> np.ndarray:
+  """Smooth blobs covering about `tumour_fraction` of the tissue."""
+  if tumour_fraction >= 1.0:
+    return mask
+  if tumour_fraction <= 0.0:
+    return np.zeros_like(mask)
+  height, width = mask.shape
+  small = rng.random((max(height // 16, 4), max(width // 16, 4))).astype(np.float32)
+  field = cv2.resize(cv2.GaussianBlur(small, (0, 0), 6), (width, height),
+                     interpolation=cv2.INTER_LINEAR)
+  threshold = np.quantile(field[mask], 1.0 - tumour_fraction)
+  return mask & (field >= threshold)
+
+
 def render_tissue(rng: np.random.Generator, height: int, width: int,
-                  isup_grade: int) -> np.ndarray:
-  """Level-0 RGB image of one biopsy with grade-dependent morphology."""
-  morph = morphology_for_grade(isup_grade)
+                  morph: GradeMorphology, tumour_fraction: float = 1.0,
+                  stain_scale=(1.0, 1.0, 1.0)) -> np.ndarray:
+  """Level-0 RGB image of one biopsy.
+
+  `tumour_fraction` of the tissue shows `morph`; the rest is benign (grade 0),
+  as in real biopsies where cancer occupies part of the core. `stain_scale`
+  multiplies the tissue colours per channel (scanner and staining variation).
+  """
   mask = _tissue_mask(rng, height, width)
+  if not mask.any():
+    raise RuntimeError("synthetic tissue mask is empty")
+  tumour = _tumour_region(rng, mask, tumour_fraction)
   tissue = np.empty((height, width, 3), np.uint8)
   tissue[:] = STROMA_RGB
-  tissue_area = float(mask.sum())
-  ys, xs = np.nonzero(mask[::4, ::4])
+  for region, region_morph in ((mask & ~tumour, morphology_for_grade(0)),
+                               (tumour, morph)):
+    _draw_morphology(rng, tissue, region, region_morph)
+
+  # Scanner-like texture: slight blur, stain variation and noise, then put
+  # tissue on glass.
+  tissue = cv2.GaussianBlur(tissue, (0, 0), 0.8).astype(np.float32)
+  tissue *= np.asarray(stain_scale, np.float32)
+  tissue += rng.normal(0, 4, tissue.shape)
+  tissue = np.clip(tissue, 0, 255).astype(np.uint8)
+  slide = np.empty_like(tissue)
+  slide[:] = BACKGROUND_RGB
+  slide[mask] = tissue[mask]
+  return slide
+
+
+def _draw_morphology(rng: np.random.Generator, tissue: np.ndarray, region: np.ndarray,
+                     morph: GradeMorphology) -> None:
+  """Glands and nuclei of `morph`, centred inside `region` (drawn in place)."""
+  ys, xs = np.nonzero(region[::4, ::4])
   if len(ys) == 0:
-    raise RuntimeError("synthetic tissue mask is empty")
+    return
+  area = float(region.sum())
 
   def random_points(per_megapixel: float) -> Iterator[tuple]:
-    count = int(per_megapixel * tissue_area / 1e6)
-    picks = rng.integers(0, len(ys), count)
+    picks = rng.integers(0, len(ys), int(per_megapixel * area / 1e6))
     for i in picks:
       yield int(xs[i] * 4 + rng.integers(0, 4)), int(ys[i] * 4 + rng.integers(0, 4))
 
-  if isup_grade < 5:
+  if not morph.solid_sheets:
     for cx, cy in random_points(morph.glands_per_megapixel):
       radius = max(4, int(rng.normal(morph.gland_radius, 0.2 * morph.gland_radius)))
       axes = (radius, max(3, int(radius * rng.uniform(0.7, 1.0))))
@@ -136,8 +197,7 @@ def render_tissue(rng: np.random.Generator, height: int, width: int,
   else:
     # Solid sheets: large epithelial patches without lumens.
     for cx, cy in random_points(morph.glands_per_megapixel):
-      radius = int(rng.uniform(60, 120))
-      cv2.circle(tissue, (cx, cy), radius, EPITHELIUM_RGB, -1)
+      cv2.circle(tissue, (cx, cy), int(rng.uniform(60, 120)), EPITHELIUM_RGB, -1)
 
   nucleus_rgb = _mix(NUCLEUS_RGB_BENIGN, NUCLEUS_RGB_MALIGNANT, morph.nucleus_darkness)
   for cx, cy in random_points(morph.nuclei_per_megapixel):
@@ -145,15 +205,6 @@ def render_tissue(rng: np.random.Generator, height: int, width: int,
     jitter = rng.integers(-12, 13, 3)
     colour = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(nucleus_rgb, jitter))
     cv2.circle(tissue, (cx, cy), radius, colour, -1)
-
-  # Scanner-like texture: slight blur and noise, then put tissue on glass.
-  tissue = cv2.GaussianBlur(tissue, (0, 0), 0.8)
-  noise = rng.normal(0, 4, tissue.shape)
-  tissue = np.clip(tissue.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-  slide = np.empty_like(tissue)
-  slide[:] = BACKGROUND_RGB
-  slide[mask] = tissue[mask]
-  return slide
 
 
 def pyramid(level0: np.ndarray, downsamples=PANDA_DOWNSAMPLES) -> List[np.ndarray]:
@@ -223,7 +274,13 @@ def write_dataset(out_dir: str, slides: int, seed: int = 0,
     choices = GLEASON_BY_ISUP[grade]
     gleason = choices[int(slide_rng.integers(0, len(choices)))]
     path = os.path.join(images_dir, f"{image_id}.tiff")
-    level0 = render_tissue(slide_rng, height, width, grade)
+    # Cancer covers 30-90% of a malignant core; scanners and stain batches
+    # shift colours by a few percent per channel.
+    tumour_fraction = float(slide_rng.uniform(0.3, 0.9)) if grade else 0.0
+    stain = PROVIDER_STAIN[provider] * slide_rng.normal(1.0, 0.03, 3)
+    level0 = render_tissue(slide_rng, height, width,
+                           jittered(morphology_for_grade(grade), slide_rng),
+                           tumour_fraction=tumour_fraction, stain_scale=stain)
     write_pyramidal_tiff(path, pyramid(level0))
     written.append(SyntheticSlide(image_id, path, provider, grade, gleason))
     if progress:

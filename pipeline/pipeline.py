@@ -84,7 +84,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
       train_args=tfx.proto.TrainArgs(splits=["train"]),
-      eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+      # Early stopping looks at "valid"; "eval" stays unseen for the Evaluator.
+      eval_args=tfx.proto.EvalArgs(splits=["valid"]),
       custom_config=config_json)
   baseline_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,

@@ -32,6 +32,7 @@ def pipeline_run(tiny_dataset, tmp_path_factory):
   config = work / "config.json"
   config.write_text(json.dumps({
       "preset": "demo",
+      "data": {"train_buckets": 2, "valid_buckets": 1, "eval_buckets": 1},
       "tiling": {"tiles_per_slide": 4, "tile_size": 32},
       "model": {"input_size": 32, "dense_units": 16, "attention_units": 8},
       "training": {"epochs": 1, "batch_size": 4, "eval_batch_size": 4},

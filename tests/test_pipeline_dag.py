@@ -48,6 +48,9 @@ def test_components_get_the_config(tmp_path):
       {"custom_config": example_gen.exec_properties["custom_config"]}) == config
   output = json.loads(example_gen.exec_properties["output_config"])
   assert output["split_config"]["partition_feature_name"] == "patient_id"
+  assert [s["name"] for s in output["split_config"]["splits"]] == ["train", "valid", "eval"]
+  assert json.loads(trainer.exec_properties["eval_args"])["splits"] == ["valid"]
+  assert components["Evaluator"].exec_properties["example_splits"] == '["eval"]'
   assert list(config.beam_pipeline_args) == _dag(tmp_path, config).beam_pipeline_args
 
 

@@ -62,7 +62,8 @@ def test_morphology_depends_on_grade():
   rng_seed = 11
   fractions = []
   for grade in range(6):
-    image = synthetic.render_tissue(np.random.default_rng(rng_seed), 768, 1024, grade)
+    image = synthetic.render_tissue(np.random.default_rng(rng_seed), 768, 1024,
+                                    synthetic.morphology_for_grade(grade))
     fractions.append(_dark_fraction(image))
   # Nuclear density rises with grade: each grade darker than the one below.
   assert all(a < b for a, b in zip(fractions, fractions[1:])), fractions

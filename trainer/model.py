@@ -35,9 +35,14 @@ def build_backbone(model: ModelConfig) -> keras.Model:
   weights = model.imagenet_weights or None
   if weights and weights != "imagenet" and not os.path.exists(weights):
     raise FileNotFoundError(f"backbone weights file not found: {weights}")
-  return _BACKBONES[model.backbone](
+  backbone = _BACKBONES[model.backbone](
       include_top=False, weights=weights, pooling="avg",
       input_shape=(model.input_size, model.input_size, 3))
+  if model.batchnorm_momentum:
+    for layer in backbone.layers:
+      if isinstance(layer, keras.layers.BatchNormalization):
+        layer.momentum = model.batchnorm_momentum
+  return backbone
 
 
 class GatedAttentionPooling(keras.layers.Layer):
