@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
+import sys
+import time
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
 import apache_beam as beam
 import tensorflow as tf
-from google.protobuf import any_pb2, json_format, struct_pb2
+from google.protobuf import any_pb2, struct_pb2
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
@@ -72,14 +73,38 @@ def plan_slides(data_dir: str, slide_pattern: str, labels_file: str) -> List[Sli
 
 
 class TileSlideFn(beam.DoFn):
-  """One slide -> one bag; any failure becomes an outcome with its reason."""
+  """One slide -> one bag; any failure becomes an outcome with its reason.
 
-  def __init__(self, tiling: TilingConfig, labels_file: str):
+  With `preview_dir`, writes `<image_id>.png` there for every tiled slide.
+  With `progress_total`, prints a counter with rate to stderr (per worker).
+  """
+
+  def __init__(self, tiling: TilingConfig, labels_file: str, preview_dir: str = "",
+               progress_total: int = 0):
     self._tiling = tiling
     self._labels_file = labels_file
+    self._preview_dir = preview_dir
+    self._progress_total = progress_total
     self._written = beam.metrics.Metrics.counter(_COUNTERS, "slides_written")
     self._rejected = beam.metrics.Metrics.counter(_COUNTERS, "slides_rejected")
     self._tiles = beam.metrics.Metrics.counter(_COUNTERS, "tiles_written")
+
+  def setup(self):
+    self._done = 0
+    self._start = time.time()
+    self._last_print = 0.0
+
+  def _report_progress(self):
+    self._done += 1
+    now = time.time()
+    if not self._progress_total or (now - self._last_print < 1.0 and
+                                    self._done < self._progress_total):
+      return
+    self._last_print = now
+    rate = self._done / max(now - self._start, 1e-9)
+    print(f"tiling slides: {self._done}/{self._progress_total} ({rate:.1f} slides/s)",
+          file=sys.stderr, end="\n" if self._done >= self._progress_total else "\r",
+          flush=True)
 
   def _reject(self, task: SlideTask, reason: str):
     self._rejected.inc()
@@ -87,6 +112,10 @@ class TileSlideFn(beam.DoFn):
         "outcomes", SlideOutcome(task.image_id, task.path, "rejected", reason, 0))
 
   def process(self, task: SlideTask) -> Iterator[Any]:
+    yield from self._tile(task)
+    self._report_progress()
+
+  def _tile(self, task: SlideTask) -> Iterator[Any]:
     if task.label is None:
       yield self._reject(task, f"slide file has no label in {self._labels_file}")
       return
@@ -94,7 +123,9 @@ class TileSlideFn(beam.DoFn):
       yield self._reject(task, "labelled slide has no file")
       return
     try:
-      bag = tile_slide(task.path, self._tiling)
+      preview = (os.path.join(self._preview_dir, f"{task.image_id}.png")
+                 if self._preview_dir else "")
+      bag = tile_slide(task.path, self._tiling, preview_path=preview)
     except SlideError as e:
       yield self._reject(task, e.reason)
       return
@@ -121,11 +152,13 @@ def _csv_line(values) -> str:
 
 
 @beam.ptransform_fn
-def TileSlides(tasks, tiling: TilingConfig, labels_file: str):  # pylint: disable=invalid-name
+def TileSlides(tasks, tiling: TilingConfig, labels_file: str,  # pylint: disable=invalid-name
+               preview_dir: str = "", progress_total: int = 0):
   """PCollection[SlideTask] -> (examples, outcomes)."""
   return (tasks
           | "Reshuffle" >> beam.Reshuffle()  # spread slides over workers
-          | "Tile" >> beam.ParDo(TileSlideFn(tiling, labels_file)).with_outputs(
+          | "Tile" >> beam.ParDo(TileSlideFn(tiling, labels_file, preview_dir,
+                                             progress_total)).with_outputs(
               "outcomes", main="examples"))
 
 
@@ -174,6 +207,13 @@ def read_outcomes(report_dir: str) -> List[SlideOutcome]:
             for r in csv.DictReader(f)]
 
 
+def summarize_outcomes(outcomes: List[SlideOutcome]) -> Dict[str, int]:
+  written = [o for o in outcomes if o.status == "written"]
+  return {"slides_total": len(outcomes), "slides_written": len(written),
+          "slides_rejected": len(outcomes) - len(written),
+          "tiles_written": sum(o.tiles for o in written)}
+
+
 class SlideExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
@@ -184,12 +224,8 @@ class SlideExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     report_dir = os.path.join(examples.uri, REPORT_DIR)
     exec_properties = dict(exec_properties, **{_REPORT_DIR_KEY: report_dir})
     super().Do(input_dict, output_dict, exec_properties)
-    outcomes = read_outcomes(report_dir)
-    written = [o for o in outcomes if o.status == "written"]
-    examples.set_int_custom_property("slides_total", len(outcomes))
-    examples.set_int_custom_property("slides_written", len(written))
-    examples.set_int_custom_property("slides_rejected", len(outcomes) - len(written))
-    examples.set_int_custom_property("tiles_written", sum(o.tiles for o in written))
+    for key, value in summarize_outcomes(read_outcomes(report_dir)).items():
+      examples.set_int_custom_property(key, value)
 
 
 def make_custom_config(config: PipelineConfig) -> example_gen_pb2.CustomConfig:

@@ -6,14 +6,16 @@ themselves, so training and serving see identical tiles.
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import List
 
 import cv2
 import numpy as np
 
-from components import tissue
+from components import previews, tissue
 from components.bag_features import SlideBag
-from components.slide_reader import SlideError, TiffSlide
+from components.slide_reader import Level, SlideError, TiffSlide
 from pipeline.configs import TilingConfig
 
 
@@ -30,18 +32,39 @@ def encode_tile(tile_rgb: np.ndarray, tiling: TilingConfig) -> bytes:
   return buf.tobytes()
 
 
-def tile_slide(path: str, tiling: TilingConfig) -> SlideBag:
-  """The bag of one slide; raises SlideError with the reason when unusable."""
+def choose_level(slide: TiffSlide, tiling: TilingConfig) -> Level:
+  """The level to cut tiles from (see TilingConfig for the order of rules)."""
+
+  def nearest(value_of_level, target: float) -> Level:
+    return min(slide.levels, key=lambda l: abs(math.log(value_of_level(l) / target)))
+
+  if tiling.target_mpp > 0 and slide.mpp > 0:
+    return nearest(lambda l: slide.mpp * l.downsample, tiling.target_mpp)
+  if tiling.target_mpp > 0:
+    logging.warning("%s: no plausible MPP in the file; choosing the level by "
+                    "downsample/index instead of %.2f um/px", slide.path, tiling.target_mpp)
+  if tiling.level_downsample > 0:
+    return nearest(lambda l: l.downsample, tiling.level_downsample)
+  if tiling.level >= len(slide.levels):
+    raise SlideError(slide.path, f"slide has {len(slide.levels)} level(s); the config "
+                     f"asks for level {tiling.level} (set level_downsample or "
+                     "target_mpp to choose by scale)")
+  return slide.levels[tiling.level]
+
+
+def tile_slide(path: str, tiling: TilingConfig, preview_path: str = "") -> SlideBag:
+  """The bag of one slide; raises SlideError with the reason when unusable.
+
+  With `preview_path`, also writes the thumbnail with the chosen tiles drawn.
+  """
   with TiffSlide(path) as slide:
-    if tiling.level >= len(slide.levels):
-      raise SlideError(path, f"slide has {len(slide.levels)} level(s); the "
-                       f"config asks for level {tiling.level}")
-    level = slide.levels[tiling.level]
+    level = choose_level(slide, tiling)
     if level.width < tiling.tile_size or level.height < tiling.tile_size:
       raise SlideError(path, f"level {level.index} is {level.width}x"
                        f"{level.height} px, smaller than one "
                        f"{tiling.tile_size} px tile")
-    thumbnail = slide.read_level(len(slide.levels) - 1)
+    thumbnail_level = slide.levels[-1]
+    thumbnail = slide.read_level(thumbnail_level.index)
     mask = tissue.tissue_mask(thumbnail)
     if not mask.any():
       raise SlideError(path, "no tissue found")
@@ -65,7 +88,7 @@ def tile_slide(path: str, tiling: TilingConfig) -> SlideBag:
       ys.append(int(round(y * level.downsample)))
     padding = tiling.tiles_per_slide - len(chosen)
     white = encode_tile(np.full((out_size, out_size, 3), 255, np.uint8), tiling)
-    return SlideBag(
+    bag = SlideBag(
         tiles=tiles + [white] * padding,
         tile_valid=[1] * len(chosen) + [0] * padding,
         tile_x=xs + [-1] * padding,
@@ -78,3 +101,7 @@ def tile_slide(path: str, tiling: TilingConfig) -> SlideBag:
         slide_width=slide.levels[0].width,
         slide_height=slide.levels[0].height,
     )
+  if preview_path:
+    previews.write_png(preview_path, previews.draw_preview(
+        thumbnail, bag, thumbnail_level.downsample))
+  return bag

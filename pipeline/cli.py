@@ -14,13 +14,19 @@ import time  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
 
-def _progress_printer(label: str):
+def _progress_printer(label: str, every_seconds: float = 1.0):
+  """A counter with rate, redrawn in place at most once per `every_seconds`."""
   start = time.time()
+  last_print = [0.0]
 
   def report(done: int, total: int) -> None:
-    elapsed = max(time.time() - start, 1e-9)
+    now = time.time()
+    if done < total and now - last_print[0] < every_seconds:
+      return
+    last_print[0] = now
     end = "\n" if done == total else "\r"
-    print(f"{label}: {done}/{total} ({done / elapsed:.1f}/s)", end=end, flush=True)
+    rate = done / max(now - start, 1e-9)
+    print(f"{label}: {done}/{total} ({rate:.1f}/s)", end=end, flush=True)
 
   return report
 
@@ -50,6 +56,19 @@ def _run(args) -> int:
   return 0
 
 
+def _tile(args) -> int:
+  from components.tile_job import run_tile_job
+  from pipeline.configs import load_config
+  config = load_config(args.config, preset=args.preset)
+  summary = run_tile_job(args.data, args.out, config, labels_file=args.labels)
+  print(f"{summary['slides_written']} of {summary['slides_total']} slides tiled "
+        f"({summary['tiles_written']} tiles), {summary['slides_rejected']} rejected, "
+        f"in {summary['seconds']:.1f} s")
+  print(f"bags: {os.path.join(args.out, 'bags-*.tfrecord.gz')}; rejects: "
+        f"{os.path.join(args.out, 'rejects.csv')}; previews: {os.path.join(args.out, 'previews')}/")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="histopipe",
@@ -70,6 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
   synth.add_argument("--height", type=int, default=1536,
                      help="level-0 height in pixels (default 1536)")
   synth.set_defaults(handler=_synth)
+
+  tile = commands.add_parser(
+      "tile", help="tile slides into bags with the SlideExampleGen's Beam code, outside TFX",
+      description="Run the same Beam tiling as SlideExampleGen and write "
+      "OUT/bags-*.tfrecord.gz, OUT/rejects.csv (image_id,path,reason), "
+      "OUT/slides.csv, OUT/summary.json and OUT/previews/<image_id>.png (the "
+      "thumbnail with the chosen tiles outlined and numbered).")
+  tile.add_argument("--data", required=True, help="data folder with the slides")
+  tile.add_argument("--labels", help="label CSV, absolute or relative to --data "
+                    "(default: the config's, train.csv)")
+  tile.add_argument("--format", default="panda", choices=["panda"],
+                    help="dataset layout (default panda)")
+  tile.add_argument("--out", required=True, help="output folder")
+  tile.add_argument("--config", help="JSON file overriding fields of the preset")
+  tile.add_argument("--preset", default="demo", choices=["demo", "full"],
+                    help="configuration preset (default demo)")
+  tile.set_defaults(handler=_tile)
 
   run = commands.add_parser(
       "run", help="run the whole pipeline locally (LocalDagRunner)",

@@ -23,7 +23,13 @@ class TilingConfig:
   """How SlideExampleGen cuts a slide into a bag of tiles."""
   tiles_per_slide: int = 16
   tile_size: int = 256  # pixels at the chosen level
-  level: int = 1  # pyramid level index; PANDA's middle level is downsample 4
+  # Which level to cut from, first that applies: the level nearest `target_mpp`
+  # um/px when the slide states a plausible MPP; the level nearest
+  # `level_downsample`; else the level with index `level` (PANDA's middle
+  # level, downsample 4, as in the original ResNet50 MIL approach).
+  target_mpp: float = 0.0
+  level_downsample: float = 0.0
+  level: int = 1
   min_tissue_fraction: float = 0.25  # tiles with less tissue are not taken
   tile_format: str = "png"  # "png" (lossless) or "jpeg"
   jpeg_quality: int = 90

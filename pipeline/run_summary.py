@@ -8,7 +8,6 @@ from typing import Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
-from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from components.slide_example_gen import REJECTS_FILE, REPORT_DIR
@@ -29,6 +28,8 @@ class RunSummary:
   blessed: Optional[bool] = None
   gate_failures: List[str] = dataclasses.field(default_factory=list)
   pushed_to: str = ""
+  pipeline_root: str = ""
+  metadata_path: str = ""
   seconds: float = 0.0
 
 
@@ -65,7 +66,7 @@ def _describe_failure(failure) -> str:
 
 
 def summarize(paths: RunPaths) -> RunSummary:
-  summary = RunSummary()
+  summary = RunSummary(pipeline_root=paths.pipeline_root, metadata_path=paths.metadata_path)
   config = metadata.sqlite_metadata_connection_config(paths.metadata_path)
   store = metadata_store.MetadataStore(config)
   examples = _latest(store, "Examples")
@@ -121,6 +122,8 @@ def format_summary(summary: RunSummary) -> str:
     lines.append(f"  gate: {failure}")
   lines.append(f"pushed to: {summary.pushed_to}" if summary.pushed_to
                else "pushed: no (model not blessed)")
+  lines.append(f"artifacts: {summary.pipeline_root}")
+  lines.append(f"ML Metadata: {summary.metadata_path}")
   if summary.seconds:
     lines.append(f"pipeline time: {summary.seconds / 60:.1f} min")
   return "\n".join(lines)

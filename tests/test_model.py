@@ -5,7 +5,6 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras as keras
 
 from pipeline.configs import ModelConfig
 from trainer import features
