@@ -7,10 +7,12 @@ memory follows the region size, not the slide size.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from typing import List, Tuple
 
+import cv2
 import numpy as np
 import tifffile
 
@@ -32,6 +34,9 @@ class Level:
   downsample: float  # level-0 pixels per pixel of this level
 
 
+# Decoded TIFF segments kept per open slide (a 512 px RGB tile is 0.75 MB).
+_SEGMENT_CACHE_SIZE = 16
+
 # Microns per pixel outside this range are treated as unknown: scanners write
 # placeholder resolutions (72 dpi is 352 um/px) that would mislead a reader.
 _PLAUSIBLE_MPP = (0.05, 20.0)
@@ -42,6 +47,7 @@ class TiffSlide:
 
   def __init__(self, path: str):
     self.path = path
+    self._segment_cache: "collections.OrderedDict" = collections.OrderedDict()
     if not os.path.exists(path):
       raise SlideError(path, "file not found")
     if os.path.getsize(path) == 0:
@@ -63,23 +69,33 @@ class TiffSlide:
     self.mpp = self._level0_mpp(base)
 
   def _pyramid_pages(self) -> list:
-    pages = [p for p in self._tiff.pages]
-    if not pages:
-      raise SlideError(self.path, "TIFF has no images")
-    base = pages[0]
-    if base.imagewidth == 0 or base.imagelength == 0:
-      raise SlideError(self.path, "TIFF image has zero size")
+    """Pages of the pyramid, largest first, whatever the file's layout.
+
+    tifffile knows PANDA, Aperio SVS, NDPI and SubIFD (OME, libvips)
+    pyramids; for other files every page of the main chain is a candidate.
+    Label and macro images have another aspect ratio and are left out; an
+    SVS thumbnail has the same aspect and serves as the coarsest level.
+    """
+    try:
+      series = self._tiff.series
+      # SubIFD levels are only reachable through the series; main-chain pages
+      # the series leaves out (an SVS thumbnail) are candidates too.
+      candidates = [level.keyframe for level in series[0].levels] if series else []
+      candidates += list(self._tiff.pages)
+    except Exception as e:  # malformed IFDs surface here
+      raise SlideError(self.path, f"cannot read TIFF structure ({e})") from e
+    candidates = [p for p in candidates
+                  if getattr(p, "imagewidth", 0) and getattr(p, "imagelength", 0)]
+    if not candidates:
+      raise SlideError(self.path, "TIFF has no image with a size")
+    base = max(candidates, key=lambda p: p.imagewidth * p.imagelength)
     aspect = base.imagewidth / base.imagelength
-    levels = [base]
-    for page in pages[1:]:
-      # Label and macro images have another aspect ratio; thumbnails in the
-      # chain have the same aspect and serve as a (coarse) level.
-      if page.imagelength == 0:
-        continue
+    levels = []
+    for page in sorted(candidates, key=lambda p: -p.imagewidth):
       if abs(page.imagewidth / page.imagelength - aspect) / aspect > 0.02:
         continue
-      if page.imagewidth >= levels[-1].imagewidth:
-        continue
+      if levels and page.imagewidth >= levels[-1].imagewidth:
+        continue  # same size twice (a duplicate IFD): keep the first
       levels.append(page)
     for page in levels:
       if page.planarconfig != 1 and page.samplesperpixel > 1:
@@ -114,9 +130,35 @@ class TiffSlide:
     self.close()
 
   def read_level(self, level: int) -> np.ndarray:
-    """A whole level as RGB uint8; meant for the small thumbnail level only."""
+    """A whole level as RGB uint8; meant for small levels only."""
     page = self._pages[level]
     return self.read_region(level, 0, 0, page.imagewidth, page.imagelength)
+
+  def thumbnail(self, max_side: int = 2048) -> Tuple[np.ndarray, float]:
+    """The slide at most `max_side` px on its long side, and its downsample.
+
+    From the smallest level; when even that is larger (a single-level slide),
+    it is shrunk one TIFF segment at a time, so memory stays at one segment
+    plus the thumbnail whatever the slide's size.
+    """
+    level = self.levels[-1]
+    factor = max(1, -(-max(level.width, level.height) // max_side))
+    if factor == 1:
+      return self.read_level(level.index), level.downsample
+    page = self._pages[level.index]
+    out_w, out_h = -(-level.width // factor), -(-level.height // factor)
+    out = np.full((out_h, out_w, 3), 255, np.uint8)
+    for index in self._segment_indices(page, 0, 0, level.width, level.height):
+      segment, (seg_y, seg_x) = self._decode_segment(page, index)
+      seg_h = min(segment.shape[0], level.height - seg_y)
+      seg_w = min(segment.shape[1], level.width - seg_x)
+      x0, y0 = seg_x // factor, seg_y // factor
+      x1 = min(-(-(seg_x + seg_w) // factor), out_w)
+      y1 = min(-(-(seg_y + seg_h) // factor), out_h)
+      if x1 > x0 and y1 > y0:
+        out[y0:y1, x0:x1] = cv2.resize(segment[:seg_h, :seg_w], (x1 - x0, y1 - y0),
+                                       interpolation=cv2.INTER_AREA)
+    return out, level.downsample * factor
 
   def read_region(self, level: int, x: int, y: int, width: int,
                   height: int) -> np.ndarray:
@@ -150,6 +192,20 @@ class TiffSlide:
     return list(range(y0 // rows_per_strip, (y1 - 1) // rows_per_strip + 1))
 
   def _decode_segment(self, page, index: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """A decoded TIFF tile or strip and its (y, x); recent ones are cached
+    because neighbouring bag tiles often share a TIFF tile."""
+    key = (id(page), index)
+    cached = self._segment_cache.get(key)
+    if cached is not None:
+      self._segment_cache.move_to_end(key)
+      return cached
+    decoded = self._read_and_decode(page, index)
+    self._segment_cache[key] = decoded
+    if len(self._segment_cache) > _SEGMENT_CACHE_SIZE:
+      self._segment_cache.popitem(last=False)
+    return decoded
+
+  def _read_and_decode(self, page, index: int) -> Tuple[np.ndarray, Tuple[int, int]]:
     offset = page.dataoffsets[index]
     bytecount = page.databytecounts[index]
     if bytecount == 0:

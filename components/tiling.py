@@ -63,8 +63,7 @@ def tile_slide(path: str, tiling: TilingConfig, preview_path: str = "") -> Slide
       raise SlideError(path, f"level {level.index} is {level.width}x"
                        f"{level.height} px, smaller than one "
                        f"{tiling.tile_size} px tile")
-    thumbnail_level = slide.levels[-1]
-    thumbnail = slide.read_level(thumbnail_level.index)
+    thumbnail, thumbnail_downsample = slide.thumbnail()
     mask = tissue.tissue_mask(thumbnail)
     if not mask.any():
       raise SlideError(path, "no tissue found")
@@ -103,5 +102,5 @@ def tile_slide(path: str, tiling: TilingConfig, preview_path: str = "") -> Slide
     )
   if preview_path:
     previews.write_png(preview_path, previews.draw_preview(
-        thumbnail, bag, thumbnail_level.downsample))
+        thumbnail, bag, thumbnail_downsample))
   return bag

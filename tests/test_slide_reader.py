@@ -72,3 +72,55 @@ def test_truncated_slide_raises_on_read(tiny_dataset, tmp_path):
 def test_missing_file(tmp_path):
   with pytest.raises(SlideError, match="file not found"):
     TiffSlide(str(tmp_path / "nope.tiff"))
+
+
+def _rgb(height, width, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_subifd_pyramid_levels_are_found(tmp_path):
+  """OME-TIFF / recent libvips: reduced levels live in SubIFDs of page 0."""
+  level0 = _rgb(256, 384)
+  levels = [level0, level0[::2, ::2].copy(), level0[::4, ::4].copy()]
+  path = str(tmp_path / "subifd.tif")
+  with tifffile.TiffWriter(path) as tif:
+    tif.write(levels[0], tile=(64, 64), photometric="rgb", subifds=2)
+    for level in levels[1:]:
+      tif.write(level, tile=(64, 64), photometric="rgb", subfiletype=1)
+  with TiffSlide(path) as slide:
+    assert [l.downsample for l in slide.levels] == [1.0, 2.0, 4.0]
+    for index, expected in enumerate(levels):
+      np.testing.assert_array_equal(slide.read_level(index), expected)
+
+
+def test_svs_like_layout_keeps_levels_and_drops_label_and_macro(tmp_path):
+  """Aperio order: base, stripped thumbnail, reduced levels, label, macro."""
+  level0 = _rgb(512, 768, seed=1)
+  level1 = level0[::4, ::4].copy()
+  thumbnail = level0[::8, ::8].copy()
+  path = str(tmp_path / "aperio.svs")
+  with tifffile.TiffWriter(path) as tif:
+    tif.write(level0, tile=(128, 128), photometric="rgb",
+              description="Aperio Image Library v12.0.5 \n768x512 |MPP = 0.499")
+    tif.write(thumbnail, photometric="rgb", rowsperstrip=16)
+    tif.write(level1, tile=(64, 64), photometric="rgb")
+    tif.write(_rgb(100, 300, seed=2), photometric="rgb", subfiletype=1)  # label
+    tif.write(_rgb(200, 600, seed=3), photometric="rgb", subfiletype=9)  # macro
+  with TiffSlide(path) as slide:
+    assert [(l.width, l.height) for l in slide.levels] == [(768, 512), (192, 128), (96, 64)]
+    np.testing.assert_array_equal(slide.read_level(1), level1)
+    np.testing.assert_array_equal(slide.read_level(2), thumbnail)
+
+
+def test_thumbnail_of_a_large_single_level_slide_is_built_segment_by_segment(tmp_path):
+  image = np.full((1200, 2000, 3), 240, np.uint8)
+  image[300:900, 500:1500] = (200, 100, 160)
+  path = str(tmp_path / "single.tif")
+  tifffile.imwrite(path, image, tile=(256, 256), photometric="rgb")
+  with TiffSlide(path) as slide:
+    thumbnail, downsample = slide.thumbnail(max_side=500)
+  assert downsample == 4.0 and thumbnail.shape == (300, 500, 3)
+  np.testing.assert_array_equal(thumbnail[80:220, 130:370],
+                                np.broadcast_to((200, 100, 160), (140, 240, 3)))
+  assert (thumbnail[:70] == 240).all()
