@@ -28,6 +28,7 @@ setup(
         "opencv-python-headless",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    # OpenSlide is a test-only dependency: an independent reader to check tiles against.
+    extras_require={"test": ["pytest", "openslide-python", "openslide-bin"]},
     entry_points={"console_scripts": ["histopipe=pipeline.cli:main"]},
 )

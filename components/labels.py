@@ -47,12 +47,8 @@ def isup_from_gleason(gleason_score: str) -> Optional[int]:
   return 4 if total == 8 else 5
 
 
-def read_panda_labels(path: str) -> Dict[str, SlideLabel]:
-  """`image_id -> SlideLabel`; raises LabelFileError on the first bad row.
-
-  An ISUP grade inconsistent with its Gleason score is logged as a warning,
-  not an error: real PANDA labels contain such rows.
-  """
+def _open_csv(path: str, required: tuple):
+  """(rows with their line numbers, header) of a CSV; raises on missing columns."""
   try:
     f = open(path, newline="")
   except OSError as e:
@@ -60,37 +56,70 @@ def read_panda_labels(path: str) -> Dict[str, SlideLabel]:
   with f:
     reader = csv.DictReader(f)
     header = [name.strip() for name in (reader.fieldnames or [])]
-    missing = [c for c in PANDA_COLUMNS if c not in header]
+    missing = [c for c in required if c not in header]
     if missing:
       raise LabelFileError(f"{path}: missing column(s) {', '.join(missing)} "
                            f"(header is {','.join(header) or 'empty'})")
-    labels: Dict[str, SlideLabel] = {}
-    first_row: Dict[str, int] = {}
-    for row_number, row in enumerate(reader, start=2):  # line 1 is the header
-      row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-      where = f"{path} row {row_number}"
-      image_id = row["image_id"]
-      if not image_id:
-        raise LabelFileError(f"{where}: empty image_id")
-      if image_id in labels:
-        raise LabelFileError(f"{where}: duplicated image_id {image_id!r} "
-                             f"(first at row {first_row[image_id]})")
-      try:
-        grade = int(row["isup_grade"])
-      except ValueError:
-        raise LabelFileError(f"{where}: isup_grade {row['isup_grade']!r} is "
-                             "not an integer") from None
-      if not 0 <= grade < ISUP_GRADES:
-        raise LabelFileError(f"{where}: isup_grade {grade} is outside "
-                             f"0..{ISUP_GRADES - 1}")
-      gleason = row["gleason_score"]
-      implied = isup_from_gleason(gleason)
-      if implied is not None and implied != grade:
-        logging.warning("%s: gleason_score %s implies ISUP %d but isup_grade "
-                        "is %d; keeping isup_grade", where, gleason, implied, grade)
-      labels[image_id] = SlideLabel(image_id=image_id, patient_id=image_id,
-                                    data_provider=row["data_provider"],
-                                    label=grade, gleason_score=gleason)
-      first_row[image_id] = row_number
+    # Line 1 is the header, so data rows start at line 2.
+    return [(number, {k.strip(): (v or "").strip() for k, v in row.items() if k})
+            for number, row in enumerate(reader, start=2)]
+
+
+def _integer_label(where: str, column: str, text: str, allowed: range) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise LabelFileError(f"{where}: {column} {text!r} is not an integer") from None
+  if value not in allowed:
+    raise LabelFileError(f"{where}: {column} {value} is outside "
+                         f"{allowed.start}..{allowed.stop - 1}")
+  return value
+
+
+def _check_id(where: str, column: str, image_id: str, first_row: Dict[str, int]) -> None:
+  if not image_id:
+    raise LabelFileError(f"{where}: empty {column}")
+  if image_id in first_row:
+    raise LabelFileError(f"{where}: duplicated {column} {image_id!r} "
+                         f"(first at row {first_row[image_id]})")
+
+
+def read_binary_labels(path: str, data_provider: str) -> Dict[str, SlideLabel]:
+  """Kaggle Histopathologic Cancer Detection `train_labels.csv` (`id,label`)."""
+  labels: Dict[str, SlideLabel] = {}
+  first_row: Dict[str, int] = {}
+  for row_number, row in _open_csv(path, ("id", "label")):
+    where = f"{path} row {row_number}"
+    image_id = row["id"]
+    _check_id(where, "id", image_id, first_row)
+    label = _integer_label(where, "label", row["label"], range(2))
+    labels[image_id] = SlideLabel(image_id=image_id, patient_id=image_id,
+                                  data_provider=data_provider, label=label,
+                                  gleason_score="")
+    first_row[image_id] = row_number
   return labels
 
+
+def read_panda_labels(path: str) -> Dict[str, SlideLabel]:
+  """`image_id -> SlideLabel`; raises LabelFileError on the first bad row.
+
+  An ISUP grade inconsistent with its Gleason score is logged as a warning,
+  not an error: real PANDA labels contain such rows.
+  """
+  labels: Dict[str, SlideLabel] = {}
+  first_row: Dict[str, int] = {}
+  for row_number, row in _open_csv(path, PANDA_COLUMNS):
+    where = f"{path} row {row_number}"
+    image_id = row["image_id"]
+    _check_id(where, "image_id", image_id, first_row)
+    grade = _integer_label(where, "isup_grade", row["isup_grade"], range(ISUP_GRADES))
+    gleason = row["gleason_score"]
+    implied = isup_from_gleason(gleason)
+    if implied is not None and implied != grade:
+      logging.warning("%s: gleason_score %s implies ISUP %d but isup_grade "
+                      "is %d; keeping isup_grade", where, gleason, implied, grade)
+    labels[image_id] = SlideLabel(image_id=image_id, patient_id=image_id,
+                                  data_provider=row["data_provider"],
+                                  label=grade, gleason_score=gleason)
+    first_row[image_id] = row_number
+  return labels

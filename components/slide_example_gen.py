@@ -16,7 +16,7 @@ import io
 import os
 import sys
 import time
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional
+from typing import Any, Dict, Iterator, List, NamedTuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -28,10 +28,10 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 from tfx.utils import proto_utils
 
-from components import bag_features
-from components.labels import SlideLabel, read_panda_labels
+from components import bag_features, datasets
+from components.datasets import SlideTask
 from components.slide_reader import SlideError
-from components.tiling import tile_slide
+from components.tiling import tile_patch, tile_slide
 from pipeline.configs import PipelineConfig, TilingConfig
 
 REPORT_DIR = "slide_report"
@@ -44,32 +44,12 @@ _REPORT_DIR_KEY = "_slide_report_dir"
 _COUNTERS = "SlideExampleGen"
 
 
-class SlideTask(NamedTuple):
-  image_id: str
-  path: str  # "" when a labelled slide has no file
-  label: Optional[SlideLabel]  # None when a slide file has no label
-
-
 class SlideOutcome(NamedTuple):
   image_id: str
   path: str
   status: str  # "written" or "rejected"
   reason: str
   tiles: int
-
-
-def image_id_from_path(path: str) -> str:
-  name = os.path.basename(path)
-  return name.split(".", 1)[0]
-
-
-def plan_slides(data_dir: str, slide_pattern: str, labels_file: str) -> List[SlideTask]:
-  """Joins the label file with the slide files; raises on a bad label file."""
-  labels = read_panda_labels(os.path.join(data_dir, labels_file))
-  paths = {image_id_from_path(p): p
-           for p in sorted(tf.io.gfile.glob(os.path.join(data_dir, slide_pattern)))}
-  return [SlideTask(image_id, paths.get(image_id, ""), labels.get(image_id))
-          for image_id in sorted(set(labels) | set(paths))]
 
 
 class TileSlideFn(beam.DoFn):
@@ -79,10 +59,8 @@ class TileSlideFn(beam.DoFn):
   With `progress_total`, prints a counter with rate to stderr (per worker).
   """
 
-  def __init__(self, tiling: TilingConfig, labels_file: str, preview_dir: str = "",
-               progress_total: int = 0):
+  def __init__(self, tiling: TilingConfig, preview_dir: str = "", progress_total: int = 0):
     self._tiling = tiling
-    self._labels_file = labels_file
     self._preview_dir = preview_dir
     self._progress_total = progress_total
     self._written = beam.metrics.Metrics.counter(_COUNTERS, "slides_written")
@@ -116,20 +94,20 @@ class TileSlideFn(beam.DoFn):
     self._report_progress()
 
   def _tile(self, task: SlideTask) -> Iterator[Any]:
-    if task.label is None:
-      yield self._reject(task, f"slide file has no label in {self._labels_file}")
-      return
-    if not task.path:
-      yield self._reject(task, "labelled slide has no file")
+    if task.problem:
+      yield self._reject(task, task.problem)
       return
     try:
-      preview = (os.path.join(self._preview_dir, f"{task.image_id}.png")
-                 if self._preview_dir else "")
-      bag = tile_slide(task.path, self._tiling, preview_path=preview)
+      if task.kind == "patch":
+        bag = tile_patch(task.path, self._tiling, task.tile_x, task.tile_y)
+      else:
+        preview = (os.path.join(self._preview_dir, f"{task.image_id}.png")
+                   if self._preview_dir else "")
+        bag = tile_slide(task.path, self._tiling, preview_path=preview)
     except SlideError as e:
       yield self._reject(task, e.reason)
       return
-    except Exception as e:  # a slide must never take the run down with it
+    except Exception as e:  # an item must never take the run down with it
       yield self._reject(task, f"unexpected {type(e).__name__}: {e}")
       return
     label = task.label
@@ -152,13 +130,12 @@ def _csv_line(values) -> str:
 
 
 @beam.ptransform_fn
-def TileSlides(tasks, tiling: TilingConfig, labels_file: str,  # pylint: disable=invalid-name
-               preview_dir: str = "", progress_total: int = 0):
+def TileSlides(tasks, tiling: TilingConfig, preview_dir: str = "",  # pylint: disable=invalid-name
+               progress_total: int = 0):
   """PCollection[SlideTask] -> (examples, outcomes)."""
   return (tasks
           | "Reshuffle" >> beam.Reshuffle()  # spread slides over workers
-          | "Tile" >> beam.ParDo(TileSlideFn(tiling, labels_file, preview_dir,
-                                             progress_total)).with_outputs(
+          | "Tile" >> beam.ParDo(TileSlideFn(tiling, preview_dir, progress_total)).with_outputs(
               "outcomes", main="examples"))
 
 
@@ -191,11 +168,11 @@ def _SlidesToExample(pipeline, exec_properties: Dict[str, Any], split_pattern: s
   config = config_from_exec_properties(exec_properties)
   # Planning reads the label file here, at pipeline construction, so a bad
   # label file fails before any slide is tiled.
-  tasks = plan_slides(exec_properties["input_base"], split_pattern,
-                      config.data.labels_file)
+  tasks = datasets.plan(exec_properties["input_base"], config.data.format, split_pattern,
+                        config.data.labels_file)
   results = (pipeline
              | "ListSlides" >> beam.Create(tasks)
-             | "TileSlides" >> TileSlides(config.tiling, config.data.labels_file))
+             | "TileSlides" >> TileSlides(config.tiling))
   _ = results.outcomes | "WriteSlideReport" >> WriteSlideReport(
       exec_properties[_REPORT_DIR_KEY])
   return results.examples
@@ -237,6 +214,13 @@ def make_custom_config(config: PipelineConfig) -> example_gen_pb2.CustomConfig:
   return example_gen_pb2.CustomConfig(custom_config=packed)
 
 
+def input_pattern(data_dir: str, data_format: str, slide_pattern: str) -> str:
+  """The files the ExampleGen driver fingerprints to detect new data."""
+  if data_format == "auto":
+    data_format = datasets.detect_format(data_dir)
+  return {"panda": slide_pattern, "pcam": "train/*.tif", "idc": "*/*/*.png"}[data_format]
+
+
 class SlideExampleGen(FileBasedExampleGen):
   """Bags of the best tiles of each slide, split by patient."""
 
@@ -246,8 +230,8 @@ class SlideExampleGen(FileBasedExampleGen):
     data = config.data
     super().__init__(
         input_base=input_base,
-        input_config=example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name="slides", pattern=data.slide_pattern)]),
+        input_config=example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(
+            name="slides", pattern=input_pattern(input_base, data.format, data.slide_pattern))]),
         output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
             splits=[
                 example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets)

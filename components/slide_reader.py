@@ -87,7 +87,7 @@ class TiffSlide:
     candidates = [p for p in candidates
                   if getattr(p, "imagewidth", 0) and getattr(p, "imagelength", 0)]
     if not candidates:
-      raise SlideError(self.path, "TIFF has no image with a size")
+      raise SlideError(self.path, "TIFF has no readable image (corrupt or truncated)")
     base = max(candidates, key=lambda p: p.imagewidth * p.imagelength)
     aspect = base.imagewidth / base.imagelength
     levels = []

@@ -16,8 +16,9 @@ from typing import Dict, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components.slide_example_gen import (TileSlides, WriteSlideReport, plan_slides,
-                                          read_outcomes, summarize_outcomes)
+from components import datasets
+from components.slide_example_gen import (TileSlides, WriteSlideReport, read_outcomes,
+                                          summarize_outcomes)
 from pipeline.configs import PipelineConfig
 
 BAGS_PREFIX = "bags"
@@ -35,8 +36,8 @@ def run_tile_job(data_dir: str, out_dir: str, config: PipelineConfig,
   config's). A bad label file raises before any slide is tiled.
   """
   start = time.time()
-  labels = labels_file or config.data.labels_file
-  tasks = plan_slides(data_dir, config.data.slide_pattern, labels)
+  tasks = datasets.plan(data_dir, config.data.format, config.data.slide_pattern,
+                        labels_file or config.data.labels_file)
   os.makedirs(out_dir, exist_ok=True)
   preview_dir = os.path.join(out_dir, PREVIEWS_DIR) if previews else ""
   if preview_dir:
@@ -45,8 +46,7 @@ def run_tile_job(data_dir: str, out_dir: str, config: PipelineConfig,
   with beam.Pipeline(options=options) as pipeline:
     results = (pipeline
                | "ListSlides" >> beam.Create(tasks)
-               | "TileSlides" >> TileSlides(config.tiling, os.path.basename(labels),
-                                            preview_dir=preview_dir,
+               | "TileSlides" >> TileSlides(config.tiling, preview_dir=preview_dir,
                                             progress_total=len(tasks) if progress else 0))
     _ = (results.examples
          | "Serialize" >> beam.Map(lambda example: example.SerializeToString())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import List
 
 import cv2
@@ -104,3 +105,36 @@ def tile_slide(path: str, tiling: TilingConfig, preview_path: str = "") -> Slide
     previews.write_png(preview_path, previews.draw_preview(
         thumbnail, bag, thumbnail_downsample))
   return bag
+
+
+def _read_patch(path: str) -> np.ndarray:
+  """A small RGB image: TIFF through the slide reader, anything else via OpenCV."""
+  if path.lower().endswith((".tif", ".tiff")):
+    with TiffSlide(path) as slide:
+      return slide.read_level(0)
+  data = np.fromfile(path, np.uint8) if os.path.getsize(path) else np.empty(0, np.uint8)
+  if data.size == 0:
+    raise SlideError(path, "empty file")
+  image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+  if image is None:
+    raise SlideError(path, "not a readable image")
+  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def tile_patch(path: str, tiling: TilingConfig, tile_x: int = 0, tile_y: int = 0) -> SlideBag:
+  """A patch dataset item (PCam, IDC): the whole image is the bag's one tile.
+
+  Patches were cut around tissue by the dataset's authors, so no tissue
+  check; `tile_x`/`tile_y` are the patch's position in its slide when known.
+  """
+  if not os.path.exists(path):
+    raise SlideError(path, "file not found")
+  pixels = _read_patch(path)
+  height, width = pixels.shape[:2]
+  if tiling.resize_to:
+    pixels = cv2.resize(pixels, (tiling.resize_to, tiling.resize_to),
+                        interpolation=cv2.INTER_AREA)
+  return SlideBag(tiles=[encode_tile(pixels, tiling)], tile_valid=[1], tile_x=[tile_x],
+                  tile_y=[tile_y], tile_tissue=[1.0], level=0, level_downsample=1.0,
+                  tile_size=max(height, width), mpp=0.0, slide_width=width,
+                  slide_height=height)

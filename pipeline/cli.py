@@ -9,6 +9,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import List, Optional  # noqa: E402
@@ -56,10 +57,24 @@ def _run(args) -> int:
   return 0
 
 
+def _with_format(config, data_format: str):
+  return dataclasses.replace(config, data=dataclasses.replace(config.data, format=data_format))
+
+
+def _add_format_argument(parser) -> None:
+  # The whole pipeline trains the ISUP model on PANDA bags; `tile` also reads
+  # the patch datasets (the binary task comes with the Trainer issue).
+  parser.add_argument(
+      "--format", default="auto", choices=["auto", "panda", "pcam", "idc"],
+      help="dataset layout: panda (train.csv + train_images/*.tiff), pcam "
+      "(train_labels.csv + train/*.tif), idc (<patient>/<0|1>/*.png); default: "
+      "detected from the folder")
+
+
 def _tile(args) -> int:
   from components.tile_job import run_tile_job
   from pipeline.configs import load_config
-  config = load_config(args.config, preset=args.preset)
+  config = _with_format(load_config(args.config, preset=args.preset), args.format)
   summary = run_tile_job(args.data, args.out, config, labels_file=args.labels)
   print(f"{summary['slides_written']} of {summary['slides_total']} slides tiled "
         f"({summary['tiles_written']} tiles), {summary['slides_rejected']} rejected, "
@@ -98,9 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
       "thumbnail with the chosen tiles outlined and numbered).")
   tile.add_argument("--data", required=True, help="data folder with the slides")
   tile.add_argument("--labels", help="label CSV, absolute or relative to --data "
-                    "(default: the config's, train.csv)")
-  tile.add_argument("--format", default="panda", choices=["panda"],
-                    help="dataset layout (default panda)")
+                    "(default: the format's, train.csv or train_labels.csv)")
+  _add_format_argument(tile)
   tile.add_argument("--out", required=True, help="output folder")
   tile.add_argument("--config", help="JSON file overriding fields of the preset")
   tile.add_argument("--preset", default="demo", choices=["demo", "full"],

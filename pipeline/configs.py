@@ -39,8 +39,11 @@ class TilingConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Where slides and labels are inside the data folder."""
-  slide_pattern: str = "train_images/*.tif*"  # relative to the data folder
-  labels_file: str = "train.csv"
+  # panda, pcam, idc, or auto (detected from the folder when the pipeline is
+  # built, so only for local folders): see components/datasets.py.
+  format: str = "panda"
+  slide_pattern: str = "train_images/*.tif*"  # PANDA slides, relative to the data folder
+  labels_file: str = ""  # "" = the format's own (train.csv, train_labels.csv)
   # Hash buckets per split (by patient): the Trainer early-stops on "valid",
   # the Evaluator gates on "eval", which training never saw. 70/15/15.
   train_buckets: int = 14

@@ -11,8 +11,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from components import bag_features
 from components.labels import LabelFileError
-from components.slide_example_gen import (REJECTS_FILE, TileSlides, WriteSlideReport,
-                                          plan_slides)
+from components.datasets import plan_panda as plan_slides
+from components.slide_example_gen import REJECTS_FILE, TileSlides, WriteSlideReport
 from pipeline.configs import TilingConfig
 
 TINY = TilingConfig(tiles_per_slide=4, tile_size=32, level=1, min_tissue_fraction=0.5)
@@ -47,7 +47,10 @@ def test_plan_joins_labels_and_files(messy_dataset):
   tasks = {t.image_id: t for t in plan_slides(str(data), PATTERN, "train.csv")}
   assert len(tasks) == 6 + 5
   assert tasks["nofile"].path == "" and tasks["nofile"].label is not None
+  assert tasks["nofile"].problem == "labelled slide has no file"
   assert tasks["unlabelled"].label is None and tasks["unlabelled"].path
+  assert tasks["unlabelled"].problem == "slide file has no label in train.csv"
+  assert not any(tasks[s.image_id].problem for s in good)
 
 
 def test_bad_label_file_fails_before_tiling(messy_dataset):
@@ -63,7 +66,7 @@ def test_every_slide_is_written_or_rejected_with_its_reason(messy_dataset, tmp_p
   tasks = plan_slides(str(data), PATTERN, "train.csv")
   report_dir = str(tmp_path / "report")
   with beam.Pipeline() as pipeline:
-    results = (pipeline | beam.Create(tasks) | TileSlides(TINY, "train.csv"))
+    results = (pipeline | beam.Create(tasks) | TileSlides(TINY))
     image_ids = results.examples | beam.Map(
         lambda e: e.features.feature[bag_features.IMAGE_ID].bytes_list.value[0].decode())
     assert_that(image_ids, equal_to([s.image_id for s in good]))
@@ -84,7 +87,7 @@ def test_bag_example_carries_label_and_metadata(tiny_dataset):
   tasks = [t for t in plan_slides(str(tiny_dataset[0]), PATTERN, "train.csv")
            if t.image_id == slides[0].image_id]
   with beam.Pipeline() as pipeline:
-    results = pipeline | beam.Create(tasks) | TileSlides(TINY, "train.csv")
+    results = pipeline | beam.Create(tasks) | TileSlides(TINY)
     serialized = results.examples | beam.Map(lambda e: e.SerializeToString())
     parsed = serialized | beam.Map(lambda s: tf.train.Example.FromString(s))
 

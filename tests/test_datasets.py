@@ -1,0 +1,121 @@
+"""PatchCamelyon and IDC layouts: bags of one tile, labels, patients, rejects."""
+
+import csv
+import dataclasses
+import glob
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+import tifffile
+
+from components import bag_features, datasets
+from components.labels import LabelFileError
+from components.tile_job import run_tile_job
+from pipeline.configs import demo_config
+
+
+def _auto_config():
+  """The demo config with the format detected from the folder, as `histopipe tile` does."""
+  config = demo_config()
+  return dataclasses.replace(config, data=dataclasses.replace(config.data, format="auto"))
+
+
+def _patch(seed, size):
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture()
+def pcam_dir(tmp_path):
+  data = tmp_path / "pcam"
+  (data / "train").mkdir(parents=True)
+  for index in range(4):
+    tifffile.imwrite(str(data / "train" / f"p{index}.tif"), _patch(index, 96),
+                     photometric="rgb")
+  (data / "train" / "unlabelled.tif").write_bytes(
+      open(data / "train" / "p0.tif", "rb").read())
+  (data / "train" / "broken.tif").write_bytes(b"II*\x00broken")
+  (data / "train_labels.csv").write_text(
+      "id,label\np0,0\np1,1\np2,1\np3,0\nbroken,1\nmissing,0\n")
+  return data
+
+
+@pytest.fixture()
+def idc_dir(tmp_path):
+  data = tmp_path / "idc"
+  for patient, label, x, y in [("10253", 0, 1001, 501), ("10253", 1, 1051, 501),
+                               ("8863", 0, 51, 101)]:
+    folder = data / patient / str(label)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{patient}_idx5_x{x}_y{y}_class{label}.png"
+    cv2.imwrite(str(folder / name), _patch(x, 50))
+  # Wrong folder for its class, and a name that is not IDC's.
+  cv2.imwrite(str(data / "8863" / "0" / "8863_idx5_x1_y1_class1.png"), _patch(1, 50))
+  cv2.imwrite(str(data / "8863" / "0" / "notes.png"), _patch(2, 50))
+  return data
+
+
+def test_formats_are_detected_from_the_folder(pcam_dir, idc_dir, tiny_dataset, tmp_path):
+  assert datasets.detect_format(str(tiny_dataset[0])) == "panda"
+  assert datasets.detect_format(str(pcam_dir)) == "pcam"
+  assert datasets.detect_format(str(idc_dir)) == "idc"
+  with pytest.raises(ValueError, match="cannot tell the dataset format"):
+    datasets.detect_format(str(tmp_path))
+
+
+def _bags(out):
+  files = glob.glob(str(out / "bags-*.tfrecord.gz"))
+  examples = [tf.train.Example.FromString(r.numpy())
+              for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+  return {e.features.feature[bag_features.IMAGE_ID].bytes_list.value[0].decode(): e
+          for e in examples}
+
+
+def _rejects(out):
+  with open(out / "rejects.csv") as f:
+    return {r["image_id"]: r["reason"] for r in csv.DictReader(f)}
+
+
+def test_pcam_patches_become_bags_of_one_tile(pcam_dir, tmp_path):
+  out = tmp_path / "out"
+  summary = run_tile_job(str(pcam_dir), str(out), _auto_config(), progress=False)
+  assert summary["slides_total"] == 7 and summary["slides_written"] == 4
+  bags = _bags(out)
+  features = bags["p1"].features.feature
+  assert features[bag_features.LABEL].int64_list.value == [1]
+  assert features[bag_features.TILE_VALID].int64_list.value == [1]
+  tile = cv2.imdecode(np.frombuffer(features[bag_features.TILES].bytes_list.value[0],
+                                    np.uint8), cv2.IMREAD_COLOR)
+  np.testing.assert_array_equal(cv2.cvtColor(tile, cv2.COLOR_BGR2RGB), _patch(1, 96))
+  rejects = _rejects(out)
+  assert rejects["missing"] == "labelled slide has no file"
+  assert rejects["unlabelled"] == "slide file has no label in train_labels.csv"
+  assert "TIFF" in rejects["broken"]  # the reader names what is wrong
+
+
+def test_idc_patches_take_patient_and_coordinates_from_names(idc_dir, tmp_path):
+  out = tmp_path / "out"
+  summary = run_tile_job(str(idc_dir), str(out), _auto_config(), progress=False)
+  assert summary["slides_total"] == 5 and summary["slides_written"] == 3
+  features = _bags(out)["10253_idx5_x1051_y501_class1"].features.feature
+  assert features[bag_features.PATIENT_ID].bytes_list.value == [b"10253"]
+  assert features[bag_features.LABEL].int64_list.value == [1]
+  assert features[bag_features.TILE_X].int64_list.value == [1051]
+  assert features[bag_features.TILE_Y].int64_list.value == [501]
+  rejects = _rejects(out)
+  assert rejects["8863_idx5_x1_y1_class1"] == "class1 in the file name but in folder '0'"
+  assert "file name is not" in rejects["notes"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("id,label\na,0\na,1\n", "row 3: duplicated id 'a'"),
+    ("id,label\na,2\n", "row 2: label 2 is outside 0..1"),
+    ("id,target\na,1\n", "missing column"),
+])
+def test_bad_pcam_label_file_fails_before_tiling(tmp_path, text, message):
+  (tmp_path / "train").mkdir()
+  (tmp_path / "train_labels.csv").write_text(text)
+  with pytest.raises(LabelFileError, match=message):
+    datasets.plan(str(tmp_path), "pcam", "")
