@@ -101,3 +101,36 @@ def test_bag_example_carries_label_and_metadata(tiny_dataset):
       assert f[bag_features.LEVEL_DOWNSAMPLE].float_list.value == [4.0]
       assert f[bag_features.MPP].float_list.value[0] == pytest.approx(0.5)
     assert_that(parsed, check)
+
+
+def test_split_partition_keeps_each_patient_in_one_split(tmp_path):
+  """The ExampleGen hashes `patient_id`: every bag of a patient lands in one split."""
+  from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
+  from tfx.proto import example_gen_pb2
+  from tfx.utils import proto_utils
+
+  from components.bag_features import SlideBag, bag_to_example
+  from components.slide_example_gen import SlideExampleGen
+  from pipeline.configs import demo_config
+
+  component = SlideExampleGen(input_base=str(tmp_path), config=demo_config())
+  output = example_gen_pb2.Output()
+  proto_utils.json_to_proto(component.exec_properties["output_config"], output)
+  split_config = output.split_config
+  buckets, total = [], 0
+  for split in split_config.splits:
+    total += split.hash_buckets
+    buckets.append(total)
+  bag = SlideBag(tiles=[b"x"], tile_valid=[1], tile_x=[0], tile_y=[0], tile_tissue=[1.0],
+                 level=0, level_downsample=1.0, tile_size=1, mpp=0.0, slide_width=1,
+                 slide_height=1)
+  split_of_patient, splits_seen = {}, set()
+  for patient in range(60):
+    for slide in range(4):  # several slides (or IDC patches) per patient
+      example = bag_to_example(bag, image_id=f"p{patient}-s{slide}",
+                               patient_id=f"p{patient}", data_provider="x", label=0,
+                               gleason_score="")
+      split = _PartitionFn(example, len(buckets), buckets, split_config)
+      assert split_of_patient.setdefault(patient, split) == split
+      splits_seen.add(split)
+  assert splits_seen == {0, 1, 2}  # train, valid and eval all get patients
