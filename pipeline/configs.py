@@ -79,6 +79,19 @@ class TrainingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentationConfig:
+  """Training-batch augmentation (trainer/augmentation.py); never at eval or serving."""
+  flips_and_rotations: bool = True
+  shuffle_tiles: bool = True
+  colour: bool = True
+  brightness: float = 0.08  # additive, on 0..1 pixels
+  contrast: float = 0.1  # factor 1 +- this
+  saturation: float = 0.1  # factor 1 +- this
+  hue: float = 0.02  # additive, in turns of the colour wheel
+  hed_sigma: float = 0.03  # HED stain scale 1 +- sigma and shift +- sigma; 0 = off
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
   """The Evaluator's gate on quadratic weighted kappa."""
   min_kappa: float = 0.3  # the value threshold
@@ -94,6 +107,7 @@ class PipelineConfig:
   tiling: TilingConfig = TilingConfig()
   model: ModelConfig = ModelConfig()
   training: TrainingConfig = TrainingConfig()
+  augmentation: AugmentationConfig = AugmentationConfig()
   evaluation: EvaluationConfig = EvaluationConfig()
   # Extra Beam flags for every Beam-based component (ExampleGen, StatisticsGen,
   # Transform, Evaluator), e.g. ["--direct_num_workers=2"].

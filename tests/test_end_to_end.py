@@ -80,6 +80,9 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
   np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
   assert outputs["attention"].shape == (len(serialized), 4)
   assert set(outputs["grade"].numpy().tolist()) <= set(range(6))
+  # No augmentation or dropout at serving: the same bags give the same answer.
+  repeat = loaded.signatures["serving_default"](examples=tf.stack(serialized))
+  np.testing.assert_array_equal(repeat["probabilities"].numpy(), probabilities)
 
   # Serving needs only the tiles: a client's bag without label or metadata works.
   example = tf.train.Example.FromString(serialized[0].numpy())

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.configs import ModelConfig
+from pipeline.configs import AugmentationConfig, ModelConfig
 from trainer import features
 from trainer.model import build_backbone, build_mil_model, ordinal_outputs, ordinal_targets
-from trainer.preprocessing import augment_bags
+from trainer.augmentation import BagAugmenter, colour_jitter, hed_jitter
 
 TINY_MODEL = ModelConfig(backbone="resnet50", input_size=32, dense_units=16,
                          attention_units=8, dropout=0.0)
@@ -85,12 +85,21 @@ def test_imagenet_weights_load_from_a_local_file(tmp_path):
     build_backbone(dataclasses.replace(config, imagenet_weights=str(tmp_path / "none.h5")))
 
 
+def _batch(tiles, valid):
+  bags = tiles.shape[0]
+  return {features.TILES_XF: tf.constant(tiles), features.TILE_VALID_XF: tf.constant(valid),
+          features.CHANNEL_MEAN_XF: tf.constant(np.tile([[200.0, 150.0, 190.0]], (bags, 1)),
+                                                tf.float32),
+          features.CHANNEL_STD_XF: tf.constant(np.tile([[30.0, 40.0, 30.0]], (bags, 1)),
+                                               tf.float32)}
+
+
 def test_augmentation_flips_rotates_and_shuffles_but_keeps_tiles():
   rng = np.random.default_rng(2)
   tiles = rng.normal(size=(8, 4, 8, 8, 3)).astype(np.float32)
   valid = np.tile(np.array([[1, 1, 1, 0]], np.float32), (8, 1))
-  batch = {features.TILES_XF: tf.constant(tiles), features.TILE_VALID_XF: tf.constant(valid)}
-  out = augment_bags(batch, seed=3)
+  geometric_only = AugmentationConfig(colour=False, hed_sigma=0.0)
+  out = BagAugmenter(geometric_only, seed=3)(_batch(tiles, valid))
   out_tiles = out[features.TILES_XF].numpy()
   assert not np.array_equal(out_tiles, tiles)  # something happened
   changed = 0
@@ -108,3 +117,26 @@ def test_augmentation_flips_rotates_and_shuffles_but_keeps_tiles():
       assert out[features.TILE_VALID_XF].numpy()[b, i] == valid[b, source]
       changed += not np.allclose(out_tiles[b, i], tiles[b, i])
   assert changed > 8
+
+
+def test_hed_and_colour_jitter_are_identity_at_neutral_settings():
+  pixels = tf.constant(np.random.default_rng(4).uniform(0, 255, (3, 8, 8, 3)), tf.float32)
+  ones, zeros = tf.ones([3, 3]), tf.zeros([3, 3])
+  np.testing.assert_allclose(hed_jitter(pixels, ones, zeros), pixels, atol=1e-2)
+  neutral = colour_jitter(pixels, brightness=tf.zeros([3]), contrast=tf.ones([3]),
+                          saturation=tf.ones([3]), hue=tf.zeros([3]))
+  np.testing.assert_allclose(neutral, pixels, atol=1e-2)
+
+
+def test_stain_jitter_moves_colours_differently_per_tile_and_per_epoch():
+  rng = np.random.default_rng(5)
+  tiles = rng.normal(size=(4, 4, 8, 8, 3)).astype(np.float32) * 0.3
+  valid = np.ones((4, 4), np.float32)
+  augmenter = BagAugmenter(AugmentationConfig(flips_and_rotations=False, shuffle_tiles=False),
+                           seed=6)
+  first = augmenter(_batch(tiles, valid))[features.TILES_XF].numpy()
+  second = augmenter(_batch(tiles, valid))[features.TILES_XF].numpy()
+  shift = (first - tiles).mean(axis=(2, 3))  # [bags, tiles, channels]
+  assert np.abs(shift).max() > 0.02  # colours moved
+  assert shift.reshape(-1, 3).std(axis=0).min() > 0.005  # by different amounts per tile
+  assert not np.allclose(first, second)  # a new draw on the next batch/epoch

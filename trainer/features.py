@@ -14,6 +14,10 @@ def transformed_name(key: str) -> str:
 
 TILES_XF = transformed_name(bag_features.TILES)  # float [N, size, size, 3], normalized
 TILE_VALID_XF = transformed_name(bag_features.TILE_VALID)  # float [N], 1 real / 0 pad
+# The normalization's per-channel statistics, repeated per bag, so training
+# augmentation can work on pixels and normalize again.
+CHANNEL_MEAN_XF = "channel_mean_xf"  # float [3]
+CHANNEL_STD_XF = "channel_std_xf"  # float [3]
 
 # Model outputs (serving signature keys).
 GRADE = "grade"

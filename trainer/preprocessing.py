@@ -5,8 +5,8 @@ training split and are baked into the transform graph, so serving applies the
 training normalization exactly. Padding tiles (tile_valid = 0) are left out of
 the statistics: they are white and would bias them towards glass.
 
-Augmentation lives here too, as a plain TF function that the Trainer applies to
-training batches only; it is never part of the transform graph.
+Augmentation is not here: trainer/augmentation.py, applied by the Trainer to
+training batches only.
 """
 
 from __future__ import annotations
@@ -57,35 +57,11 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor],
   mean = total / count
   std = tf.sqrt(tf.maximum(total_sq / count - tf.square(mean), 1e-6))
 
+  batch = tf.shape(valid)[:1]
   return {
       features.TILES_XF: (tiles - mean) / std,
       features.TILE_VALID_XF: valid,
+      features.CHANNEL_MEAN_XF: tf.broadcast_to(mean, tf.concat([batch, [3]], 0)),
+      features.CHANNEL_STD_XF: tf.broadcast_to(std, tf.concat([batch, [3]], 0)),
       features.LABEL_KEY: inputs[features.LABEL_KEY],
   }
-
-
-def augment_bags(transformed: Dict[str, tf.Tensor], seed: int) -> Dict[str, tf.Tensor]:
-  """Training-only: per-tile flips and 90-degree rotations, shuffled tile order.
-
-  Tiles are square, so rotation keeps their shape; the valid mask moves with
-  its tile when the order is shuffled.
-  """
-  tiles = transformed[features.TILES_XF]
-  valid = transformed[features.TILE_VALID_XF]
-  shape = tf.shape(tiles)
-  flat = tf.reshape(tiles, tf.concat([[-1], shape[2:]], axis=0))
-  count = tf.shape(flat)[0]
-  flip = tf.random.uniform([count], seed=seed) < 0.5
-  flat = tf.where(flip[:, None, None, None], tf.reverse(flat, axis=[2]), flat)
-  quarter_turns = tf.random.uniform([count], 0, 4, dtype=tf.int32, seed=seed + 1)
-  for k in (1, 2, 3):
-    flat = tf.where((quarter_turns == k)[:, None, None, None],
-                    tf.image.rot90(flat, k=k), flat)
-  tiles = tf.reshape(flat, shape)
-
-  # One random permutation of tile positions per bag.
-  order = tf.argsort(tf.random.uniform(tf.shape(valid), seed=seed + 2), axis=1)
-  out = dict(transformed)
-  out[features.TILES_XF] = tf.gather(tiles, order, batch_dims=1)
-  out[features.TILE_VALID_XF] = tf.gather(valid, order, batch_dims=1)
-  return out

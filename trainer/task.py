@@ -20,9 +20,9 @@ from tfx_bsl.public import tfxio
 
 from pipeline.configs import PipelineConfig, TrainingConfig
 from trainer import features
+from trainer.augmentation import BagAugmenter
 from trainer.metrics import QuadraticWeightedKappa
 from trainer.model import build_mil_model, ordinal_targets
-from trainer.preprocessing import augment_bags
 
 
 def _dataset(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOutput,
@@ -38,11 +38,12 @@ def _dataset(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOu
                                          tf_transform_output.raw_metadata.schema)
   tft_layer = tf_transform_output.transform_features_layer()
   num_classes = config.num_classes
+  augment = BagAugmenter(config.augmentation, seed=training_config.seed) if training else None
 
   def to_model_io(raw_batch) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
     transformed = tft_layer(raw_batch)
-    if training:
-      transformed = augment_bags(transformed, seed=training_config.seed)
+    if augment is not None:
+      transformed = augment(transformed)
     inputs = {features.TILES_XF: transformed[features.TILES_XF],
               features.TILE_VALID_XF: transformed[features.TILE_VALID_XF]}
     labels = transformed[features.LABEL_KEY]
