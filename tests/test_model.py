@@ -140,3 +140,42 @@ def test_stain_jitter_moves_colours_differently_per_tile_and_per_epoch():
   assert np.abs(shift).max() > 0.02  # colours moved
   assert shift.reshape(-1, 3).std(axis=0).min() > 0.005  # by different amounts per tile
   assert not np.allclose(first, second)  # a new draw on the next batch/epoch
+
+
+@pytest.mark.parametrize("pooling", ["gated_attention", "mean", "max", "concat_tile"])
+def test_every_pooling_ignores_padding_tiles(pooling):
+  config = dataclasses.replace(TINY_MODEL, backbone="small_cnn", pooling=pooling)
+  model = build_mil_model(config, tiles_per_slide=4, num_classes=6)
+  rng = np.random.default_rng(7)
+  bag = _bag(rng, [1, 1, 1, 0])
+  other = dict(bag)
+  other[features.TILES_XF] = bag[features.TILES_XF].copy()
+  other[features.TILES_XF][0, 3] = rng.normal(size=(32, 32, 3)) * 10
+  first, second = model(bag, training=False), model(other, training=False)
+  np.testing.assert_allclose(first[features.PROBABILITIES], second[features.PROBABILITIES],
+                             atol=1e-5)
+  attention = first[features.ATTENTION].numpy()[0]
+  assert attention[3] == 0.0 and attention.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("backbone,size", [("resnet50", 32), ("xception", 72),
+                                           ("nasnet_mobile", 32), ("xception+nasnet", 72),
+                                           ("small_cnn", 32)])
+def test_every_backbone_builds_and_trains_one_step(backbone, size):
+  from pipeline.configs import PipelineConfig
+  from trainer.task import compile_model
+  config = dataclasses.replace(TINY_MODEL, backbone=backbone, input_size=size)
+  model = build_mil_model(config, tiles_per_slide=2, num_classes=6)
+  compile_model(model, PipelineConfig(model=config))
+  rng = np.random.default_rng(8)
+  bag = {features.TILES_XF: rng.normal(size=(2, 2, size, size, 3)).astype(np.float32),
+         features.TILE_VALID_XF: np.ones((2, 2), np.float32)}
+  labels = np.array([[1], [4]])
+  result = model.train_on_batch(bag, {features.ORDINAL_LOGITS: ordinal_targets(labels, 6),
+                                      features.PROBABILITIES: labels}, return_dict=True)
+  assert np.isfinite(result["loss"])
+
+
+def test_backbone_rejects_tiles_below_its_minimum():
+  with pytest.raises(ValueError, match="xception needs tiles of at least 71 px"):
+    build_backbone(dataclasses.replace(TINY_MODEL, backbone="xception", input_size=64))
