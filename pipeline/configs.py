@@ -76,6 +76,14 @@ class TrainingConfig:
   warmup_epochs: int = 1
   eval_batch_size: int = 8
   seed: int = 42
+  # Class imbalance (PANDA is skewed to grades 0 and 1): "class_weights"
+  # (loss weight total / (classes * count)), "balanced_sampling" (every
+  # class equally often per epoch) or "none". Counts come from a TFT analyzer
+  # over the training split.
+  class_balance: str = "class_weights"
+  # With GPUs: mixed float16 compute (float32 outputs), and MirroredStrategy
+  # over all of a node's GPUs. Ignored on CPU.
+  mixed_precision: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -179,3 +179,17 @@ def test_every_backbone_builds_and_trains_one_step(backbone, size):
 def test_backbone_rejects_tiles_below_its_minimum():
   with pytest.raises(ValueError, match="xception needs tiles of at least 71 px"):
     build_backbone(dataclasses.replace(TINY_MODEL, backbone="xception", input_size=64))
+
+
+def test_mixed_precision_model_keeps_float32_outputs():
+  import tf_keras
+  tf_keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    config = dataclasses.replace(TINY_MODEL, backbone="small_cnn")
+    model = build_mil_model(config, tiles_per_slide=4, num_classes=6)
+    outputs = model(_bag(np.random.default_rng(9), [1, 1, 0, 0]), training=False)
+  finally:
+    tf_keras.mixed_precision.set_global_policy("float32")
+  assert outputs[features.PROBABILITIES].dtype == tf.float32
+  assert outputs[features.ATTENTION].numpy()[0, 2:].tolist() == [0.0, 0.0]
+  assert np.isfinite(outputs[features.PROBABILITIES].numpy()).all()

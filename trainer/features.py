@@ -18,6 +18,8 @@ TILE_VALID_XF = transformed_name(bag_features.TILE_VALID)  # float [N], 1 real /
 # augmentation can work on pixels and normalize again.
 CHANNEL_MEAN_XF = "channel_mean_xf"  # float [3]
 CHANNEL_STD_XF = "channel_std_xf"  # float [3]
+# TFT vocabulary asset of the training split's labels with their counts.
+LABEL_COUNTS_VOCABULARY = "label_counts"
 
 # Model outputs (serving signature keys).
 GRADE = "grade"

@@ -121,9 +121,11 @@ class GatedAttentionPooling(keras.layers.Layer):
   def __init__(self, units: int, **kwargs):
     super().__init__(**kwargs)
     self.units = units
-    self.tanh_branch = keras.layers.Dense(units, activation="tanh")
-    self.sigmoid_branch = keras.layers.Dense(units, activation="sigmoid")
-    self.score = keras.layers.Dense(1)
+    # Sub-layers follow this layer's dtype policy (float32 under mixed precision).
+    self.tanh_branch = keras.layers.Dense(units, activation="tanh", dtype=self.dtype_policy)
+    self.sigmoid_branch = keras.layers.Dense(units, activation="sigmoid",
+                                             dtype=self.dtype_policy)
+    self.score = keras.layers.Dense(1, dtype=self.dtype_policy)
 
   def call(self, tile_features, valid):
     scores = self.score(self.tanh_branch(tile_features) *
@@ -163,14 +165,14 @@ def _concat_tile_features(model: ModelConfig, tiles, valid, tiles_per_slide: int
   rows, cols = _tile_grid(tiles_per_slide)
   backbone = build_backbone(model, input_shape=(rows * size, cols * size, 3))
   attention = valid / tf.maximum(tf.reduce_sum(valid, -1, keepdims=True), 1.0)
-  return backbone(concat_tiles(tiles, valid, size)), attention
+  return tf.cast(backbone(concat_tiles(tiles, valid, size)), tf.float32), attention
 
 
 def _pool_tiles(model: ModelConfig, tile_features, valid):
   """[B, N, F] features of valid tiles -> ([B, F] pooled, [B, N] attention)."""
   if model.pooling == "gated_attention":
-    return GatedAttentionPooling(model.attention_units, name="gated_attention")(
-        tile_features, valid)
+    return GatedAttentionPooling(model.attention_units, name="gated_attention",
+                                 dtype="float32")(tile_features, valid)
   if model.pooling == "mean":
     attention = valid / tf.maximum(tf.reduce_sum(valid, -1, keepdims=True), 1.0)
     return tf.reduce_sum(tile_features * attention[..., None], axis=1), attention
@@ -195,17 +197,22 @@ def build_mil_model(model: ModelConfig, tiles_per_slide: int,
     backbone = build_backbone(model)
     # The backbone sees every tile of every bag as one batch of images.
     tile_features = backbone(tf.reshape(tiles, [-1, size, size, 3]))
+    # Pooling in float32 under mixed precision: masking uses -1e9, beyond float16.
+    tile_features = tf.cast(tile_features, tf.float32)
     tile_features = tf.reshape(tile_features, [-1, tiles_per_slide, tile_features.shape[-1]])
     pooled, attention = _pool_tiles(model, tile_features, valid)
 
   hidden = keras.layers.Dense(model.dense_units, activation="relu")(pooled)
   hidden = keras.layers.BatchNormalization()(hidden)
   hidden = keras.layers.Dropout(model.dropout)(hidden)
-  logits = keras.layers.Dense(num_classes - 1, name=features.ORDINAL_LOGITS)(hidden)
+  logits = keras.layers.Dense(num_classes - 1, name=features.ORDINAL_LOGITS,
+                              dtype="float32")(hidden)
   named = {features.ATTENTION: attention, **ordinal_outputs(logits)}
-  # Identity layers give the outputs their names (Keras keys metrics by them).
+  # Identity layers give the outputs their names (Keras keys metrics by them);
+  # float32 so that mixed precision never reaches the outputs.
   outputs = {features.ORDINAL_LOGITS: logits,
-             **{key: keras.layers.Identity(name=key)(value) for key, value in named.items()}}
+             **{key: keras.layers.Identity(name=key, dtype="float32")(value)
+                for key, value in named.items()}}
   return keras.Model({features.TILES_XF: tiles, features.TILE_VALID_XF: valid}, outputs,
                      name=f"mil_{model.backbone.replace('+', '_')}_{model.pooling}")
 

@@ -57,6 +57,10 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor],
   mean = total / count
   std = tf.sqrt(tf.maximum(total_sq / count - tf.square(mean), 1e-6))
 
+  # Label counts of the training split, for class weights or balanced sampling.
+  tft.vocabulary(tf.strings.as_string(tf.reshape(inputs[features.LABEL_KEY], [-1])),
+                 vocab_filename=features.LABEL_COUNTS_VOCABULARY, store_frequency=True)
+
   batch = tf.shape(valid)[:1]
   return {
       features.TILES_XF: (tiles - mean) / std,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Dict, Tuple
+from typing import Dict, List
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -39,8 +39,15 @@ def _dataset(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOu
   tft_layer = tf_transform_output.transform_features_layer()
   num_classes = config.num_classes
   augment = BagAugmenter(config.augmentation, seed=training_config.seed) if training else None
+  balance = training_config.class_balance if training else "none"
+  if balance not in ("none", "class_weights", "balanced_sampling"):
+    raise ValueError(f"unknown class_balance {balance!r}")
+  counts = label_counts(tf_transform_output)
+  weights = tf.constant(class_weights(counts, num_classes), tf.float32)
+  if balance == "balanced_sampling":
+    raw = _balanced(raw, sorted(counts), training_config)
 
-  def to_model_io(raw_batch) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+  def to_model_io(raw_batch) -> tuple:  # (inputs, targets[, sample weights])
     transformed = tft_layer(raw_batch)
     if augment is not None:
       transformed = augment(transformed)
@@ -49,10 +56,43 @@ def _dataset(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOu
     labels = transformed[features.LABEL_KEY]
     targets = {features.ORDINAL_LOGITS: ordinal_targets(labels, num_classes),
                features.PROBABILITIES: tf.reshape(labels, [-1, 1])}
-    return inputs, targets
+    if balance != "class_weights":
+      return inputs, targets
+    sample_weights = tf.gather(weights, tf.reshape(tf.cast(labels, tf.int32), [-1]))
+    return inputs, targets, {features.ORDINAL_LOGITS: sample_weights}
 
   return raw.map(to_model_io, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
       tf.data.AUTOTUNE)
+
+
+def label_counts(tf_transform_output: tft.TFTransformOutput) -> Dict[int, int]:
+  """Training-split label counts, from the Transform's vocabulary analyzer."""
+  path = tf_transform_output.vocabulary_file_by_name(features.LABEL_COUNTS_VOCABULARY)
+  counts = {}
+  with tf.io.gfile.GFile(path) as f:
+    for line in f:
+      count, label = line.split()
+      counts[int(label)] = int(float(count))
+  return counts
+
+
+def class_weights(counts: Dict[int, int], num_classes: int) -> List[float]:
+  """total / (classes present * count): each present class weighs the same."""
+  total = sum(counts.values())
+  return [total / (len(counts) * counts[k]) if counts.get(k) else 1.0
+          for k in range(num_classes)]
+
+
+def _balanced(raw: tf.data.Dataset, labels: List[int],
+              training: TrainingConfig) -> tf.data.Dataset:
+  """Every present class drawn equally often (each class's bags repeat)."""
+  bags = raw.unbatch()
+  per_class = [bags.filter(lambda bag, k=k: tf.equal(
+      tf.reshape(tf.cast(bag[features.LABEL_KEY], tf.int32), []), k)).repeat()
+               for k in labels]
+  return tf.data.Dataset.sample_from_datasets(
+      per_class, weights=[1.0 / len(labels)] * len(labels), seed=training.seed,
+  ).batch(training.batch_size)
 
 
 def learning_rate_at_epoch(epoch: int, training: TrainingConfig) -> float:
@@ -98,6 +138,18 @@ def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransform
   return {"serving_default": serve_tf_examples, "transform_features": transform_features}
 
 
+def training_strategy(training: TrainingConfig) -> tf.distribute.Strategy:
+  """MirroredStrategy over a node's GPUs (mixed precision if asked); CPU: default."""
+  gpus = tf.config.list_physical_devices("GPU")
+  if not gpus:
+    return tf.distribute.get_strategy()
+  if training.mixed_precision:
+    keras.mixed_precision.set_global_policy("mixed_float16")
+  logging.info("training on %d GPU(s), mixed precision %s", len(gpus),
+               training.mixed_precision)
+  return tf.distribute.MirroredStrategy()
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
   config = PipelineConfig.from_json(fn_args.custom_config["config"])
   keras.utils.set_random_seed(config.training.seed)
@@ -106,11 +158,17 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                    config, training=True)
   evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
                         config, training=False)
-  if config.training.steps_per_epoch:
+  steps_per_epoch = config.training.steps_per_epoch or None
+  if config.training.class_balance == "balanced_sampling":
+    # An endless stream: an epoch is as many bags as the training split has.
+    train_bags = sum(label_counts(tf_transform_output).values())
+    steps_per_epoch = steps_per_epoch or math.ceil(train_bags / config.training.batch_size)
+  elif steps_per_epoch:
     train = train.repeat()
 
-  model = build_mil_model(config.model, config.tiling.tiles_per_slide, config.num_classes)
-  compile_model(model, config)
+  with training_strategy(config.training).scope():
+    model = build_mil_model(config.model, config.tiling.tiles_per_slide, config.num_classes)
+    compile_model(model, config)
   callbacks = [
       keras.callbacks.LearningRateScheduler(
           lambda epoch: learning_rate_at_epoch(epoch, config.training)),
@@ -120,7 +178,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
       keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
   ]
   history = model.fit(train, validation_data=evaluation, epochs=config.training.epochs,
-                      steps_per_epoch=config.training.steps_per_epoch or None,
+                      steps_per_epoch=steps_per_epoch,
                       callbacks=callbacks, verbose=2)
   best = max(history.history.get("val_probabilities_kappa", [float("nan")]))
   logging.info("best eval kappa during training: %.3f", best)
