@@ -84,6 +84,28 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
   repeat = loaded.signatures["serving_default"](examples=tf.stack(serialized))
   np.testing.assert_array_equal(repeat["probabilities"].numpy(), probabilities)
 
+  # predict_tiles: a client sends the valid tiles of one bag, no tf.Example.
+  valid_tiles = [t for t, v in zip(
+      tf.train.Example.FromString(serialized[0].numpy()).features.feature[
+          bag_features.TILES].bytes_list.value,
+      tf.train.Example.FromString(serialized[0].numpy()).features.feature[
+          bag_features.TILE_VALID].int64_list.value) if v]
+  by_tiles = loaded.signatures["predict_tiles"](tiles=tf.constant(valid_tiles))
+  np.testing.assert_allclose(by_tiles["probabilities"].numpy()[0], probabilities[0],
+                             atol=1e-5)
+
+  # TF's own tool runs both user-facing signatures from files.
+  inputs = os.path.join(model_dir, "..", "inputs.npz")
+  np.savez(inputs, examples=np.array([s.numpy() for s in serialized], dtype=object),
+           tiles=np.array(valid_tiles, dtype=object))
+  for signature, key in (("serving_default", "examples"), ("predict_tiles", "tiles")):
+    ran = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run",
+         "--dir", model_dir, "--tag_set", "serve", "--signature_def", signature,
+         "--inputs", f"{key}={inputs}[{key}]"],
+        capture_output=True, text=True, check=True).stdout
+    assert "Result for output key probabilities:" in ran
+
   # Serving needs only the tiles: a client's bag without label or metadata works.
   example = tf.train.Example.FromString(serialized[0].numpy())
   features = example.features.feature

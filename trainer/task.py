@@ -18,6 +18,7 @@ import tf_keras as keras
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
+from components import bag_features
 from pipeline.configs import PipelineConfig, TrainingConfig
 from trainer import features
 from trainer.augmentation import BagAugmenter
@@ -122,9 +123,8 @@ def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransform
   raw_spec = tf_transform_output.raw_feature_spec()
   serving_spec = {key: raw_spec[key] for key in features.MODEL_INPUT_KEYS}
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-  def serve_tf_examples(serialized):
-    transformed = model.tft_layer(tf.io.parse_example(serialized, serving_spec))
+  def predict(raw_bags):
+    transformed = model.tft_layer(raw_bags)
     outputs = model({features.TILES_XF: transformed[features.TILES_XF],
                      features.TILE_VALID_XF: transformed[features.TILE_VALID_XF]},
                     training=False)
@@ -132,10 +132,30 @@ def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransform
             (features.GRADE, features.PROBABILITIES, features.ATTENTION)}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def serve_tf_examples(serialized):
+    return predict(tf.io.parse_example(serialized, serving_spec))
+
+  tiles_per_slide = serving_spec[bag_features.TILES].shape[0]
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="tiles")])
+  def predict_tiles(encoded_tiles):
+    """One bag of up to N encoded tiles, for clients that tile slides themselves."""
+    count = tf.minimum(tf.shape(encoded_tiles)[0], tiles_per_slide)
+    encoded_tiles = encoded_tiles[:count]
+    # Padding repeats the first tile; it is masked out, so its content is moot.
+    padding = tf.fill([tiles_per_slide - count], encoded_tiles[0])
+    bag = {bag_features.TILES: tf.concat([encoded_tiles, padding], 0)[None],
+           bag_features.TILE_VALID: tf.concat(
+               [tf.ones([count], tf.int64), tf.zeros([tiles_per_slide - count], tf.int64)],
+               0)[None]}
+    return predict(bag)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
   def transform_features(serialized):
     return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
 
-  return {"serving_default": serve_tf_examples, "transform_features": transform_features}
+  return {"serving_default": serve_tf_examples, "predict_tiles": predict_tiles,
+          "transform_features": transform_features}
 
 
 def training_strategy(training: TrainingConfig) -> tf.distribute.Strategy:
