@@ -7,9 +7,10 @@ the SlideExampleGen writes them with `bag_to_example`.
 from __future__ import annotations
 
 import dataclasses
-from typing import List
+from typing import TYPE_CHECKING, List
 
-import tensorflow as tf
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 IMAGE_ID = "image_id"
 PATIENT_ID = "patient_id"
@@ -48,21 +49,22 @@ class SlideBag:
   slide_height: int
 
 
-def _bytes(values):
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-
-
-def _ints(values):
-  return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-
-def _floats(values):
-  return tf.train.Feature(float_list=tf.train.FloatList(value=values))
-
-
 def bag_to_example(bag: SlideBag, image_id: str, patient_id: str,
                    data_provider: str, label: int,
-                   gleason_score: str) -> tf.train.Example:
+                   gleason_score: str) -> "tf.train.Example":
+  # TensorFlow is imported here only: tiling a slide without building
+  # Examples stays light (~0.1 GB of memory instead of ~0.8 GB with TF).
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  def _bytes(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+  def _ints(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+  def _floats(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
   feature = {
       IMAGE_ID: _bytes([image_id.encode()]),
       PATIENT_ID: _bytes([(patient_id or image_id).encode()]),

@@ -1,0 +1,550 @@
+"""Tiling throughput on PANDA-size synthetic slides: histopipe vs a Kaggle baseline vs the floor.
+
+Run from the repository root:
+
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python bench/tiling.py [--slides N] [--workdir DIR]
+
+What it does, in one process:
+
+1. Slides. Writes N synthetic biopsies of about 25,000 x 15,000 px at level 0
+   (`--width/--height`) as JPEG-compressed tiled pyramidal TIFFs with levels at
+   downsample 1/4/16 (`components.synthetic.write_pyramidal_tiff`), and a
+   PANDA `train.csv`. Tissue is drawn by `components.synthetic.render_tissue`
+   at level-1 resolution (downsample 4) with the tumour morphology scaled by
+   1/4 (radii / 4, densities x 16), so level 1, the level that is tiled, has
+   level-0-like texture; level 0 is that image upscaled with cv2.resize
+   (bilinear) and level 2 is it downscaled (area). The benign part of each
+   core uses `render_tissue`'s own grade-0 morphology, unscaled. Slides are
+   cached in `WORKDIR/slide_cache` by (seed, index, size): a rerun skips
+   generation; `WORKDIR/data_N/` holds symlinks to the first N and the CSV.
+
+2. Timings, all with `full_config().tiling` (36 tiles of 256 px from level 1,
+   PNG), on the same slides, each measured once, wall clock
+   (`time.perf_counter`), with the slide files warm in the page cache (they
+   were just written or read):
+
+   (a) `run_tile_job(previews=False, progress=False)` with
+       `--direct_running_mode=in_memory --direct_num_workers=1`: the whole
+       `histopipe tile` Beam job, including pipeline start-up and writing the
+       gzipped TFRecords and reports. A trivial Beam pipeline runs first
+       (untimed) so (a) does not pay for Beam's lazy imports alone.
+   (b) The popular Kaggle-notebook approach: `tifffile.imread(path, key=1)`
+       decodes the WHOLE level 1, pads it with white to a multiple of 256
+       (centred, as in the notebooks), reshapes it into tiles, keeps the 36
+       with the lowest pixel sum (darkest) and encodes them with
+       `components.tiling.encode_tile`. tifffile decodes with several threads
+       by default; (b1) repeats it with `maxworkers=1`, which is the fair
+       comparison with the single-worker (a).
+   (c) The floor: for exactly the tiles (a) chose (read back from its bags),
+       open the slide and `TiffSlide.read_region` each tile rectangle; this
+       decodes only the TIFF tiles those rectangles touch. No tissue
+       detection, no encoding, no Beam.
+   (d) `run_tile_job` with `--direct_running_mode=multi_processing
+       --direct_num_workers=2`, compared with (a)'s single worker.
+   (e) For reference: `components.tiling.tile_slide` in a plain loop (the
+       work (a) does per slide, without Beam and without writing).
+
+   "TIFF tiles decoded / slide" counts the segments `TiffSlide` really
+   decodes (`_read_and_decode`, behind its segment cache; `_decode_segment`
+   in a reader without one), wrapped at run time, never edited, during (c)
+   and (e); (a) and (d) run
+   the same `tile_slide` so they decode what (e) decodes; for (b) it is every
+   TIFF tile of level 1. "Tissue in chosen tiles" is the mean fraction of
+   non-white pixels (any channel < `components.tissue.WHITE_LEVEL`) over the
+   tiles each method keeps, a check that a faster method does not pick worse
+   tiles. tiles/s counts tiles cut from the slide (bag padding excluded).
+
+3. Prints a Markdown table (rates and the throughput ratios (a)/(b),
+   (a)/(c), (d)/(a)) and writes it, with all raw numbers, to
+   `WORKDIR/tiling_results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import csv
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # the project needs Keras 2
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import apache_beam as beam  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tifffile  # noqa: E402
+
+from components import bag_features, slide_reader, synthetic, tissue  # noqa: E402
+from components.tile_job import BAGS_PREFIX, run_tile_job  # noqa: E402
+from components.tiling import encode_tile, tile_slide  # noqa: E402
+from pipeline.configs import TilingConfig, full_config  # noqa: E402
+
+DEFAULT_WORKDIR = os.path.join(tempfile.gettempdir(), "histopipe-bench", "tiling")
+RESULTS_FILE = "tiling_results.json"
+# Bump when the slide generator below changes, so cached slides are redrawn.
+GENERATOR_VERSION = 2
+RENDER_DOWNSAMPLE = 4  # slides are drawn at level 1 and upscaled to level 0
+
+BEAM_ONE_WORKER = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+BEAM_TWO_WORKERS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+
+
+# --------------------------------------------------------------------------
+# Synthetic PANDA-size slides
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class BenchSlide:
+  image_id: str
+  path: str
+  data_provider: str
+  isup_grade: int
+  gleason_score: str
+
+
+def scaled_morphology(morph: synthetic.GradeMorphology,
+                      downsample: int) -> synthetic.GradeMorphology:
+  """`morph` (level-0 pixels) expressed in pixels of a level at `downsample`."""
+  area = downsample * downsample
+  return dataclasses.replace(
+      morph,
+      gland_radius=morph.gland_radius / downsample,
+      glands_per_megapixel=morph.glands_per_megapixel * area,
+      nuclei_per_megapixel=morph.nuclei_per_megapixel * area,
+      nucleus_radius=morph.nucleus_radius / downsample)
+
+
+def slide_metadata(seed: int, index: int) -> Tuple[str, str, int, str, np.random.Generator]:
+  """(image_id, provider, grade, gleason, rng): depends on (seed, index) only,
+  so slide i is the same file whatever `--slides` is and the cache can be reused."""
+  rng = np.random.default_rng([seed, index, GENERATOR_VERSION])
+  image_id = hashlib.md5(f"histopipe-bench-{seed}-{index}".encode()).hexdigest()
+  grade = (seed + index) % len(synthetic.GLEASON_BY_ISUP)  # every grade in 6 slides
+  provider = synthetic.PROVIDERS[int(rng.integers(0, len(synthetic.PROVIDERS)))]
+  choices = synthetic.GLEASON_BY_ISUP[grade]
+  gleason = choices[int(rng.integers(0, len(choices)))]
+  return image_id, provider, grade, gleason, rng
+
+
+def render_levels(rng: np.random.Generator, width: int, height: int, grade: int,
+                  provider: str) -> List[np.ndarray]:
+  """[level 0, level 1, level 2] RGB arrays of one slide (downsample 1/4/16)."""
+  if width % RENDER_DOWNSAMPLE or height % RENDER_DOWNSAMPLE:
+    raise ValueError(f"width and height must be multiples of {RENDER_DOWNSAMPLE}")
+  morph = synthetic.jittered(synthetic.morphology_for_grade(grade), rng)
+  tumour_fraction = float(rng.uniform(0.3, 0.9)) if grade else 0.0
+  stain = synthetic.PROVIDER_STAIN[provider] * rng.normal(1.0, 0.03, 3)
+  level1 = synthetic.render_tissue(
+      rng, height // RENDER_DOWNSAMPLE, width // RENDER_DOWNSAMPLE,
+      scaled_morphology(morph, RENDER_DOWNSAMPLE),
+      tumour_fraction=tumour_fraction, stain_scale=stain)
+  level0 = cv2.resize(level1, (width, height), interpolation=cv2.INTER_LINEAR)
+  levels = [level0, level1]
+  for downsample in synthetic.PANDA_DOWNSAMPLES[2:]:
+    size = (-(-width // downsample), -(-height // downsample))  # ceil, as PANDA
+    levels.append(cv2.resize(level1, size, interpolation=cv2.INTER_AREA))
+  return levels
+
+
+def cached_slides(workdir: str, count: int, seed: int, width: int, height: int,
+                  log: Callable[[str], None]) -> List[BenchSlide]:
+  """The first `count` slides, drawing only those not in the cache yet."""
+  cache_dir = os.path.join(workdir, "slide_cache")
+  os.makedirs(cache_dir, exist_ok=True)
+  slides = []
+  for index in range(count):
+    image_id, provider, grade, gleason, rng = slide_metadata(seed, index)
+    path = os.path.join(cache_dir, f"{image_id}-{width}x{height}-v{GENERATOR_VERSION}.tiff")
+    if os.path.exists(path):
+      log(f"slide {index + 1}/{count}: cached {os.path.basename(path)}")
+    else:
+      start = time.perf_counter()
+      levels = render_levels(rng, width, height, grade, provider)
+      partial = path + ".partial"
+      synthetic.write_pyramidal_tiff(partial, levels)
+      del levels
+      os.replace(partial, path)
+      log(f"slide {index + 1}/{count}: wrote {os.path.getsize(path) / 1e6:.0f} MB "
+          f"(grade {grade}) in {time.perf_counter() - start:.1f} s")
+    slides.append(BenchSlide(image_id, path, provider, grade, gleason))
+  return slides
+
+
+def make_data_dir(workdir: str, slides: Sequence[BenchSlide]) -> str:
+  """`WORKDIR/data_N/`: `train_images/<id>.tiff` symlinks and a PANDA train.csv."""
+  data_dir = os.path.join(workdir, f"data_{len(slides)}")
+  shutil.rmtree(data_dir, ignore_errors=True)
+  images = os.path.join(data_dir, "train_images")
+  os.makedirs(images)
+  for slide in slides:
+    os.symlink(os.path.abspath(slide.path), os.path.join(images, f"{slide.image_id}.tiff"))
+  with open(os.path.join(data_dir, "train.csv"), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image_id", "data_provider", "isup_grade", "gleason_score"])
+    for slide in slides:
+      writer.writerow([slide.image_id, slide.data_provider, slide.isup_grade,
+                       slide.gleason_score])
+  return data_dir
+
+
+# --------------------------------------------------------------------------
+# Measurement helpers
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Result:
+  key: str
+  method: str
+  seconds: float
+  slides: int
+  tiles: int
+  decoded_per_slide: Optional[float] = None  # TIFF tiles (segments) decoded
+  tissue: Optional[float] = None  # mean non-white fraction of kept tiles
+  notes: str = ""
+
+  @property
+  def slides_per_s(self) -> float:
+    return self.slides / self.seconds
+
+  @property
+  def tiles_per_s(self) -> float:
+    return self.tiles / self.seconds
+
+  def to_dict(self) -> Dict[str, object]:
+    return {**dataclasses.asdict(self), "slides_per_s": self.slides_per_s,
+            "tiles_per_s": self.tiles_per_s}
+
+
+def _decode_method_name() -> str:
+  """The TiffSlide method that really decodes a segment: `_read_and_decode`
+  behind the segment cache, `_decode_segment` in readers without a cache."""
+  if hasattr(slide_reader.TiffSlide, "_read_and_decode"):
+    return "_read_and_decode"
+  return "_decode_segment"
+
+
+@contextlib.contextmanager
+def count_decoded_segments() -> Iterator[collections.Counter]:
+  """Counts the TIFF segments (tiles) really decoded, per level, while active."""
+  name = _decode_method_name()
+  original = getattr(slide_reader.TiffSlide, name)
+  counts: collections.Counter = collections.Counter()
+
+  def counting(self, page, index):
+    level = next(i for i, p in enumerate(self._pages) if p is page)
+    counts[level] += 1
+    return original(self, page, index)
+
+  setattr(slide_reader.TiffSlide, name, counting)
+  try:
+    yield counts
+  finally:
+    setattr(slide_reader.TiffSlide, name, original)
+
+
+def non_white_fraction(tile_rgb: np.ndarray) -> float:
+  return float((tile_rgb < tissue.WHITE_LEVEL).any(axis=-1).mean())
+
+
+def cpus_busy_elsewhere(seconds: float = 1.0) -> float:
+  """CPUs kept busy by other processes: /proc/stat sampled while this one sleeps."""
+  def busy_and_total():
+    with open("/proc/stat") as f:
+      values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+  busy0, total0 = busy_and_total()
+  time.sleep(seconds)
+  busy1, total1 = busy_and_total()
+  return (os.cpu_count() or 1) * (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def warm_up_beam() -> None:
+  """A trivial pipeline, so the first timed job does not pay Beam's lazy imports."""
+  with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(
+      list(BEAM_ONE_WORKER))) as pipeline:
+    _ = pipeline | beam.Create([1, 2]) | beam.Map(lambda x: x)
+
+
+# --------------------------------------------------------------------------
+# (a), (d): the histopipe Beam job
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ChosenTiles:
+  level: int
+  downsample: float
+  tile_size: int
+  xy: List[Tuple[int, int]]  # level coordinates of each valid tile
+  tissue: List[float]  # non-white fraction of each valid tile (decoded PNG)
+
+
+def read_bags(out_dir: str) -> Dict[str, ChosenTiles]:
+  """image_id -> the valid tiles of its bag, from `OUT/bags-*.tfrecord.gz`."""
+  files = sorted(glob.glob(os.path.join(out_dir, f"{BAGS_PREFIX}*.tfrecord.gz")))
+  bags = {}
+  for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+    feature = tf.train.Example.FromString(record.numpy()).features.feature
+    ints = lambda key: list(feature[key].int64_list.value)  # noqa: E731
+    downsample = feature[bag_features.LEVEL_DOWNSAMPLE].float_list.value[0]
+    xy, tissue_values = [], []
+    for valid, x, y, png in zip(ints(bag_features.TILE_VALID), ints(bag_features.TILE_X),
+                                ints(bag_features.TILE_Y),
+                                feature[bag_features.TILES].bytes_list.value):
+      if not valid:
+        continue
+      xy.append((int(round(x / downsample)), int(round(y / downsample))))
+      tile = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+      tissue_values.append(non_white_fraction(tile))
+    image_id = feature[bag_features.IMAGE_ID].bytes_list.value[0].decode()
+    bags[image_id] = ChosenTiles(ints(bag_features.LEVEL)[0], downsample,
+                                 ints(bag_features.TILE_SIZE)[0], xy, tissue_values)
+  return bags
+
+
+def bench_tile_job(key: str, method: str, data_dir: str, out_dir: str,
+                   beam_args: Sequence[str]) -> Tuple[Result, Dict[str, ChosenTiles]]:
+  shutil.rmtree(out_dir, ignore_errors=True)
+  start = time.perf_counter()
+  summary = run_tile_job(data_dir, out_dir, full_config(), beam_pipeline_args=beam_args,
+                         previews=False, progress=False)
+  seconds = time.perf_counter() - start
+  if summary["slides_rejected"]:
+    raise RuntimeError(f"{key}: {summary['slides_rejected']} slide(s) rejected, see "
+                       f"{out_dir}/rejects.csv")
+  bags = read_bags(out_dir)
+  tissue_values = [t for bag in bags.values() for t in bag.tissue]
+  return Result(key, method, seconds, summary["slides_written"], summary["tiles_written"],
+                tissue=float(np.mean(tissue_values)) if tissue_values else None,
+                notes=" ".join(beam_args)), bags
+
+
+# --------------------------------------------------------------------------
+# (b): the Kaggle-notebook baseline
+# --------------------------------------------------------------------------
+
+def kaggle_tiles(path: str, level: int, tile_size: int, count: int,
+                 maxworkers: Optional[int] = None) -> np.ndarray:
+  """The `count` darkest `tile_size` tiles of a whole decoded level [count, s, s, 3]."""
+  image = tifffile.imread(path, key=level, maxworkers=maxworkers)
+  height, width = image.shape[:2]
+  pad_y, pad_x = (-height) % tile_size, (-width) % tile_size
+  image = np.pad(image, [[pad_y // 2, pad_y - pad_y // 2],
+                         [pad_x // 2, pad_x - pad_x // 2], [0, 0]], constant_values=255)
+  tiles = image.reshape(image.shape[0] // tile_size, tile_size,
+                        image.shape[1] // tile_size, tile_size, 3)
+  tiles = tiles.transpose(0, 2, 1, 3, 4).reshape(-1, tile_size, tile_size, 3)
+  if len(tiles) < count:
+    tiles = np.pad(tiles, [[0, count - len(tiles)], [0, 0], [0, 0], [0, 0]],
+                   constant_values=255)
+  darkest = np.argsort(tiles.reshape(len(tiles), -1).sum(-1))[:count]
+  return tiles[darkest]
+
+
+def level_segment_count(path: str, level: int) -> int:
+  with tifffile.TiffFile(path) as tif:
+    return len(tif.pages[level].dataoffsets)
+
+
+def bench_kaggle(key: str, method: str, paths: Sequence[str], tiling: TilingConfig,
+                 maxworkers: Optional[int]) -> Result:
+  tissue_values, tiles_kept = [], 0
+  start = time.perf_counter()
+  for path in paths:
+    tiles = kaggle_tiles(path, tiling.level, tiling.tile_size, tiling.tiles_per_slide,
+                         maxworkers)
+    encoded = [encode_tile(tile, tiling) for tile in tiles]
+    tiles_kept += len(encoded)
+    tissue_values.extend(tiles)  # arrays; scored after the clock stops
+  seconds = time.perf_counter() - start
+  decoded = np.mean([level_segment_count(p, tiling.level) for p in paths])
+  tissue_mean = float(np.mean([non_white_fraction(t) for t in tissue_values]))
+  threads = "tifffile default threads" if maxworkers is None else f"maxworkers={maxworkers}"
+  return Result(key, method, seconds, len(paths), tiles_kept, float(decoded), tissue_mean,
+                notes=threads)
+
+
+# --------------------------------------------------------------------------
+# (c): the floor, (e): tile_slide without Beam
+# --------------------------------------------------------------------------
+
+def bench_floor(key: str, method: str, paths_by_id: Dict[str, str],
+                bags: Dict[str, ChosenTiles]) -> Result:
+  tiles_read = 0
+  with count_decoded_segments() as counts:
+    start = time.perf_counter()
+    for image_id, bag in bags.items():
+      with slide_reader.TiffSlide(paths_by_id[image_id]) as slide:
+        for x, y in bag.xy:
+          slide.read_region(bag.level, x, y, bag.tile_size, bag.tile_size)
+          tiles_read += 1
+    seconds = time.perf_counter() - start
+  return Result(key, method, seconds, len(bags), tiles_read,
+                sum(counts.values()) / len(bags),
+                notes=f"segments decoded per level: {dict(sorted(counts.items()))}")
+
+
+def bench_plain_loop(key: str, method: str, paths: Sequence[str],
+                     tiling: TilingConfig) -> Result:
+  tiles_cut = 0
+  with count_decoded_segments() as counts:
+    start = time.perf_counter()
+    for path in paths:
+      bag = tile_slide(path, tiling)
+      tiles_cut += sum(bag.tile_valid)
+    seconds = time.perf_counter() - start
+  return Result(key, method, seconds, len(paths), tiles_cut,
+                sum(counts.values()) / len(paths),
+                notes=f"segments decoded per level: {dict(sorted(counts.items()))}")
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+
+def throughput_ratios(results: Dict[str, Result]) -> Dict[str, float]:
+  """slides/s of the first over slides/s of the second (= time ratio inverted)."""
+  pairs = {"(a)/(b)": ("a", "b"), "(a)/(b1)": ("a", "b1"), "(a)/(c)": ("a", "c"),
+           "(d)/(a)": ("d", "a"), "(e)/(c)": ("e", "c")}
+  return {name: results[x].slides_per_s / results[y].slides_per_s
+          for name, (x, y) in pairs.items() if x in results and y in results}
+
+
+def markdown_table(results: Dict[str, Result], ratios: Dict[str, float],
+                   context: Dict[str, object]) -> str:
+  fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
+  lines = [
+      f"Tiling {context['slides']} synthetic PANDA-size slides "
+      f"({context['level0']} px at level 0, levels 1/4/16, JPEG tiled TIFF) with the `full` "
+      f"config ({context['tiles_per_slide']} tiles of {context['tile_size']} px from level "
+      f"{context['level']}, {context['tile_format'].upper()}), {context['cpus']} CPU cores "
+      f"({context['cpus_busy_elsewhere'][0]:.2f} / {context['cpus_busy_elsewhere'][1]:.2f} "
+      "kept busy by other processes before / after), warm page cache, one run each:",
+      "",
+      "| | method | time (s) | slides/s | tiles/s | TIFF tiles decoded / slide "
+      "| tissue in chosen tiles |",
+      "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+  ]
+  for key, r in results.items():
+    lines.append(f"| ({key}) | {r.method} | {r.seconds:.2f} | {r.slides_per_s:.2f} | "
+                 f"{r.tiles_per_s:.0f} | {fmt(r.decoded_per_slide, '.0f')} | "
+                 f"{fmt(r.tissue, '.2f')} |")
+  lines += ["", "| throughput ratio (slides/s ÷ slides/s) | value |", "| --- | ---: |"]
+  lines += [f"| {name} | {value:.2f} |" for name, value in ratios.items()]
+  return "\n".join(lines)
+
+
+def environment() -> Dict[str, object]:
+  return {"python": platform.python_version(), "machine": platform.machine(),
+          "cpus": os.cpu_count(), "numpy": np.__version__, "tifffile": tifffile.__version__,
+          "opencv": cv2.__version__, "apache_beam": beam.__version__,
+          "tensorflow": tf.__version__}
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--slides", type=int, default=4, help="number of slides (default 4)")
+  parser.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                      help=f"slide cache, job outputs and results (default {DEFAULT_WORKDIR})")
+  parser.add_argument("--width", type=int, default=25000, help="level-0 width (multiple of 4)")
+  parser.add_argument("--height", type=int, default=15000, help="level-0 height (multiple of 4)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--skip-multiprocess", action="store_true",
+                      help="leave out (d), the 2-worker Beam run")
+  args = parser.parse_args(argv)
+  if args.slides < 1:
+    parser.error("--slides must be >= 1")
+  return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(argv)
+  log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+  os.makedirs(args.workdir, exist_ok=True)
+  total_start = time.perf_counter()
+
+  slides = cached_slides(args.workdir, args.slides, args.seed, args.width, args.height, log)
+  data_dir = make_data_dir(args.workdir, slides)
+  paths = [s.path for s in slides]
+  paths_by_id = {s.image_id: s.path for s in slides}
+  tiling = full_config().tiling
+  generation_seconds = time.perf_counter() - total_start
+
+  warm_up_beam()
+  busy_before = cpus_busy_elsewhere()
+  if busy_before > 0.25:
+    log(f"WARNING: other processes keep {busy_before:.2f} CPUs busy; they compete with "
+        "the timings")
+  results: Dict[str, Result] = {}
+  log("(a) run_tile_job, in-memory, 1 worker")
+  results["a"], bags = bench_tile_job(
+      "a", "`run_tile_job`, Beam in-memory, 1 worker", data_dir,
+      os.path.join(args.workdir, "out_1_worker"), BEAM_ONE_WORKER)
+  log("(b) Kaggle baseline: whole level decode, darkest tiles")
+  results["b"] = bench_kaggle("b", "Kaggle notebook: whole level 1 decoded, darkest tiles",
+                              paths, tiling, maxworkers=None)
+  results["b1"] = bench_kaggle("b1", "same, tifffile decode on 1 thread", paths, tiling,
+                               maxworkers=1)
+  log("(c) floor: read_region on (a)'s tiles only")
+  results["c"] = bench_floor("c", "floor: decode only the TIFF tiles under (a)'s tiles",
+                             paths_by_id, bags)
+  if not args.skip_multiprocess:
+    log("(d) run_tile_job, multi-processing, 2 workers")
+    results["d"], bags_d = bench_tile_job(
+        "d", "`run_tile_job`, Beam multi-processing, 2 workers", data_dir,
+        os.path.join(args.workdir, "out_2_workers"), BEAM_TWO_WORKERS)
+    if {k: v.xy for k, v in bags_d.items()} != {k: v.xy for k, v in bags.items()}:
+      log("WARNING: (d) chose other tiles than (a)")
+  log("(e) tile_slide loop, no Beam")
+  results["e"] = bench_plain_loop("e", "`tile_slide` in a plain loop (no Beam, no writing)",
+                                  paths, tiling)
+  # (a) and (d) run tile_slide per slide, so they decode what (e) decodes.
+  for key in ("a", "d"):
+    if key in results:
+      results[key].decoded_per_slide = results["e"].decoded_per_slide
+
+  ratios = throughput_ratios(results)
+  context = {"slides": len(slides), "level0": f"{args.width} x {args.height}",
+             "tiles_per_slide": tiling.tiles_per_slide, "tile_size": tiling.tile_size,
+             "level": tiling.level, "tile_format": tiling.tile_format,
+             "cpus": os.cpu_count(),
+             "cpus_busy_elsewhere": [round(busy_before, 2), round(cpus_busy_elsewhere(), 2)]}
+  table = markdown_table(results, ratios, context)
+  total_seconds = time.perf_counter() - total_start
+  report = {
+      "context": context, "environment": environment(),
+      "slides": [dataclasses.asdict(s) for s in slides],
+      "slide_bytes": {s.image_id: os.path.getsize(s.path) for s in slides},
+      "results": {k: r.to_dict() for k, r in results.items()},
+      "ratios": ratios, "markdown": table,
+      "generation_seconds": round(generation_seconds, 2),
+      "total_seconds": round(total_seconds, 2),
+  }
+  results_path = os.path.join(args.workdir, RESULTS_FILE)
+  with open(results_path, "w") as f:
+    json.dump(report, f, indent=2)
+  print(table)
+  print(f"\nslide generation/cache: {generation_seconds:.1f} s; total: {total_seconds:.1f} s; "
+        f"results: {results_path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
