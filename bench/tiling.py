@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import csv
 import dataclasses
 import glob
 import hashlib
@@ -190,12 +189,7 @@ def make_data_dir(workdir: str, slides: Sequence[BenchSlide]) -> str:
   os.makedirs(images)
   for slide in slides:
     os.symlink(os.path.abspath(slide.path), os.path.join(images, f"{slide.image_id}.tiff"))
-  with open(os.path.join(data_dir, "train.csv"), "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["image_id", "data_provider", "isup_grade", "gleason_score"])
-    for slide in slides:
-      writer.writerow([slide.image_id, slide.data_provider, slide.isup_grade,
-                       slide.gleason_score])
+  synthetic.write_labels(os.path.join(data_dir, "train.csv"), slides)
   return data_dir
 
 

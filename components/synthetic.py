@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import tifffile
 
+from components.labels import PANDA_COLUMNS
+
 # The pyramid of a PANDA file: level k has downsample PANDA_DOWNSAMPLES[k].
 PANDA_DOWNSAMPLES = (1, 4, 16)
 # Radboud scans are about 0.48 um/px at level 0; stated in the TIFF resolution.
@@ -285,10 +287,14 @@ def write_dataset(out_dir: str, slides: int, seed: int = 0,
     written.append(SyntheticSlide(image_id, path, provider, grade, gleason))
     if progress:
       progress(index + 1, slides)
-  with open(os.path.join(out_dir, "train.csv"), "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["image_id", "data_provider", "isup_grade", "gleason_score"])
-    for slide in written:
-      writer.writerow([slide.image_id, slide.data_provider, slide.isup_grade,
-                       slide.gleason_score])
+  write_labels(os.path.join(out_dir, "train.csv"), written)
   return written
+
+
+def write_labels(path: str, slides) -> None:
+  """PANDA's train.csv for objects with the four label attributes."""
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(PANDA_COLUMNS)
+    for slide in slides:
+      writer.writerow([getattr(slide, column) for column in PANDA_COLUMNS])
