@@ -20,6 +20,11 @@ from components.slide_reader import Level, SlideError, TiffSlide
 from pipeline.configs import TilingConfig
 
 
+# Long side of the thumbnail the tissue mask is computed on: a 256 px tile at
+# downsample 4 of a 25k px slide still spans ~40 mask pixels a side.
+THUMBNAIL_MAX_SIDE = 1024
+
+
 def encode_tile(tile_rgb: np.ndarray, tiling: TilingConfig) -> bytes:
   bgr = cv2.cvtColor(tile_rgb, cv2.COLOR_RGB2BGR)
   if tiling.tile_format == "png":
@@ -64,7 +69,7 @@ def tile_slide(path: str, tiling: TilingConfig, preview_path: str = "") -> Slide
       raise SlideError(path, f"level {level.index} is {level.width}x"
                        f"{level.height} px, smaller than one "
                        f"{tiling.tile_size} px tile")
-    thumbnail, thumbnail_downsample = slide.thumbnail()
+    thumbnail, thumbnail_downsample = slide.thumbnail(max_side=THUMBNAIL_MAX_SIDE)
     mask = tissue.tissue_mask(thumbnail)
     if not mask.any():
       raise SlideError(path, "no tissue found")
