@@ -12,7 +12,6 @@ import dataclasses
 import os
 from typing import List, Tuple
 
-import cv2
 import numpy as np
 import tifffile
 
@@ -147,17 +146,23 @@ class TiffSlide:
       return self.read_level(level.index), level.downsample
     page = self._pages[level.index]
     out_w, out_h = -(-level.width // factor), -(-level.height // factor)
-    out = np.full((out_h, out_w, 3), 255, np.uint8)
+    # Exact area average: output pixel k is the mean of level pixels
+    # [k*factor, (k+1)*factor), summed block by block across segment edges.
+    sums = np.zeros((out_h, out_w, 3), np.float64)
+    counts = np.zeros((out_h, out_w, 1), np.float64)
     for index in self._segment_indices(page, 0, 0, level.width, level.height):
       segment, (seg_y, seg_x) = self._decode_segment(page, index)
       seg_h = min(segment.shape[0], level.height - seg_y)
       seg_w = min(segment.shape[1], level.width - seg_x)
-      x0, y0 = seg_x // factor, seg_y // factor
-      x1 = min(-(-(seg_x + seg_w) // factor), out_w)
-      y1 = min(-(-(seg_y + seg_h) // factor), out_h)
-      if x1 > x0 and y1 > y0:
-        out[y0:y1, x0:x1] = cv2.resize(segment[:seg_h, :seg_w], (x1 - x0, y1 - y0),
-                                       interpolation=cv2.INTER_AREA)
+      rows = _block_starts(seg_y, seg_h, factor)
+      cols = _block_starts(seg_x, seg_w, factor)
+      block = np.add.reduceat(np.add.reduceat(
+          segment[:seg_h, :seg_w].astype(np.float64), rows, axis=0), cols, axis=1)
+      y0, x0 = seg_y // factor, seg_x // factor
+      sums[y0:y0 + len(rows), x0:x0 + len(cols)] += block
+      counts[y0:y0 + len(rows), x0:x0 + len(cols), 0] += np.outer(
+          np.diff(np.append(rows, seg_h)), np.diff(np.append(cols, seg_w)))
+    out = np.where(counts > 0, np.round(sums / np.maximum(counts, 1)), 255).astype(np.uint8)
     return out, level.downsample * factor
 
   def read_region(self, level: int, x: int, y: int, width: int,
@@ -223,6 +228,12 @@ class TiffSlide:
       raise SlideError(self.path, f"TIFF segment {index} is empty")
     segment = segment[0]  # drop the depth axis: [length, width, samples]
     return _to_rgb(segment), (indices[2], indices[3])
+
+
+def _block_starts(start: int, length: int, factor: int) -> np.ndarray:
+  """Offsets in a segment at [start, start+length) where a new output pixel begins."""
+  first = (-start) % factor
+  return np.unique(np.concatenate([[0], np.arange(first, length, factor)])).astype(np.intp)
 
 
 def _to_rgb(segment: np.ndarray) -> np.ndarray:

@@ -124,3 +124,16 @@ def test_thumbnail_of_a_large_single_level_slide_is_built_segment_by_segment(tmp
   np.testing.assert_array_equal(thumbnail[80:220, 130:370],
                                 np.broadcast_to((200, 100, 160), (140, 240, 3)))
   assert (thumbnail[:70] == 240).all()
+
+
+def test_thumbnail_with_a_factor_that_does_not_divide_the_tiff_tile(tmp_path):
+  image = np.full((900, 2600, 3), 240, np.uint8)
+  image[:, 1000:1600] = (200, 100, 160)  # a band whose edges fall inside TIFF tiles
+  path = str(tmp_path / "odd.tif")
+  tifffile.imwrite(path, image, tile=(256, 256), photometric="rgb")
+  with TiffSlide(path) as slide:
+    thumbnail, downsample = slide.thumbnail(max_side=520)  # factor 5
+  assert downsample == 5.0 and thumbnail.shape == (180, 520, 3)
+  # Output column k is level columns 5k..5k+4: the band is exactly columns 200..319.
+  band = (thumbnail[:, :, 1] < 170).all(axis=0)
+  assert np.flatnonzero(band).tolist() == list(range(200, 320))
