@@ -43,7 +43,8 @@ def _dataset(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOu
   balance = training_config.class_balance if training else "none"
   if balance not in ("none", "class_weights", "balanced_sampling"):
     raise ValueError(f"unknown class_balance {balance!r}")
-  counts = label_counts(tf_transform_output)
+  # Label counts are needed only to balance training batches.
+  counts = label_counts(tf_transform_output) if balance != "none" else {}
   weights = tf.constant(class_weights(counts, num_classes), tf.float32)
   if balance == "balanced_sampling":
     raw = _balanced(raw, sorted(counts), training_config)
