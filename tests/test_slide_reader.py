@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from components import slide_reader
 from components.slide_reader import SlideError, TiffSlide
 
 
@@ -113,7 +114,22 @@ def test_svs_like_layout_keeps_levels_and_drops_label_and_macro(tmp_path):
     np.testing.assert_array_equal(slide.read_level(2), thumbnail)
 
 
-def test_thumbnail_of_a_large_single_level_slide_is_built_segment_by_segment(tmp_path):
+# 0: every level is shrunk one TIFF segment at a time (the path for levels
+# too large to decode whole); None: the default, whole small levels at once.
+THUMBNAIL_PATHS = pytest.mark.parametrize("whole_level_max_pixels", [0, None],
+                                          ids=["segment_by_segment", "whole_level"])
+
+
+def _set_thumbnail_path(monkeypatch, whole_level_max_pixels):
+  if whole_level_max_pixels is not None:
+    monkeypatch.setattr(slide_reader, "WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS",
+                        whole_level_max_pixels)
+
+
+@THUMBNAIL_PATHS
+def test_thumbnail_of_a_large_single_level_slide(tmp_path, monkeypatch,
+                                                  whole_level_max_pixels):
+  _set_thumbnail_path(monkeypatch, whole_level_max_pixels)
   image = np.full((1200, 2000, 3), 240, np.uint8)
   image[300:900, 500:1500] = (200, 100, 160)
   path = str(tmp_path / "single.tif")
@@ -126,7 +142,10 @@ def test_thumbnail_of_a_large_single_level_slide_is_built_segment_by_segment(tmp
   assert (thumbnail[:70] == 240).all()
 
 
-def test_thumbnail_with_a_factor_that_does_not_divide_the_tiff_tile(tmp_path):
+@THUMBNAIL_PATHS
+def test_thumbnail_with_a_factor_that_does_not_divide_the_tiff_tile(tmp_path, monkeypatch,
+                                                                     whole_level_max_pixels):
+  _set_thumbnail_path(monkeypatch, whole_level_max_pixels)
   image = np.full((900, 2600, 3), 240, np.uint8)
   image[:, 1000:1600] = (200, 100, 160)  # a band whose edges fall inside TIFF tiles
   path = str(tmp_path / "odd.tif")
@@ -137,3 +156,30 @@ def test_thumbnail_with_a_factor_that_does_not_divide_the_tiff_tile(tmp_path):
   # Output column k is level columns 5k..5k+4: the band is exactly columns 200..319.
   band = (thumbnail[:, :, 1] < 170).all(axis=0)
   assert np.flatnonzero(band).tolist() == list(range(200, 320))
+
+
+def test_whole_level_and_segment_thumbnails_are_equal(tmp_path, monkeypatch):
+  rng = np.random.default_rng(3)
+  image = rng.integers(0, 256, (701, 1303, 3), dtype=np.uint8)  # edges cut blocks
+  path = str(tmp_path / "noise.tif")
+  tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb")
+  with TiffSlide(path) as slide:
+    whole, whole_downsample = slide.thumbnail(max_side=300)  # factor 5
+  monkeypatch.setattr(slide_reader, "WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS", 0)
+  with TiffSlide(path) as slide:
+    segments, segment_downsample = slide.thumbnail(max_side=300)
+  assert whole_downsample == segment_downsample == 5.0
+  np.testing.assert_array_equal(whole, segments)
+  # And both are the plain mean of each block, the clipped edge blocks included.
+  assert whole[-1, -1].tolist() == np.round(
+      image[700:, 1300:].reshape(-1, 3).mean(axis=0)).astype(int).tolist()
+
+
+def test_area_average_is_exact_past_the_int32_range_of_its_sums():
+  white = np.full((3000, 3000, 3), 255, np.uint8)  # 9 Mpx: 255 * 9e6 > 2**31
+  white[-1, -1] = 0
+  small = slide_reader._area_average(white, 7)
+  assert small.shape == (429, 429, 3)
+  assert (small[:-1] == 255).all() and (small[:, :-1] == 255).all()
+  # The last block is 4 x 4 (3000 = 428 * 7 + 4) with one black pixel.
+  assert small[-1, -1].tolist() == [round(255 * 15 / 16)] * 3
