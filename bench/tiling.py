@@ -86,7 +86,7 @@ import tensorflow as tf  # noqa: E402
 import tifffile  # noqa: E402
 
 from components import bag_features, slide_reader, synthetic, tissue  # noqa: E402
-from components.tile_job import BAGS_PREFIX, run_tile_job  # noqa: E402
+from components.tile_job import bag_files, run_tile_job  # noqa: E402
 from components.tiling import encode_tile, tile_slide  # noqa: E402
 from pipeline.configs import TilingConfig, full_config  # noqa: E402
 
@@ -287,9 +287,9 @@ class ChosenTiles:
 
 def read_bags(out_dir: str) -> Dict[str, ChosenTiles]:
   """image_id -> the valid tiles of its bag, from `OUT/bags-*.tfrecord.gz`."""
-  files = sorted(glob.glob(os.path.join(out_dir, f"{BAGS_PREFIX}*.tfrecord.gz")))
+  files, compression = bag_files(out_dir)
   bags = {}
-  for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+  for record in tf.data.TFRecordDataset(files, compression_type=compression):
     feature = tf.train.Example.FromString(record.numpy()).features.feature
     ints = lambda key: list(feature[key].int64_list.value)  # noqa: E731
     downsample = feature[bag_features.LEVEL_DOWNSAMPLE].float_list.value[0]

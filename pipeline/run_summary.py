@@ -10,7 +10,8 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from tfx.orchestration import metadata
 
-from components.slide_example_gen import REJECTS_FILE, REPORT_DIR
+from components.slide_example_gen import REPORT_DIR
+from components.slide_stages import REJECTS_FILE
 from pipeline.local_runner import RunPaths
 from pipeline.pipeline import KAPPA_METRIC
 

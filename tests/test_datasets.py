@@ -12,7 +12,7 @@ import tifffile
 
 from components import bag_features, datasets
 from components.labels import LabelFileError
-from components.tile_job import run_tile_job
+from components.tile_job import bag_files, run_tile_job
 from pipeline.configs import demo_config
 
 
@@ -66,9 +66,9 @@ def test_formats_are_detected_from_the_folder(pcam_dir, idc_dir, tiny_dataset, t
 
 
 def _bags(out):
-  files = glob.glob(str(out / "bags-*.tfrecord.gz"))
+  files, compression = bag_files(str(out))
   examples = [tf.train.Example.FromString(r.numpy())
-              for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+              for r in tf.data.TFRecordDataset(files, compression_type=compression)]
   return {e.features.feature[bag_features.IMAGE_ID].bytes_list.value[0].decode(): e
           for e in examples}
 
@@ -80,7 +80,8 @@ def _rejects(out):
 
 def test_pcam_patches_become_bags_of_one_tile(pcam_dir, tmp_path):
   out = tmp_path / "out"
-  summary = run_tile_job(str(pcam_dir), str(out), _auto_config(), progress=False)
+  summary = run_tile_job(str(pcam_dir), str(out), _auto_config(), progress=False, gzip=True)
+  assert bag_files(str(out))[1] == "GZIP" and glob.glob(str(out / "bags-*.tfrecord.gz"))
   assert summary["slides_total"] == 7 and summary["slides_written"] == 4
   bags = _bags(out)
   features = bags["p1"].features.feature

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from components import bag_features
 from components.labels import LabelFileError
 from components.datasets import plan_panda as plan_slides
-from components.slide_example_gen import REJECTS_FILE, TileSlides, WriteSlideReport
+from components.slide_stages import REJECTS_FILE, TileSlides, WriteSlideReport
 from pipeline.configs import TilingConfig
 
 TINY = TilingConfig(tiles_per_slide=4, tile_size=32, level=1, min_tissue_fraction=0.5)
@@ -68,7 +68,7 @@ def test_every_slide_is_written_or_rejected_with_its_reason(messy_dataset, tmp_p
   with beam.Pipeline() as pipeline:
     results = (pipeline | beam.Create(tasks) | TileSlides(TINY))
     image_ids = results.examples | beam.Map(
-        lambda e: e.features.feature[bag_features.IMAGE_ID].bytes_list.value[0].decode())
+        lambda s: tf.train.Example.FromString(s).features.feature[bag_features.IMAGE_ID].bytes_list.value[0].decode())
     assert_that(image_ids, equal_to([s.image_id for s in good]))
     _ = results.outcomes | WriteSlideReport(report_dir)
 
@@ -88,8 +88,7 @@ def test_bag_example_carries_label_and_metadata(tiny_dataset):
            if t.image_id == slides[0].image_id]
   with beam.Pipeline() as pipeline:
     results = pipeline | beam.Create(tasks) | TileSlides(TINY)
-    serialized = results.examples | beam.Map(lambda e: e.SerializeToString())
-    parsed = serialized | beam.Map(lambda s: tf.train.Example.FromString(s))
+    parsed = results.examples | beam.Map(tf.train.Example.FromString)
 
     def check(examples):
       (example,) = examples
@@ -134,3 +133,13 @@ def test_split_partition_keeps_each_patient_in_one_split(tmp_path):
       assert split_of_patient.setdefault(patient, split) == split
       splits_seen.add(split)
   assert splits_seen == {0, 1, 2}  # train, valid and eval all get patients
+
+
+def test_tiling_stages_do_not_import_tensorflow():
+  """Beam worker processes that tile slides must not pay for TensorFlow."""
+  import subprocess
+  import sys
+  code = ("import sys, components.tile_job, components.slide_stages; "
+          "heavy = sorted({'tensorflow', 'tfx'} & set(sys.modules)); "
+          "assert not heavy, heavy")
+  subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)

@@ -14,6 +14,7 @@ import tensorflow as tf
 from components import bag_features, synthetic
 from components.previews import draw_preview
 from components.slide_reader import TiffSlide
+from components.tile_job import bag_files
 from components.tiling import choose_level, tile_slide
 from pipeline import cli
 from pipeline.configs import TilingConfig
@@ -44,8 +45,9 @@ def test_tile_command_writes_bags_rejects_summary_and_previews(tiny_dataset, tmp
   assert [r["image_id"] for r in rejects] == ["broken"]
   assert rejects[0]["reason"].startswith("slide file has no label")
 
-  bags = glob.glob(str(out / "bags-*.tfrecord.gz"))
-  records = list(tf.data.TFRecordDataset(bags, compression_type="GZIP"))
+  bags, compression = bag_files(str(out))
+  assert bags and compression == ""  # tiles are PNG/JPEG already: no gzip by default
+  records = list(tf.data.TFRecordDataset(bags, compression_type=compression))
   ids = sorted(tf.train.Example.FromString(r.numpy()).features.feature[
       bag_features.IMAGE_ID].bytes_list.value[0].decode() for r in records)
   assert ids == sorted(s.image_id for s in slides)
