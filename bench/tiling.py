@@ -2,7 +2,8 @@
 
 Run from the repository root:
 
-    TF_USE_LEGACY_KERAS=1 .venv/bin/python bench/tiling.py [--slides N] [--workdir DIR]
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python bench/tiling.py [--slides N] [--copies K]
+        [--tile-format jpeg|png] [--workdir DIR]
 
 What it does, in one process:
 
@@ -17,16 +18,19 @@ What it does, in one process:
    core uses `render_tissue`'s own grade-0 morphology, unscaled. Slides are
    cached in `WORKDIR/slide_cache` by (seed, index, size): a rerun skips
    generation; `WORKDIR/data_N/` holds symlinks to the first N and the CSV.
+   With `--copies K`, each slide is linked K times under K image ids, so a run
+   tiles N x K slides (enough work to amortise start-up) from N drawn files;
+   every method below goes through the same N x K list.
 
 2. Timings, all with `full_config().tiling` (36 tiles of 256 px from level 1,
-   PNG), on the same slides, each measured once, wall clock
+   JPEG q90 unless `--tile-format png`), on the same slides, each measured once, wall clock
    (`time.perf_counter`), with the slide files warm in the page cache (they
    were just written or read):
 
    (a) `run_tile_job(previews=False, progress=False)` with
        `--direct_running_mode=in_memory --direct_num_workers=1`: the whole
        `histopipe tile` Beam job, including pipeline start-up and writing the
-       gzipped TFRecords and reports. A trivial Beam pipeline runs first
+       TFRecords and reports. A trivial Beam pipeline runs first
        (untimed) so (a) does not pay for Beam's lazy imports alone.
    (b) The popular Kaggle-notebook approach: `tifffile.imread(path, key=1)`
        decodes the WHOLE level 1, pads it with white to a multiple of 256
@@ -39,8 +43,12 @@ What it does, in one process:
        open the slide and `TiffSlide.read_region` each tile rectangle; this
        decodes only the TIFF tiles those rectangles touch. No tissue
        detection, no encoding, no Beam.
-   (d) `run_tile_job` with `--direct_running_mode=multi_processing
-       --direct_num_workers=2`, compared with (a)'s single worker.
+   (c2) (c) and encoding each tile as (a) does: the least work that yields
+       (a)'s bags once the tiles are known.
+   (d1) `run_tile_job` with `--direct_running_mode=multi_processing
+       --direct_num_workers=1`: one worker process, as (d) runs them.
+   (d) the same with `--direct_num_workers=2`; (d)/(d1) is the scaling from
+       one to two Beam workers, (d)/(a) compares with the in-memory runner.
    (e) For reference: `components.tiling.tile_slide` in a plain loop (the
        work (a) does per slide, without Beam and without writing).
 
@@ -65,7 +73,6 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -88,7 +95,7 @@ import tifffile  # noqa: E402
 from components import bag_features, slide_reader, synthetic, tissue  # noqa: E402
 from components.tile_job import bag_files, run_tile_job  # noqa: E402
 from components.tiling import encode_tile, tile_slide  # noqa: E402
-from pipeline.configs import TilingConfig, full_config  # noqa: E402
+from pipeline.configs import PipelineConfig, TilingConfig, full_config  # noqa: E402
 
 DEFAULT_WORKDIR = os.path.join(tempfile.gettempdir(), "histopipe-bench", "tiling")
 RESULTS_FILE = "tiling_results.json"
@@ -97,6 +104,7 @@ GENERATOR_VERSION = 2
 RENDER_DOWNSAMPLE = 4  # slides are drawn at level 1 and upscaled to level 0
 
 BEAM_ONE_WORKER = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+BEAM_ONE_WORKER_PROCESS = ("--direct_running_mode=multi_processing", "--direct_num_workers=1")
 BEAM_TWO_WORKERS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
 
 
@@ -179,6 +187,14 @@ def cached_slides(workdir: str, count: int, seed: int, width: int, height: int,
           f"(grade {grade}) in {time.perf_counter() - start:.1f} s")
     slides.append(BenchSlide(image_id, path, provider, grade, gleason))
   return slides
+
+
+def with_copies(slides: Sequence[BenchSlide], copies: int) -> List[BenchSlide]:
+  """Each slide `copies` times, under image ids `<id>-c<k>` when copies > 1."""
+  if copies == 1:
+    return list(slides)
+  return [dataclasses.replace(s, image_id=f"{s.image_id}-c{k}")
+          for k in range(copies) for s in slides]
 
 
 def make_data_dir(workdir: str, slides: Sequence[BenchSlide]) -> str:
@@ -286,7 +302,7 @@ class ChosenTiles:
 
 
 def read_bags(out_dir: str) -> Dict[str, ChosenTiles]:
-  """image_id -> the valid tiles of its bag, from `OUT/bags-*.tfrecord.gz`."""
+  """image_id -> the valid tiles of its bag, from `OUT/bags-*.tfrecord`."""
   files, compression = bag_files(out_dir)
   bags = {}
   for record in tf.data.TFRecordDataset(files, compression_type=compression):
@@ -308,11 +324,11 @@ def read_bags(out_dir: str) -> Dict[str, ChosenTiles]:
   return bags
 
 
-def bench_tile_job(key: str, method: str, data_dir: str, out_dir: str,
+def bench_tile_job(key: str, method: str, data_dir: str, out_dir: str, config: PipelineConfig,
                    beam_args: Sequence[str]) -> Tuple[Result, Dict[str, ChosenTiles]]:
   shutil.rmtree(out_dir, ignore_errors=True)
   start = time.perf_counter()
-  summary = run_tile_job(data_dir, out_dir, full_config(), beam_pipeline_args=beam_args,
+  summary = run_tile_job(data_dir, out_dir, config, beam_pipeline_args=beam_args,
                          previews=False, progress=False)
   seconds = time.perf_counter() - start
   if summary["slides_rejected"]:
@@ -390,6 +406,21 @@ def bench_floor(key: str, method: str, paths_by_id: Dict[str, str],
                 notes=f"segments decoded per level: {dict(sorted(counts.items()))}")
 
 
+def bench_floor_and_encode(key: str, method: str, paths_by_id: Dict[str, str],
+                           bags: Dict[str, ChosenTiles], tiling: TilingConfig) -> Result:
+  """(c) plus encoding each tile as (a) does: the least work that yields (a)'s
+  tiles once the tiles are known (no tissue mask, no records, no Beam)."""
+  tiles_read = 0
+  start = time.perf_counter()
+  for image_id, bag in bags.items():
+    with slide_reader.TiffSlide(paths_by_id[image_id]) as slide:
+      for x, y in bag.xy:
+        encode_tile(slide.read_region(bag.level, x, y, bag.tile_size, bag.tile_size), tiling)
+        tiles_read += 1
+  seconds = time.perf_counter() - start
+  return Result(key, method, seconds, len(bags), tiles_read, notes=tiling.tile_format)
+
+
 def bench_plain_loop(key: str, method: str, paths: Sequence[str],
                      tiling: TilingConfig) -> Result:
   tiles_cut = 0
@@ -411,7 +442,8 @@ def bench_plain_loop(key: str, method: str, paths: Sequence[str],
 def throughput_ratios(results: Dict[str, Result]) -> Dict[str, float]:
   """slides/s of the first over slides/s of the second (= time ratio inverted)."""
   pairs = {"(a)/(b)": ("a", "b"), "(a)/(b1)": ("a", "b1"), "(a)/(c)": ("a", "c"),
-           "(d)/(a)": ("d", "a"), "(e)/(c)": ("e", "c")}
+           "(a)/(c2)": ("a", "c2"),
+           "(d)/(d1)": ("d", "d1"), "(d)/(a)": ("d", "a"), "(e)/(c)": ("e", "c")}
   return {name: results[x].slides_per_s / results[y].slides_per_s
           for name, (x, y) in pairs.items() if x in results and y in results}
 
@@ -420,7 +452,7 @@ def markdown_table(results: Dict[str, Result], ratios: Dict[str, float],
                    context: Dict[str, object]) -> str:
   fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
   lines = [
-      f"Tiling {context['slides']} synthetic PANDA-size slides "
+      f"Tiling {context['slides']} synthetic PANDA-size slides ({context['copies_note']}) "
       f"({context['level0']} px at level 0, levels 1/4/16, JPEG tiled TIFF) with the `full` "
       f"config ({context['tiles_per_slide']} tiles of {context['tile_size']} px from level "
       f"{context['level']}, {context['tile_format'].upper()}), {context['cpus']} CPU cores "
@@ -459,12 +491,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help=f"slide cache, job outputs and results (default {DEFAULT_WORKDIR})")
   parser.add_argument("--width", type=int, default=25000, help="level-0 width (multiple of 4)")
   parser.add_argument("--height", type=int, default=15000, help="level-0 height (multiple of 4)")
+  parser.add_argument("--copies", type=int, default=1,
+                      help="list each drawn slide this many times (default 1)")
+  parser.add_argument("--tile-format", choices=["jpeg", "png"],
+                      default=full_config().tiling.tile_format,
+                      help="tile encoding (default: the full preset's, "
+                      f"{full_config().tiling.tile_format})")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--skip-multiprocess", action="store_true",
                       help="leave out (d), the 2-worker Beam run")
   args = parser.parse_args(argv)
-  if args.slides < 1:
-    parser.error("--slides must be >= 1")
+  if args.slides < 1 or args.copies < 1:
+    parser.error("--slides and --copies must be >= 1")
   return args
 
 
@@ -474,11 +512,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   os.makedirs(args.workdir, exist_ok=True)
   total_start = time.perf_counter()
 
-  slides = cached_slides(args.workdir, args.slides, args.seed, args.width, args.height, log)
+  drawn = cached_slides(args.workdir, args.slides, args.seed, args.width, args.height, log)
+  slides = with_copies(drawn, args.copies)
   data_dir = make_data_dir(args.workdir, slides)
   paths = [s.path for s in slides]
   paths_by_id = {s.image_id: s.path for s in slides}
-  tiling = full_config().tiling
+  config = full_config()
+  config = dataclasses.replace(config, tiling=dataclasses.replace(
+      config.tiling, tile_format=args.tile_format))
+  tiling = config.tiling
   generation_seconds = time.perf_counter() - total_start
 
   warm_up_beam()
@@ -490,7 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   log("(a) run_tile_job, in-memory, 1 worker")
   results["a"], bags = bench_tile_job(
       "a", "`run_tile_job`, Beam in-memory, 1 worker", data_dir,
-      os.path.join(args.workdir, "out_1_worker"), BEAM_ONE_WORKER)
+      os.path.join(args.workdir, "out_1_worker"), config, BEAM_ONE_WORKER)
   log("(b) Kaggle baseline: whole level decode, darkest tiles")
   results["b"] = bench_kaggle("b", "Kaggle notebook: whole level 1 decoded, darkest tiles",
                               paths, tiling, maxworkers=None)
@@ -499,23 +541,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   log("(c) floor: read_region on (a)'s tiles only")
   results["c"] = bench_floor("c", "floor: decode only the TIFF tiles under (a)'s tiles",
                              paths_by_id, bags)
+  results["c2"] = bench_floor_and_encode(
+      "c2", "(c) and encoding each tile as (a) does", paths_by_id, bags, tiling)
   if not args.skip_multiprocess:
-    log("(d) run_tile_job, multi-processing, 2 workers")
-    results["d"], bags_d = bench_tile_job(
-        "d", "`run_tile_job`, Beam multi-processing, 2 workers", data_dir,
-        os.path.join(args.workdir, "out_2_workers"), BEAM_TWO_WORKERS)
-    if {k: v.xy for k, v in bags_d.items()} != {k: v.xy for k, v in bags.items()}:
-      log("WARNING: (d) chose other tiles than (a)")
+    for key, method, beam_args in (
+        ("d1", "`run_tile_job`, Beam multi-processing, 1 worker", BEAM_ONE_WORKER_PROCESS),
+        ("d", "`run_tile_job`, Beam multi-processing, 2 workers", BEAM_TWO_WORKERS)):
+      log(f"({key}) {method}")
+      results[key], bags_multi = bench_tile_job(
+          key, method, data_dir, os.path.join(args.workdir, f"out_{key}"), config, beam_args)
+      if {k: v.xy for k, v in bags_multi.items()} != {k: v.xy for k, v in bags.items()}:
+        log(f"WARNING: ({key}) chose other tiles than (a)")
   log("(e) tile_slide loop, no Beam")
   results["e"] = bench_plain_loop("e", "`tile_slide` in a plain loop (no Beam, no writing)",
                                   paths, tiling)
   # (a) and (d) run tile_slide per slide, so they decode what (e) decodes.
-  for key in ("a", "d"):
+  for key in ("a", "d1", "d"):
     if key in results:
       results[key].decoded_per_slide = results["e"].decoded_per_slide
 
   ratios = throughput_ratios(results)
-  context = {"slides": len(slides), "level0": f"{args.width} x {args.height}",
+  copies_note = (f"{len(drawn)} drawn, each listed {args.copies} times" if args.copies > 1
+                 else "each a distinct file")
+  context = {"slides": len(slides), "drawn": len(drawn), "copies": args.copies,
+             "copies_note": copies_note, "level0": f"{args.width} x {args.height}",
              "tiles_per_slide": tiling.tiles_per_slide, "tile_size": tiling.tile_size,
              "level": tiling.level, "tile_format": tiling.tile_format,
              "cpus": os.cpu_count(),
@@ -524,8 +573,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   total_seconds = time.perf_counter() - total_start
   report = {
       "context": context, "environment": environment(),
-      "slides": [dataclasses.asdict(s) for s in slides],
-      "slide_bytes": {s.image_id: os.path.getsize(s.path) for s in slides},
+      "slides": [dataclasses.asdict(s) for s in drawn],
+      "slide_bytes": {s.image_id: os.path.getsize(s.path) for s in drawn},
       "results": {k: r.to_dict() for k, r in results.items()},
       "ratios": ratios, "markdown": table,
       "generation_seconds": round(generation_seconds, 2),
