@@ -16,13 +16,13 @@ Run from the repository root:
    shared white array). The writer's own peak RSS is reported too. The file is
    cached in the workdir.
 2. Tiles it in a fresh SUBPROCESS per mode, with the `full` config (36 tiles of
-   256 px from level 1, PNG):
+   256 px from level 1, the preset's tile format):
      * `tile_slide`: `components.tiling.tile_slide(path, full_config().tiling)`;
      * `tile_job`: `run_tile_job` (the `histopipe tile` Beam job, in-memory
        DirectRunner, 1 worker, previews on as in the CLI) on a data folder
        holding only this slide.
    Memory is read in the subprocess from /proc/self/status: after its
-   imports (TensorFlow comes in through `components.bag_features`) it notes
+   imports (Beam for `tile_job`; TensorFlow for neither) it notes
    its RSS and its peak so far (`VmHWM`), resets `VmHWM` (`clear_refs` 5),
    tiles, and reads `VmHWM` again: the peak while tiling. "process peak" is
    the larger of the two peaks and is what is compared with the budget;
@@ -210,7 +210,7 @@ def child_main(mode: str, slide_path: str, data_dir: str, out_dir: str,
   from components import slide_reader  # pylint: disable=import-outside-toplevel
   from components.tiling import tile_slide  # pylint: disable=import-outside-toplevel
   from pipeline.configs import full_config  # pylint: disable=import-outside-toplevel
-  if mode == "tile_job":  # Beam and TensorFlow: imported only where they run
+  if mode == "tile_job":  # Beam: imported only where it runs
     from components.tile_job import run_tile_job  # pylint: disable=import-outside-toplevel
 
   decoded: Dict[int, int] = {}

@@ -74,6 +74,10 @@ class TrainingConfig:
   steps_per_epoch: int = 0  # 0: one pass over the training split
   learning_rate: float = 1e-4
   warmup_epochs: int = 1
+  # Transfer learning: train the head for this many epochs with the backbone
+  # frozen (its BatchNorm in inference mode), then fine-tune everything.
+  # Meant for ImageNet weights; 0 fine-tunes from the first epoch.
+  frozen_backbone_epochs: int = 0
   eval_batch_size: int = 8
   seed: int = 42
   # Class imbalance (PANDA is skewed to grades 0 and 1): "class_weights"
@@ -173,7 +177,8 @@ def full_config() -> PipelineConfig:
       # in training (1.3 vs 0.3 ms a tile). PNG stays available: lossless.
       tiling=TilingConfig(tiles_per_slide=36, tile_size=256, level=1, tile_format="jpeg"),
       model=ModelConfig(backbone="resnet50", input_size=224),
-      training=TrainingConfig(batch_size=4, epochs=30, learning_rate=1e-4),
+      training=TrainingConfig(batch_size=4, epochs=30, learning_rate=1e-4,
+                              frozen_backbone_epochs=2),
       evaluation=EvaluationConfig(min_kappa=0.6, max_kappa_drop=0.02),
       beam_pipeline_args=("--direct_running_mode=multi_processing",
                           "--direct_num_workers=0"),

@@ -38,3 +38,65 @@ def test_learning_rate_warms_up_then_decays():
   assert rates[0] < rates[1] < rates[2] == pytest.approx(1e-3)
   assert all(a >= b for a, b in zip(rates[2:], rates[3:]))
   assert rates[-1] < 0.2e-3
+
+
+def _tiny_bags(count, seed):
+  """(inputs, targets) batches of 4-tile bags of 16 px for a small_cnn MIL model."""
+  from trainer.model import ordinal_targets
+  rng = np.random.default_rng(seed)
+  tiles = rng.normal(size=(count, 4, 16, 16, 3)).astype(np.float32)
+  labels = rng.integers(0, 6, count)
+  inputs = {features.TILES_XF: tiles, features.TILE_VALID_XF: np.ones((count, 4), np.float32)}
+  targets = {features.ORDINAL_LOGITS: ordinal_targets(labels, 6).numpy(),
+             features.PROBABILITIES: labels[:, None]}
+  return tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(4)
+
+
+def _tiny_model_and_config(epochs, frozen):
+  from pipeline.configs import ModelConfig, PipelineConfig
+  from trainer.model import build_mil_model
+  model_config = ModelConfig(backbone="small_cnn", input_size=16, dense_units=8,
+                             attention_units=4, dropout=0.0)
+  config = PipelineConfig(model=model_config, training=TrainingConfig(
+      epochs=epochs, frozen_backbone_epochs=frozen, learning_rate=1e-2, warmup_epochs=0))
+  return build_mil_model(model_config, tiles_per_slide=4, num_classes=6), config
+
+
+def _backbone(model):
+  import tf_keras as keras
+  (backbone,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+  return backbone
+
+
+@pytest.mark.parametrize("epochs,frozen,backbone_moves", [(1, 1, False), (2, 1, True)])
+def test_frozen_warm_up_trains_the_head_then_fine_tuning_trains_the_backbone(
+    epochs, frozen, backbone_moves):
+  from trainer.task import fit_in_phases
+  tf.keras.utils.set_random_seed(0)
+  model, config = _tiny_model_and_config(epochs, frozen)
+  backbone_before = [w.copy() for w in _backbone(model).get_weights()]
+  head_before = model.get_layer(features.ORDINAL_LOGITS).get_weights()[0].copy()
+  # No validation data: nothing to early-stop on or restore, so the weights
+  # are what the phases left (restoring the best is tested below).
+  fit_in_phases(model, config, tf.distribute.get_strategy(), _tiny_bags(16, 1),
+                evaluation=None, steps_per_epoch=None)
+  backbone_after = _backbone(model).get_weights()
+  moved = any(not np.array_equal(a, b) for a, b in zip(backbone_before, backbone_after))
+  assert moved == backbone_moves
+  assert not np.array_equal(head_before, model.get_layer(features.ORDINAL_LOGITS).get_weights()[0])
+  assert _backbone(model).trainable  # the exported model is left unfrozen
+
+
+def test_a_snapshot_taken_frozen_restores_into_the_unfrozen_model():
+  from trainer.task import WeightsSnapshot, set_backbone_trainable
+  model, _ = _tiny_model_and_config(1, 1)
+  bags = next(iter(_tiny_bags(4, 3)))[0]
+  set_backbone_trainable(model, False)  # reorders get_weights(): trainable first
+  snapshot = WeightsSnapshot(model.get_weights(), backbone_trainable=False)
+  expected = model(bags, training=False)[features.PROBABILITIES].numpy()
+  set_backbone_trainable(model, True)
+  model.set_weights([w + 0.5 for w in model.get_weights()])
+  snapshot.restore(model)
+  np.testing.assert_allclose(model(bags, training=False)[features.PROBABILITIES].numpy(),
+                             expected, rtol=1e-6)
+  assert _backbone(model).trainable

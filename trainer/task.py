@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, NamedTuple, Optional
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
@@ -159,6 +160,68 @@ def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransform
           "transform_features": transform_features}
 
 
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+  """Freezes or unfreezes the CNN backbone(s): the Models nested in the MIL model."""
+  for layer in model.layers:
+    if isinstance(layer, keras.Model):
+      layer.trainable = trainable
+
+
+def fit_in_phases(model: keras.Model, config: PipelineConfig, strategy: tf.distribute.Strategy,
+                  train: tf.data.Dataset, evaluation: Optional[tf.data.Dataset],
+                  steps_per_epoch,
+                  log_dir: str = "") -> float:
+  """Trains `model`: first `frozen_backbone_epochs` with the backbone frozen,
+  then the rest of `epochs` with everything trainable; one learning-rate
+  schedule runs across both. Each phase stops early on validation kappa, and
+  the model ends with the best weights seen in either phase. Returns that kappa.
+  """
+  training = config.training
+  frozen = min(max(training.frozen_backbone_epochs, 0), training.epochs)
+  if frozen and not config.model.imagenet_weights:
+    logging.warning("frozen_backbone_epochs=%d with a randomly initialised backbone: "
+                    "the head trains on random features first", frozen)
+  best_kappa, best = -math.inf, None
+  for first, last, backbone_trainable in ((0, frozen, False),
+                                          (frozen, training.epochs, True)):
+    if last <= first:
+      continue
+    set_backbone_trainable(model, backbone_trainable)
+    with strategy.scope():
+      compile_model(model, config)  # a change of `trainable` takes effect on compile
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_probabilities_kappa", mode="max",
+        patience=max((last - first) // 3, 3), restore_best_weights=True)
+    callbacks = [keras.callbacks.LearningRateScheduler(
+        lambda epoch: learning_rate_at_epoch(epoch, training)), early_stopping]
+    if log_dir:
+      callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
+    model.fit(train, validation_data=evaluation, initial_epoch=first, epochs=last,
+              steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2)
+    if early_stopping.best_weights is not None and early_stopping.best > best_kappa:
+      best_kappa = early_stopping.best
+      best = WeightsSnapshot(early_stopping.best_weights, backbone_trainable)
+  if best is not None:
+    best.restore(model)
+  set_backbone_trainable(model, True)
+  return best_kappa
+
+
+class WeightsSnapshot(NamedTuple):
+  """`model.get_weights()` and whether the backbone was trainable then.
+
+  Keras orders a layer's weights trainable first, so freezing the backbone
+  reorders `get_weights()`: a snapshot goes back under the same setting.
+  """
+  weights: List[np.ndarray]
+  backbone_trainable: bool
+
+  def restore(self, model: keras.Model) -> None:
+    set_backbone_trainable(model, self.backbone_trainable)
+    model.set_weights(self.weights)
+    set_backbone_trainable(model, True)
+
+
 def training_strategy(training: TrainingConfig) -> tf.distribute.Strategy:
   """MirroredStrategy over a node's GPUs (mixed precision if asked); CPU: default."""
   gpus = tf.config.list_physical_devices("GPU")
@@ -187,21 +250,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
   elif steps_per_epoch:
     train = train.repeat()
 
-  with training_strategy(config.training).scope():
+  strategy = training_strategy(config.training)
+  with strategy.scope():
     model = build_mil_model(config.model, config.tiling.tiles_per_slide, config.num_classes)
-    compile_model(model, config)
-  callbacks = [
-      keras.callbacks.LearningRateScheduler(
-          lambda epoch: learning_rate_at_epoch(epoch, config.training)),
-      keras.callbacks.EarlyStopping(monitor="val_probabilities_kappa", mode="max",
-                                    patience=max(config.training.epochs // 3, 3),
-                                    restore_best_weights=True),
-      keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
-  ]
-  history = model.fit(train, validation_data=evaluation, epochs=config.training.epochs,
-                      steps_per_epoch=steps_per_epoch,
-                      callbacks=callbacks, verbose=2)
-  best = max(history.history.get("val_probabilities_kappa", [float("nan")]))
+  best = fit_in_phases(model, config, strategy, train, evaluation, steps_per_epoch,
+                       log_dir=os.path.join(fn_args.model_run_dir, "logs"))
   logging.info("best eval kappa during training: %.3f", best)
   model.save(fn_args.serving_model_dir, save_format="tf",
              signatures=_serving_signatures(model, tf_transform_output))
