@@ -38,6 +38,14 @@ def _dataset(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOu
   )
   raw = data_accessor.tf_dataset_factory(file_pattern, options,
                                          tf_transform_output.raw_metadata.schema)
+  return model_batches(raw, tf_transform_output, config, training)
+
+
+def model_batches(raw: tf.data.Dataset, tf_transform_output: tft.TFTransformOutput,
+                  config: PipelineConfig, training: bool) -> tf.data.Dataset:
+  """Batches of parsed raw bags -> (inputs, targets[, sample weights]) for Keras:
+  the transform graph, then, for training, balancing and augmentation."""
+  training_config = config.training
   tft_layer = tf_transform_output.transform_features_layer()
   num_classes = config.num_classes
   augment = BagAugmenter(config.augmentation, seed=training_config.seed) if training else None
