@@ -121,18 +121,6 @@ class BenchSlide:
   gleason_score: str
 
 
-def scaled_morphology(morph: synthetic.GradeMorphology,
-                      downsample: int) -> synthetic.GradeMorphology:
-  """`morph` (level-0 pixels) expressed in pixels of a level at `downsample`."""
-  area = downsample * downsample
-  return dataclasses.replace(
-      morph,
-      gland_radius=morph.gland_radius / downsample,
-      glands_per_megapixel=morph.glands_per_megapixel * area,
-      nuclei_per_megapixel=morph.nuclei_per_megapixel * area,
-      nucleus_radius=morph.nucleus_radius / downsample)
-
-
 def slide_metadata(seed: int, index: int) -> Tuple[str, str, int, str, np.random.Generator]:
   """(image_id, provider, grade, gleason, rng): depends on (seed, index) only,
   so slide i is the same file whatever `--slides` is and the cache can be reused."""
@@ -155,7 +143,7 @@ def render_levels(rng: np.random.Generator, width: int, height: int, grade: int,
   stain = synthetic.PROVIDER_STAIN[provider] * rng.normal(1.0, 0.03, 3)
   level1 = synthetic.render_tissue(
       rng, height // RENDER_DOWNSAMPLE, width // RENDER_DOWNSAMPLE,
-      scaled_morphology(morph, RENDER_DOWNSAMPLE),
+      synthetic.at_downsample(morph, RENDER_DOWNSAMPLE),
       tumour_fraction=tumour_fraction, stain_scale=stain)
   level0 = cv2.resize(level1, (width, height), interpolation=cv2.INTER_LINEAR)
   levels = [level0, level1]

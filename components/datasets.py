@@ -17,6 +17,7 @@ the Beam stage can list it as rejected.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
@@ -55,6 +56,14 @@ def detect_format(data_dir: str) -> str:
   raise ValueError(f"{data_dir}: cannot tell the dataset format: no {PANDA_LABELS} "
                    f"(panda), no {PCAM_LABELS} (pcam), no <patient>/<0|1>/*_idx5_*.png "
                    "(idc); name it with --format")
+
+
+def with_detected_format(config, data_dir: str):
+  """`config` with `data.format` "auto" replaced by the format of `data_dir`."""
+  if config.data.format != "auto":
+    return config
+  return dataclasses.replace(config, data=dataclasses.replace(
+      config.data, format=detect_format(data_dir)))
 
 
 def _join(labels, paths, labels_name: str, kind: str) -> List[SlideTask]:

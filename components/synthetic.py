@@ -95,6 +95,17 @@ class SyntheticSlide:
   gleason_score: str
 
 
+def at_downsample(morph: GradeMorphology, downsample: float) -> GradeMorphology:
+  """`morph` (level-0 pixels) expressed in pixels of an image at `downsample`."""
+  area = downsample * downsample
+  return dataclasses.replace(
+      morph,
+      gland_radius=morph.gland_radius / downsample,
+      glands_per_megapixel=morph.glands_per_megapixel * area,
+      nuclei_per_megapixel=morph.nuclei_per_megapixel * area,
+      nucleus_radius=morph.nucleus_radius / downsample)
+
+
 def _mix(a, b, t: float):
   return tuple(int(round((1 - t) * x + t * y)) for x, y in zip(a, b))
 
@@ -162,12 +173,8 @@ def render_tissue(rng: np.random.Generator, height: int, width: int,
                                (tumour, morph)):
     _draw_morphology(rng, tissue, region, region_morph)
 
-  # Scanner-like texture: slight blur, stain variation and noise, then put
-  # tissue on glass.
-  tissue = cv2.GaussianBlur(tissue, (0, 0), 0.8).astype(np.float32)
-  tissue *= np.asarray(stain_scale, np.float32)
-  tissue += rng.normal(0, 4, tissue.shape)
-  tissue = np.clip(tissue, 0, 255).astype(np.uint8)
+  # Scanner-like texture, then tissue on glass.
+  tissue = _scanner_texture(rng, tissue, stain_scale)
   slide = np.empty_like(tissue)
   slide[:] = BACKGROUND_RGB
   slide[mask] = tissue[mask]
@@ -207,6 +214,24 @@ def _draw_morphology(rng: np.random.Generator, tissue: np.ndarray, region: np.nd
     jitter = rng.integers(-12, 13, 3)
     colour = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(nucleus_rgb, jitter))
     cv2.circle(tissue, (cx, cy), radius, colour, -1)
+
+
+def _scanner_texture(rng: np.random.Generator, tissue: np.ndarray,
+                     stain_scale) -> np.ndarray:
+  """Slight blur, per-channel stain variation and noise."""
+  tissue = cv2.GaussianBlur(tissue, (0, 0), 0.8).astype(np.float32)
+  tissue *= np.asarray(stain_scale, np.float32)
+  tissue += rng.normal(0, 4, tissue.shape)
+  return np.clip(tissue, 0, 255).astype(np.uint8)
+
+
+def render_patch(rng: np.random.Generator, size: int, morph: GradeMorphology,
+                 stain_scale=(1.0, 1.0, 1.0)) -> np.ndarray:
+  """A `size` x `size` RGB patch filled with tissue of `morph` (no glass)."""
+  tissue = np.empty((size, size, 3), np.uint8)
+  tissue[:] = STROMA_RGB
+  _draw_morphology(rng, tissue, np.ones((size, size), bool), morph)
+  return _scanner_texture(rng, tissue, stain_scale)
 
 
 def pyramid(level0: np.ndarray, downsamples=PANDA_DOWNSAMPLES) -> List[np.ndarray]:
@@ -298,3 +323,53 @@ def write_labels(path: str, slides) -> None:
     writer.writerow(PANDA_COLUMNS)
     for slide in slides:
       writer.writerow([getattr(slide, column) for column in PANDA_COLUMNS])
+
+
+# PatchCamelyon: 96 x 96 px patches at 10x (~1 um/px), half the resolution
+# the morphology above is drawn for.
+PCAM_PATCH_SIZE = 96
+PCAM_DOWNSAMPLE = 2.0
+# A positive patch shows tumour morphology (drawn as ISUP grade 4 glands), a
+# negative one benign tissue.
+PCAM_TUMOUR_GRADE = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticPatch:
+  id: str
+  path: str
+  label: int
+
+
+def write_patch_dataset(out_dir: str, patches: int, seed: int = 0,
+                        progress: Optional[Callable[[int, int], None]] = None
+                        ) -> List[SyntheticPatch]:
+  """PatchCamelyon's Kaggle layout: `out_dir/train/<id>.tif` (96 x 96 RGB)
+  and `out_dir/train_labels.csv` (`id,label`), labels balanced."""
+  if patches < 1:
+    raise ValueError("patches must be >= 1")
+  rng = np.random.default_rng(seed)
+  labels = np.tile([0, 1], -(-patches // 2))[:patches]
+  rng.shuffle(labels)
+  train_dir = os.path.join(out_dir, "train")
+  os.makedirs(train_dir, exist_ok=True)
+  written = []
+  for index, label in enumerate(labels):
+    label = int(label)
+    patch_rng = np.random.default_rng([seed, index, 96])
+    grade = PCAM_TUMOUR_GRADE if label else 0
+    morph = at_downsample(jittered(morphology_for_grade(grade), patch_rng), PCAM_DOWNSAMPLE)
+    provider = PROVIDERS[int(patch_rng.integers(0, 2))]
+    stain = PROVIDER_STAIN[provider] * patch_rng.normal(1.0, 0.03, 3)
+    patch_id = hashlib.sha1(f"histopipe-pcam-{seed}-{index}".encode()).hexdigest()
+    path = os.path.join(train_dir, f"{patch_id}.tif")
+    tifffile.imwrite(path, render_patch(patch_rng, PCAM_PATCH_SIZE, morph, stain),
+                     photometric="rgb")
+    written.append(SyntheticPatch(patch_id, path, label))
+    if progress:
+      progress(index + 1, patches)
+  with open(os.path.join(out_dir, "train_labels.csv"), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["id", "label"])
+    writer.writerows([p.id, p.label] for p in written)
+  return written

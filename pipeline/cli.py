@@ -34,6 +34,15 @@ def _progress_printer(label: str, every_seconds: float = 1.0):
 
 def _synth(args) -> int:
   from components import synthetic
+  if args.format == "pcam":
+    patches = synthetic.write_patch_dataset(
+        args.out, args.slides, seed=args.seed,
+        progress=_progress_printer("synthesizing patches"))
+    positives = sum(p.label for p in patches)
+    print(f"wrote {len(patches)} patches ({positives} positive) to "
+          f"{os.path.join(args.out, 'train')} and labels to "
+          f"{os.path.join(args.out, 'train_labels.csv')}")
+    return 0
   slides = synthetic.write_dataset(
       args.out, args.slides, seed=args.seed,
       level0_size=(args.width, args.height),
@@ -48,7 +57,7 @@ def _run(args) -> int:
   from pipeline import run_summary
   from pipeline.configs import load_config
   from pipeline.local_runner import run_local
-  config = load_config(args.config, preset=args.preset)
+  config = _with_format(load_config(args.config, preset=args.preset), args.format)
   start = time.time()
   paths = run_local(config, args.data, args.out)
   summary = run_summary.summarize(paths)
@@ -62,13 +71,11 @@ def _with_format(config, data_format: str):
 
 
 def _add_format_argument(parser) -> None:
-  # The whole pipeline trains the ISUP model on PANDA bags; `tile` also reads
-  # the patch datasets (the binary task comes with the Trainer issue).
   parser.add_argument(
       "--format", default="auto", choices=["auto", "panda", "pcam", "idc"],
-      help="dataset layout: panda (train.csv + train_images/*.tiff), pcam "
-      "(train_labels.csv + train/*.tif), idc (<patient>/<0|1>/*.png); default: "
-      "detected from the folder")
+      help="dataset layout: panda (train.csv + train_images/*.tiff; ISUP grade, "
+      "kappa), pcam (train_labels.csv + train/*.tif) or idc (<patient>/<0|1>/*.png), "
+      "both binary (AUC); default: detected from the folder")
 
 
 def _tile(args) -> int:
@@ -94,12 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   synth = commands.add_parser(
-      "synth", help="write a synthetic PANDA-style dataset",
+      "synth", help="write a synthetic PANDA-style (or PatchCamelyon-style) dataset",
       description="Write PANDA-format slides (JPEG-compressed tiled pyramidal "
       "TIFF, levels at downsample 1/4/16) under OUT/train_images/ and labels "
-      "in OUT/train.csv. Morphology depends on the ISUP grade.")
+      "in OUT/train.csv; morphology depends on the ISUP grade. With --format "
+      "pcam: 96x96 patches OUT/train/<id>.tif and OUT/train_labels.csv (id,label), "
+      "positives showing tumour morphology.")
   synth.add_argument("--out", required=True, help="output folder")
-  synth.add_argument("--slides", type=int, required=True, help="number of slides")
+  synth.add_argument("--slides", type=int, required=True,
+                     help="number of slides (or patches with --format pcam)")
+  synth.add_argument("--format", default="panda", choices=["panda", "pcam"],
+                     help="dataset layout to write (default panda)")
   synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
   synth.add_argument("--width", type=int, default=2048,
                      help="level-0 width in pixels (default 2048)")
@@ -132,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
       "LocalDagRunner. OUT receives pipeline_root/, metadata.sqlite (ML "
       "Metadata) and serving_model/<version>/ (the pushed SavedModel).")
   run.add_argument("--data", required=True,
-                   help="data folder: train.csv and train_images/*.tiff")
+                   help="data folder: train.csv and train_images/*.tiff (PANDA), or a "
+                   "PCam or IDC folder")
+  _add_format_argument(run)
   run.add_argument("--out", required=True, help="output folder")
   run.add_argument("--config", help="JSON file overriding fields of the preset")
   run.add_argument("--preset", default="demo", choices=["demo", "full"],

@@ -16,6 +16,8 @@ import json
 from typing import Any, Dict, Optional, Tuple
 
 ISUP_GRADES = 6  # ISUP grade group 0 (benign) .. 5
+# Datasets of small patches with a 0/1 label: each patch is a bag of one tile.
+PATCH_FORMATS = ("pcam", "idc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +107,12 @@ class AugmentationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-  """The Evaluator's gate on quadratic weighted kappa."""
-  min_kappa: float = 0.3  # the value threshold
-  # A new model may be at most this much worse than the last blessed one.
+  """The Evaluator's gate: quadratic weighted kappa for the ISUP task, ROC
+  AUC for binary tasks; a floor, and a largest drop vs the last blessed model."""
+  min_kappa: float = 0.3
   max_kappa_drop: float = 0.05
+  min_auc: float = 0.7
+  max_auc_drop: float = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +131,22 @@ class PipelineConfig:
                                          "--direct_num_workers=1")
 
   @property
+  def task(self) -> str:
+    """"isup": ordinal ISUP grade 0-5 (PANDA), gated on kappa; "binary": one
+    sigmoid (PCam, IDC), gated on AUC. Needs a resolved `data.format`."""
+    if self.data.format == "auto":
+      raise ValueError("data.format is 'auto': resolve it from the data folder first "
+                       "(components.datasets.with_detected_format)")
+    return "binary" if self.data.format in PATCH_FORMATS else "isup"
+
+  @property
   def num_classes(self) -> int:
-    return ISUP_GRADES
+    return 2 if self.task == "binary" else ISUP_GRADES
+
+  @property
+  def tiles_per_bag(self) -> int:
+    """Patch datasets are bags of one tile; slides give `tiling.tiles_per_slide`."""
+    return 1 if self.data.format in PATCH_FORMATS else self.tiling.tiles_per_slide
 
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)

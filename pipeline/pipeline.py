@@ -15,53 +15,72 @@ from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
 from components import bag_features
+from components.datasets import with_detected_format
 from components.slide_example_gen import SlideExampleGen
 from pipeline.configs import PipelineConfig
 from trainer import features
 
 KAPPA_METRIC = "kappa"
+AUC_METRIC = "auc"
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
 
 
-def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-  """Quadratic weighted kappa gate: a floor, and no big drop vs the baseline.
+def _gate(floor: float, largest_drop: float) -> list:
+  """A floor, and no drop of more than `largest_drop` vs the baseline, judged
+  on the overall slice (provider slices are reported only). TFMA drops change
+  thresholds when there is no baseline, so a first run meets the floor alone."""
+  return [tfma.PerSliceMetricThreshold(
+      slicing_specs=[tfma.SlicingSpec()],
+      threshold=tfma.MetricThreshold(
+          value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor}),
+          change_threshold=tfma.GenericChangeThreshold(
+              direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+              absolute={"value": -largest_drop})))]
 
-  TFMA drops change thresholds when there is no baseline, so the first run is
-  judged by the value threshold alone.
-  """
+
+def gate_metric(config: PipelineConfig) -> str:
+  """The metric the Evaluator gates on: kappa (ISUP) or AUC (binary)."""
+  return AUC_METRIC if config.task == "binary" else KAPPA_METRIC
+
+
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+  """ISUP: quadratic weighted kappa (a custom tf_keras metric; TFMA has none)
+  and accuracy on the class probabilities. Binary: ROC AUC and accuracy on
+  P(label = 1). Overall and per data provider."""
   gate = config.evaluation
-  kappa = tfma.MetricConfig(
-      class_name="QuadraticWeightedKappa",
-      module="trainer.metrics",
-      config=json.dumps({"num_classes": config.num_classes, "name": KAPPA_METRIC}),
-      # The gate judges the overall slice; provider slices are reported only.
-      per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-          slicing_specs=[tfma.SlicingSpec()],
-          threshold=tfma.MetricThreshold(
-              value_threshold=tfma.GenericValueThreshold(
-                  lower_bound={"value": gate.min_kappa}),
-              change_threshold=tfma.GenericChangeThreshold(
-                  direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                  absolute={"value": -gate.max_kappa_drop})))])
+  if config.task == "binary":
+    metrics = [
+        tfma.MetricConfig(class_name="BinaryAccuracy", config=json.dumps({"name": "accuracy"})),
+        tfma.MetricConfig(class_name="AUC", config=json.dumps({"name": AUC_METRIC}),
+                          per_slice_thresholds=_gate(gate.min_auc, gate.max_auc_drop)),
+    ]
+  else:
+    metrics = [
+        tfma.MetricConfig(class_name="SparseCategoricalAccuracy",
+                          config=json.dumps({"name": "accuracy"})),
+        tfma.MetricConfig(
+            class_name="QuadraticWeightedKappa", module="trainer.metrics",
+            config=json.dumps({"num_classes": config.num_classes, "name": KAPPA_METRIC}),
+            per_slice_thresholds=_gate(gate.min_kappa, gate.max_kappa_drop)),
+    ]
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(signature_name="serving_default",
                                   label_key=features.LABEL_KEY,
                                   prediction_key=features.PROBABILITIES)],
       slicing_specs=[tfma.SlicingSpec(),
                      tfma.SlicingSpec(feature_keys=[bag_features.DATA_PROVIDER])],
-      metrics_specs=[tfma.MetricsSpec(metrics=[
-          tfma.MetricConfig(class_name="ExampleCount"),
-          tfma.MetricConfig(class_name="SparseCategoricalAccuracy",
-                            config=json.dumps({"name": "accuracy"})),
-          kappa,
-      ])])
+      metrics_specs=[tfma.MetricsSpec(
+          metrics=[tfma.MetricConfig(class_name="ExampleCount")] + metrics)])
 
 
 def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                     serving_model_dir: str,
                     metadata_connection_config: Optional[object] = None
                     ) -> tfx.dsl.Pipeline:
+  # "auto" becomes the data folder's format here, once, so every component
+  # (and the Trainer's choice of task) sees the same one.
+  config = with_detected_format(config, data_root)
   config_json = {"config": config.to_json()}
   example_gen = SlideExampleGen(input_base=data_root, config=config)
   statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])

@@ -13,7 +13,7 @@ from tfx.orchestration import metadata
 from components.slide_example_gen import REPORT_DIR
 from components.slide_stages import REJECTS_FILE
 from pipeline.local_runner import RunPaths
-from pipeline.pipeline import KAPPA_METRIC
+from pipeline.pipeline import AUC_METRIC, KAPPA_METRIC
 
 
 @dataclasses.dataclass
@@ -100,9 +100,11 @@ def summarize(paths: RunPaths) -> RunSummary:
   return summary
 
 
+GATE_METRIC_NAMES = {KAPPA_METRIC: "quadratic weighted kappa", AUC_METRIC: "ROC AUC"}
+
+
 def format_summary(summary: RunSummary) -> str:
   metrics = summary.eval_metrics
-  kappa = metrics.get(KAPPA_METRIC)
   lines = [
       "== histopipe run ==",
       f"slides: {summary.slides_written} tiled, {summary.slides_rejected} rejected "
@@ -110,13 +112,14 @@ def format_summary(summary: RunSummary) -> str:
   ]
   if summary.slides_rejected:
     lines.append(f"rejects (image_id, path, reason): {summary.rejects_file}")
-  if kappa is not None:
-    lines.append(f"eval quadratic weighted kappa: {kappa:.3f} "
-                 f"(accuracy {metrics.get('accuracy', float('nan')):.3f}, "
-                 f"{int(metrics.get('example_count', 0))} eval slides)")
-  for provider, values in sorted(summary.eval_metrics_by_provider.items()):
-    if KAPPA_METRIC in values:
-      lines.append(f"  {provider}: kappa {values[KAPPA_METRIC]:.3f}")
+  for key, name in GATE_METRIC_NAMES.items():
+    if key in metrics:
+      lines.append(f"eval {name}: {metrics[key]:.3f} "
+                   f"(accuracy {metrics.get('accuracy', float('nan')):.3f}, "
+                   f"{int(metrics.get('example_count', 0))} eval bags)")
+      for provider, values in sorted(summary.eval_metrics_by_provider.items()):
+        if key in values:
+          lines.append(f"  {provider}: {key} {values[key]:.3f}")
   if summary.blessed is not None:
     lines.append(f"blessed: {'yes' if summary.blessed else 'no'}")
   for failure in summary.gate_failures:

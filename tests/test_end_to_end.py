@@ -115,3 +115,36 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
   again = loaded.signatures["serving_default"](
       examples=tf.constant([bare.SerializeToString()]))
   np.testing.assert_allclose(again["probabilities"].numpy()[0], probabilities[0], atol=1e-5)
+
+
+def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
+  """PCam layout: `histopipe synth --format pcam`, then `run` detects the
+  format, trains the one-sigmoid model and gates it on AUC."""
+  data, out = tmp_path / "pcam", tmp_path / "out"
+  assert cli.main(["synth", "--format", "pcam", "--out", str(data), "--slides", "40"]) == 0
+  config = tmp_path / "config.json"
+  config.write_text(json.dumps({
+      "preset": "demo",
+      "model": {"backbone": "small_cnn", "input_size": 32, "dense_units": 16,
+                "attention_units": 8},
+      "training": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8},
+      "evaluation": {"min_auc": -1.0, "max_auc_drop": 2.0},
+  }))
+  assert cli.main(["run", "--data", str(data), "--out", str(out),
+                   "--config", str(config)]) == 0
+  printed = capsys.readouterr().out
+  assert "slides: 40 tiled, 0 rejected of 40" in printed
+  assert "eval ROC AUC:" in printed and "kappa" not in printed
+  assert "blessed: yes" in printed
+
+  (model_dir,) = [os.path.dirname(p) for p in
+                  glob.glob(str(out / "serving_model" / "*" / "saved_model.pb"))]
+  eval_files = glob.glob(str(out / "pipeline_root" / "SlideExampleGen" / "examples" / "*" /
+                             "Split-eval" / "*.gz"))
+  serialized = list(tf.data.TFRecordDataset(eval_files, compression_type="GZIP").take(3))
+  outputs = tf.saved_model.load(model_dir).signatures["serving_default"](
+      examples=tf.stack(serialized))
+  probability = outputs["probabilities"].numpy()
+  assert probability.shape == (len(serialized), 1)
+  np.testing.assert_array_equal(outputs["grade"].numpy(), probability[:, 0] > 0.5)
+  assert outputs["attention"].shape == (len(serialized), 1)

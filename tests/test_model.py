@@ -193,3 +193,15 @@ def test_mixed_precision_model_keeps_float32_outputs():
   assert outputs[features.PROBABILITIES].dtype == tf.float32
   assert outputs[features.ATTENTION].numpy()[0, 2:].tolist() == [0.0, 0.0]
   assert np.isfinite(outputs[features.PROBABILITIES].numpy()).all()
+
+
+def test_binary_head_gives_one_probability_and_a_0_1_label():
+  model = build_mil_model(dataclasses.replace(TINY_MODEL, backbone="small_cnn"),
+                          tiles_per_slide=1, num_classes=2)
+  tiles = np.random.default_rng(8).normal(size=(3, 1, 32, 32, 3)).astype(np.float32)
+  outputs = model({features.TILES_XF: tiles, features.TILE_VALID_XF: np.ones((3, 1), np.float32)},
+                  training=False)
+  probability = outputs[features.PROBABILITIES].numpy()
+  assert probability.shape == (3, 1) and ((probability > 0) & (probability < 1)).all()
+  assert outputs[features.ORDINAL_LOGITS].shape == (3, 1)
+  np.testing.assert_array_equal(outputs[features.GRADE].numpy(), (probability[:, 0] > 0.5))

@@ -66,3 +66,29 @@ def test_gate_thresholds_come_from_the_config():
   assert threshold.value_threshold.lower_bound.value == config.evaluation.min_kappa
   assert threshold.change_threshold.absolute.value == -config.evaluation.max_kappa_drop
   assert [s.feature_keys for s in eval_config.slicing_specs] == [[], ["data_provider"]]
+
+
+def test_binary_datasets_are_gated_on_auc():
+  import dataclasses
+  config = demo_config()
+  config = dataclasses.replace(config, data=dataclasses.replace(config.data, format="pcam"))
+  assert config.task == "binary" and config.num_classes == 2 and config.tiles_per_bag == 1
+  eval_config = pipeline_dag.eval_config(config)
+  metrics = {m.class_name: m for m in eval_config.metrics_specs[0].metrics}
+  assert "QuadraticWeightedKappa" not in metrics and "BinaryAccuracy" in metrics
+  assert json.loads(metrics["AUC"].config)["name"] == pipeline_dag.AUC_METRIC
+  threshold = metrics["AUC"].per_slice_thresholds[0].threshold
+  assert threshold.value_threshold.lower_bound.value == config.evaluation.min_auc
+  assert threshold.change_threshold.absolute.value == -config.evaluation.max_auc_drop
+  assert pipeline_dag.gate_metric(config) == "auc"
+
+
+def test_auto_format_is_resolved_from_the_data_folder(tmp_path):
+  import dataclasses
+  from components import synthetic
+  synthetic.write_patch_dataset(str(tmp_path / "data"), 4)
+  config = demo_config()
+  config = dataclasses.replace(config, data=dataclasses.replace(config.data, format="auto"))
+  trainer = {c.id: c for c in _dag(tmp_path, config).components}["Trainer"]
+  trainer_config = json.loads(json.loads(trainer.exec_properties["custom_config"])["config"])
+  assert trainer_config["data"]["format"] == "pcam"

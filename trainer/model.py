@@ -2,7 +2,8 @@
 
 Bag in: normalized tiles [B, N, size, size, 3] and a valid mask [B, N].
 Out: ordinal logits [B, K-1] (sigmoid k says "grade >= k+1"), class
-probabilities [B, K] derived from them, the grade, and per-tile attention.
+probabilities [B, K] derived from them, the grade, and per-tile attention;
+for binary tasks (K = 2) one logit, P(label = 1) [B, 1] and the 0/1 label.
 Padding tiles get zero attention, so they can never change the output.
 """
 
@@ -159,6 +160,16 @@ def ordinal_outputs(ordinal_logits: tf.Tensor) -> Dict[str, tf.Tensor]:
   return {features.PROBABILITIES: probabilities, features.GRADE: grade}
 
 
+def binary_outputs(logit: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """One logit [B, 1] -> P(label = 1) [B, 1] and the 0/1 label at 0.5.
+
+  The same head as the ordinal one with two classes (one cumulative logit),
+  but with the single probability binary metrics (AUC) expect."""
+  probability = tf.sigmoid(logit)
+  return {features.PROBABILITIES: probability,
+          features.GRADE: tf.cast(probability[:, 0] > 0.5, tf.int64)}
+
+
 def _concat_tile_features(model: ModelConfig, tiles, valid, tiles_per_slide: int):
   """The bag as one image: the backbone sees the tiles side by side."""
   size = model.input_size
@@ -207,7 +218,8 @@ def build_mil_model(model: ModelConfig, tiles_per_slide: int,
   hidden = keras.layers.Dropout(model.dropout)(hidden)
   logits = keras.layers.Dense(num_classes - 1, name=features.ORDINAL_LOGITS,
                               dtype="float32")(hidden)
-  named = {features.ATTENTION: attention, **ordinal_outputs(logits)}
+  decoded = binary_outputs(logits) if num_classes == 2 else ordinal_outputs(logits)
+  named = {features.ATTENTION: attention, **decoded}
   # Identity layers give the outputs their names (Keras keys metrics by them);
   # float32 so that mixed precision never reaches the outputs.
   outputs = {features.ORDINAL_LOGITS: logits,

@@ -120,11 +120,20 @@ def _ordinal_loss(targets, logits):
   return keras.losses.binary_crossentropy(targets, logits, from_logits=True)
 
 
+def selection_metric(config: PipelineConfig) -> str:
+  """The validation metric early stopping keeps the best model by."""
+  name = "auc" if config.task == "binary" else "kappa"
+  return f"val_{features.PROBABILITIES}_{name}"
+
+
 def compile_model(model: keras.Model, config: PipelineConfig) -> None:
+  metric = (keras.metrics.AUC(name="auc") if config.task == "binary"
+            else QuadraticWeightedKappa(config.num_classes))
   model.compile(
       optimizer=keras.optimizers.Adam(config.training.learning_rate),
+      # Binary: the single logit "label >= 1" is the two-class ordinal logit.
       loss={features.ORDINAL_LOGITS: _ordinal_loss},
-      metrics={features.PROBABILITIES: [QuadraticWeightedKappa(config.num_classes)]},
+      metrics={features.PROBABILITIES: [metric]},
   )
 
 
@@ -181,15 +190,16 @@ def fit_in_phases(model: keras.Model, config: PipelineConfig, strategy: tf.distr
                   log_dir: str = "") -> float:
   """Trains `model`: first `frozen_backbone_epochs` with the backbone frozen,
   then the rest of `epochs` with everything trainable; one learning-rate
-  schedule runs across both. Each phase stops early on validation kappa, and
-  the model ends with the best weights seen in either phase. Returns that kappa.
+  schedule runs across both. Each phase stops early on validation kappa (AUC
+  for binary tasks), and the model ends with the best weights seen in either
+  phase. Returns that kappa (AUC).
   """
   training = config.training
   frozen = min(max(training.frozen_backbone_epochs, 0), training.epochs)
   if frozen and not config.model.imagenet_weights:
     logging.warning("frozen_backbone_epochs=%d with a randomly initialised backbone: "
                     "the head trains on random features first", frozen)
-  best_kappa, best = -math.inf, None
+  best_value, best = -math.inf, None
   for first, last, backbone_trainable in ((0, frozen, False),
                                           (frozen, training.epochs, True)):
     if last <= first:
@@ -198,7 +208,7 @@ def fit_in_phases(model: keras.Model, config: PipelineConfig, strategy: tf.distr
     with strategy.scope():
       compile_model(model, config)  # a change of `trainable` takes effect on compile
     early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_probabilities_kappa", mode="max",
+        monitor=selection_metric(config), mode="max",
         patience=max((last - first) // 3, 3), restore_best_weights=True)
     callbacks = [keras.callbacks.LearningRateScheduler(
         lambda epoch: learning_rate_at_epoch(epoch, training)), early_stopping]
@@ -206,13 +216,13 @@ def fit_in_phases(model: keras.Model, config: PipelineConfig, strategy: tf.distr
       callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
     model.fit(train, validation_data=evaluation, initial_epoch=first, epochs=last,
               steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2)
-    if early_stopping.best_weights is not None and early_stopping.best > best_kappa:
-      best_kappa = early_stopping.best
+    if early_stopping.best_weights is not None and early_stopping.best > best_value:
+      best_value = early_stopping.best
       best = WeightsSnapshot(early_stopping.best_weights, backbone_trainable)
   if best is not None:
     best.restore(model)
   set_backbone_trainable(model, True)
-  return best_kappa
+  return best_value
 
 
 class WeightsSnapshot(NamedTuple):
@@ -260,9 +270,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
   strategy = training_strategy(config.training)
   with strategy.scope():
-    model = build_mil_model(config.model, config.tiling.tiles_per_slide, config.num_classes)
+    model = build_mil_model(config.model, config.tiles_per_bag, config.num_classes)
   best = fit_in_phases(model, config, strategy, train, evaluation, steps_per_epoch,
                        log_dir=os.path.join(fn_args.model_run_dir, "logs"))
-  logging.info("best eval kappa during training: %.3f", best)
+  logging.info("best %s during training: %.3f", selection_metric(config), best)
   model.save(fn_args.serving_model_dir, save_format="tf",
              signatures=_serving_signatures(model, tf_transform_output))
