@@ -269,6 +269,14 @@ def write_pyramidal_tiff(path: str, levels: List[np.ndarray],
       )
 
 
+def _balanced_labels(rng: np.random.Generator, count: int, classes: int) -> np.ndarray:
+  """`count` labels cycling through 0..classes-1, shuffled: every class is
+  present whenever count >= classes."""
+  labels = np.tile(np.arange(classes), -(-count // classes))[:count]
+  rng.shuffle(labels)
+  return labels
+
+
 def _image_id(seed: int, index: int) -> str:
   # PANDA ids are 32 hex characters; derive them from the seed for determinism.
   return hashlib.md5(f"histopipe-synth-{seed}-{index}".encode()).hexdigest()
@@ -288,8 +296,7 @@ def write_dataset(out_dir: str, slides: int, seed: int = 0,
     raise ValueError("slides must be >= 1")
   width, height = level0_size
   rng = np.random.default_rng(seed)
-  grades = np.tile(np.arange(6), -(-slides // 6))[:slides]
-  rng.shuffle(grades)
+  grades = _balanced_labels(rng, slides, classes=6)
   images_dir = os.path.join(out_dir, "train_images")
   os.makedirs(images_dir, exist_ok=True)
   written = []
@@ -349,8 +356,7 @@ def write_patch_dataset(out_dir: str, patches: int, seed: int = 0,
   if patches < 1:
     raise ValueError("patches must be >= 1")
   rng = np.random.default_rng(seed)
-  labels = np.tile([0, 1], -(-patches // 2))[:patches]
-  rng.shuffle(labels)
+  labels = _balanced_labels(rng, patches, classes=2)
   train_dir = os.path.join(out_dir, "train")
   os.makedirs(train_dir, exist_ok=True)
   written = []
