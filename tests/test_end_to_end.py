@@ -117,6 +117,27 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
   np.testing.assert_allclose(again["probabilities"].numpy()[0], probabilities[0], atol=1e-5)
 
 
+def test_a_model_below_the_gate_is_not_pushed_and_the_summary_says_why(pipeline_run, capsys):
+  """Run again, on the same pipeline root, with a kappa floor no model can reach."""
+  out, _, argv = pipeline_run
+  config_path = argv[argv.index("--config") + 1]
+  strict = json.loads(open(config_path).read())
+  strict["evaluation"] = {"min_kappa": 2.0, "max_kappa_drop": 2.0}
+  strict_path = os.path.join(os.path.dirname(config_path), "strict.json")
+  with open(strict_path, "w") as f:
+    json.dump(strict, f)
+  pushed_before = sorted(glob.glob(str(out / "serving_model" / "*")))
+  strict_argv = list(argv)
+  strict_argv[argv.index("--config") + 1] = strict_path
+  assert cli.main(strict_argv) == 0
+  printed = capsys.readouterr().out
+  assert "blessed: no" in printed
+  assert "pushed: no (model not blessed)" in printed
+  (gate_line,) = [line for line in printed.splitlines() if line.strip().startswith("gate:")]
+  assert "kappa" in gate_line and "below the threshold 2.000" in gate_line
+  assert sorted(glob.glob(str(out / "serving_model" / "*"))) == pushed_before
+
+
 def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
   """PCam layout: `histopipe synth --format pcam`, then `run` detects the
   format, trains the one-sigmoid model and gates it on AUC."""
