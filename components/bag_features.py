@@ -7,12 +7,9 @@ the SlideExampleGen writes them with `serialize_bag`.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, List
+from typing import List
 
 from components import example_proto
-
-if TYPE_CHECKING:
-  import tensorflow as tf
 
 IMAGE_ID = "image_id"
 PATIENT_ID = "patient_id"
@@ -73,11 +70,3 @@ def serialize_bag(bag: SlideBag, image_id: str, patient_id: str, data_provider: 
       SLIDE_WIDTH: ("int64", [bag.slide_width]),
       SLIDE_HEIGHT: ("int64", [bag.slide_height]),
   })
-
-
-def bag_to_example(bag: SlideBag, image_id: str, patient_id: str, data_provider: str,
-                   label: int, gleason_score: str) -> "tf.train.Example":
-  """`serialize_bag` parsed back into a `tf.train.Example` (imports TensorFlow)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  return tf.train.Example.FromString(serialize_bag(
-      bag, image_id, patient_id, data_provider, label, gleason_score))

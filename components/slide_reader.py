@@ -170,7 +170,8 @@ class TiffSlide:
       sums[y0:y0 + len(rows), x0:x0 + len(cols)] += block
       counts[y0:y0 + len(rows), x0:x0 + len(cols), 0] += np.outer(
           np.diff(np.append(rows, seg_h)), np.diff(np.append(cols, seg_w)))
-    return _mean_uint8(sums, counts), level.downsample * factor
+    out = np.where(counts > 0, np.round(sums / np.maximum(counts, 1)), 255).astype(np.uint8)
+    return out, level.downsample * factor
 
   def read_region(self, level: int, x: int, y: int, width: int,
                   height: int) -> np.ndarray:
@@ -261,10 +262,6 @@ def _every(table: np.ndarray, step: int, end: int, axis: int) -> np.ndarray:
     last = table[end:end + 1] if axis == 0 else table[:, end:end + 1]
     picked = np.concatenate([picked, last], axis=axis)
   return picked
-
-
-def _mean_uint8(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-  return np.where(counts > 0, np.round(sums / np.maximum(counts, 1)), 255).astype(np.uint8)
 
 
 def _block_starts(start: int, length: int, factor: int) -> np.ndarray:

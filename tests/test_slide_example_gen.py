@@ -108,7 +108,7 @@ def test_split_partition_keeps_each_patient_in_one_split(tmp_path):
   from tfx.proto import example_gen_pb2
   from tfx.utils import proto_utils
 
-  from components.bag_features import SlideBag, bag_to_example
+  from components.bag_features import SlideBag, serialize_bag
   from components.slide_example_gen import SlideExampleGen
   from pipeline.configs import demo_config
 
@@ -126,9 +126,9 @@ def test_split_partition_keeps_each_patient_in_one_split(tmp_path):
   split_of_patient, splits_seen = {}, set()
   for patient in range(60):
     for slide in range(4):  # several slides (or IDC patches) per patient
-      example = bag_to_example(bag, image_id=f"p{patient}-s{slide}",
+      example = tf.train.Example.FromString(serialize_bag(bag, image_id=f"p{patient}-s{slide}",
                                patient_id=f"p{patient}", data_provider="x", label=0,
-                               gleason_score="")
+                               gleason_score=""))
       split = _PartitionFn(example, len(buckets), buckets, split_config)
       assert split_of_patient.setdefault(patient, split) == split
       splits_seen.add(split)
