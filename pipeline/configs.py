@@ -67,6 +67,11 @@ class ModelConfig:
   # from random init on a few hundred steps needs a shorter memory (0.9), or
   # the moving statistics used at eval lag far behind the weights.
   batchnorm_momentum: float = 0.0
+  # How many of a bag's tiles the model looks at: the first k (bags are
+  # written best tissue first; training's tile shuffle makes them a random k
+  # valid tiles each step). 0: all. Attention stays per tile of the bag
+  # (0 for the tiles not looked at), so serving outputs keep their shape.
+  tiles_used: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +121,21 @@ class EvaluationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TuningConfig:
+  """Optional TFX Tuner before the Trainer: a random search (keras-tuner's
+  oracle) over these choices, each trial trained for `epochs` and scored on
+  the "valid" split by the Trainer's own selection metric (kappa or AUC).
+  The Trainer then trains with the best values for the full `training.epochs`."""
+  enabled: bool = False
+  max_trials: int = 6
+  epochs: int = 3
+  learning_rates: Tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+  dropouts: Tuple[float, ...] = (0.2, 0.3, 0.5)
+  poolings: Tuple[str, ...] = ("gated_attention", "mean", "max")
+  tiles_used: Tuple[int, ...] = (0,)  # see ModelConfig.tiles_used; 0 = all
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   name: str = "histopipe"
   preset: str = "full"
@@ -125,6 +145,7 @@ class PipelineConfig:
   training: TrainingConfig = TrainingConfig()
   augmentation: AugmentationConfig = AugmentationConfig()
   evaluation: EvaluationConfig = EvaluationConfig()
+  tuning: TuningConfig = TuningConfig()
   # Extra Beam flags for every Beam-based component (ExampleGen, StatisticsGen,
   # Transform, Evaluator), e.g. ["--direct_num_workers=2"].
   beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",
@@ -185,6 +206,28 @@ def _build(cls, values: Dict[str, Any], path: str):
   return cls(**kwargs)
 
 
+# Tuner hyperparameter name -> (config section, field, TuningConfig field
+# holding its choices).
+TUNED_FIELDS = {
+    "learning_rate": ("training", "learning_rate", "learning_rates"),
+    "dropout": ("model", "dropout", "dropouts"),
+    "pooling": ("model", "pooling", "poolings"),
+    "tiles_used": ("model", "tiles_used", "tiles_used"),
+}
+
+
+def with_tuned_values(config: PipelineConfig, values: Dict[str, Any]) -> PipelineConfig:
+  """`config` with the Tuner's values in their places (unknown names raise)."""
+  unknown = sorted(set(values) - set(TUNED_FIELDS))
+  if unknown:
+    raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {sorted(TUNED_FIELDS)}")
+  for name, value in values.items():
+    section, field, _ = TUNED_FIELDS[name]
+    replaced = dataclasses.replace(getattr(config, section), **{field: value})
+    config = dataclasses.replace(config, **{section: replaced})
+  return config
+
+
 def full_config() -> PipelineConfig:
   """PANDA-like: 36 tiles of 256 px at downsample 4, resized to 224 for ResNet50."""
   return PipelineConfig(
@@ -198,6 +241,8 @@ def full_config() -> PipelineConfig:
       training=TrainingConfig(batch_size=4, epochs=30, learning_rate=1e-4,
                               frozen_backbone_epochs=2),
       evaluation=EvaluationConfig(min_kappa=0.6, max_kappa_drop=0.02),
+      # Off by default; when on: 12, 24 or all 36 tiles per bag among the choices.
+      tuning=TuningConfig(tiles_used=(12, 24, 0)),
       beam_pipeline_args=("--direct_running_mode=multi_processing",
                           "--direct_num_workers=0"),
   )

@@ -1,7 +1,8 @@
 """The DAG, built from one PipelineConfig.
 
 SlideExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform
--> Trainer -> Evaluator (baseline: latest blessed model) -> Pusher.
+-> [Tuner, when enabled] -> Trainer -> Evaluator (baseline: latest blessed
+model) -> Pusher.
 The local runner and the Kubeflow compiler both call `create_pipeline`.
 """
 
@@ -22,8 +23,10 @@ from trainer import features
 
 KAPPA_METRIC = "kappa"
 AUC_METRIC = "auc"
+CANCER_AUC_METRIC = "cancer_auc"  # ISUP: grade >= 1 vs benign
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
+TUNER_FN = "trainer.tuning.tuner_fn"
 
 
 def _gate(floor: float, largest_drop: float) -> list:
@@ -45,8 +48,9 @@ def gate_metric(config: PipelineConfig) -> str:
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-  """ISUP: quadratic weighted kappa (a custom tf_keras metric; TFMA has none)
-  and accuracy on the class probabilities. Binary: ROC AUC and accuracy on
+  """ISUP: quadratic weighted kappa (a custom tf_keras metric; TFMA has none),
+  accuracy, and the ROC AUC of cancer (grade >= 1) vs benign, on the class
+  probabilities. Binary: ROC AUC and accuracy on
   P(label = 1). Overall and per data provider."""
   gate = config.evaluation
   if config.task == "binary":
@@ -63,6 +67,8 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
             class_name="QuadraticWeightedKappa", module="trainer.metrics",
             config=json.dumps({"num_classes": config.num_classes, "name": KAPPA_METRIC}),
             per_slice_thresholds=_gate(gate.min_kappa, gate.max_kappa_drop)),
+        tfma.MetricConfig(class_name="CancerAUC", module="trainer.metrics",
+                          config=json.dumps({"name": CANCER_AUC_METRIC})),
     ]
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(signature_name="serving_default",
@@ -97,15 +103,21 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       # apply the transform graph in the Trainer's input pipeline instead.
       materialize=False,
       custom_config=config_json)
-  trainer = tfx.components.Trainer(
-      run_fn=RUN_FN,
+  training_inputs = dict(
       examples=example_gen.outputs["examples"],
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
       train_args=tfx.proto.TrainArgs(splits=["train"]),
-      # Early stopping looks at "valid"; "eval" stays unseen for the Evaluator.
+      # Early stopping (and the Tuner) look at "valid"; "eval" stays unseen
+      # for the Evaluator.
       eval_args=tfx.proto.EvalArgs(splits=["valid"]),
       custom_config=config_json)
+  tuner = (tfx.components.Tuner(tuner_fn=TUNER_FN, **training_inputs)
+           if config.tuning.enabled else None)
+  trainer = tfx.components.Trainer(
+      run_fn=RUN_FN,
+      hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
+      **training_inputs)
   baseline_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
       model=tfx.dsl.Channel(type=standard_artifacts.Model),
@@ -127,7 +139,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       pipeline_name=config.name,
       pipeline_root=pipeline_root,
       components=[example_gen, statistics_gen, schema_gen, example_validator,
-                  transform, trainer, baseline_resolver, evaluator, pusher],
+                  transform] + ([tuner] if tuner else []) +
+                 [trainer, baseline_resolver, evaluator, pusher],
       enable_cache=False,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(config.beam_pipeline_args))

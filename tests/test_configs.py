@@ -38,3 +38,14 @@ def test_bad_config_files_say_what_is_wrong(tmp_path, overrides, message):
   path.write_text(json.dumps(overrides))
   with pytest.raises(ValueError, match=message):
     load_config(str(path))
+
+
+def test_tuned_values_land_in_their_config_fields():
+  from pipeline.configs import demo_config, with_tuned_values
+  config = with_tuned_values(demo_config(), {"learning_rate": 3e-4, "dropout": 0.5,
+                                             "pooling": "max", "tiles_used": 4})
+  assert config.training.learning_rate == 3e-4
+  assert (config.model.dropout, config.model.pooling, config.model.tiles_used) == (0.5, "max", 4)
+  assert config.tiling == demo_config().tiling
+  with pytest.raises(ValueError, match="unknown hyperparameter"):
+    with_tuned_values(demo_config(), {"momentum": 0.9})

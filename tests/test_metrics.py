@@ -46,3 +46,17 @@ def test_grade_from_probabilities_is_the_median_class():
                                [0.05, 0.05, 0.05, 0.05, 0.05, 0.75],
                                [1, 0, 0, 0, 0, 0]])
   assert ordinal_grade_from_probabilities(probabilities).numpy().tolist() == [1, 5, 0]
+
+
+def test_cancer_auc_is_benign_against_any_grade_like_sklearn():
+  from sklearn.metrics import roc_auc_score
+  from trainer.metrics import CancerAUC
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 6, 300)
+  logits = rng.normal(size=(300, 6)) + 2.0 * _one_hot(labels)
+  probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  expected = roc_auc_score(labels > 0, 1.0 - probabilities[:, 0])
+  metric = CancerAUC(num_thresholds=2000)
+  metric.update_state(labels[:, None], probabilities.astype(np.float32))
+  assert float(metric.result()) == pytest.approx(expected, abs=2e-3)
+  assert CancerAUC.from_config(metric.get_config()).name == "cancer_auc"

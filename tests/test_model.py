@@ -117,6 +117,8 @@ def test_augmentation_flips_rotates_and_shuffles_but_keeps_tiles():
       assert out[features.TILE_VALID_XF].numpy()[b, i] == valid[b, source]
       changed += not np.allclose(out_tiles[b, i], tiles[b, i])
   assert changed > 8
+  # Padding stays behind the real tiles, so "the first k tiles" are real ones.
+  assert (out[features.TILE_VALID_XF].numpy() == valid).all()
 
 
 def test_hed_and_colour_jitter_are_identity_at_neutral_settings():
@@ -156,6 +158,29 @@ def test_every_pooling_ignores_padding_tiles(pooling):
                              atol=1e-5)
   attention = first[features.ATTENTION].numpy()[0]
   assert attention[3] == 0.0 and attention.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["gated_attention", "concat_tile"])
+def test_a_model_using_the_first_k_tiles_ignores_the_rest(pooling):
+  config = dataclasses.replace(TINY_MODEL, backbone="small_cnn", pooling=pooling,
+                               tiles_used=2)
+  model = build_mil_model(config, tiles_per_slide=4, num_classes=6)
+  rng = np.random.default_rng(8)
+  bag = _bag(rng, [1, 1, 1, 1])
+  other = dict(bag)
+  other[features.TILES_XF] = bag[features.TILES_XF].copy()
+  other[features.TILES_XF][0, 2:] = rng.normal(size=(2, 32, 32, 3)) * 10
+  first, second = model(bag, training=False), model(other, training=False)
+  np.testing.assert_allclose(first[features.PROBABILITIES], second[features.PROBABILITIES],
+                             atol=1e-5)
+  attention = first[features.ATTENTION].numpy()[0]
+  assert attention.shape == (4,) and attention[2:].tolist() == [0.0, 0.0]
+  assert attention.sum() == pytest.approx(1.0, abs=1e-5)
+  changed = dict(bag)
+  changed[features.TILES_XF] = bag[features.TILES_XF].copy()
+  changed[features.TILES_XF][0, :2] = rng.normal(size=(2, 32, 32, 3)) * 10
+  assert not np.allclose(model(changed, training=False)[features.PROBABILITIES],
+                         first[features.PROBABILITIES])
 
 
 @pytest.mark.parametrize("backbone,size", [("resnet50", 32), ("xception", 72),

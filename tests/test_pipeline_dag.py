@@ -60,6 +60,9 @@ def test_gate_thresholds_come_from_the_config():
   kappa = [m for m in eval_config.metrics_specs[0].metrics
            if m.class_name == "QuadraticWeightedKappa"][0]
   assert kappa.module == "trainer.metrics"
+  cancer_auc = [m for m in eval_config.metrics_specs[0].metrics if m.class_name == "CancerAUC"][0]
+  assert json.loads(cancer_auc.config)["name"] == pipeline_dag.CANCER_AUC_METRIC
+  assert not cancer_auc.per_slice_thresholds  # reported, not gated
   (per_slice,) = kappa.per_slice_thresholds
   assert list(per_slice.slicing_specs) == [tfma.SlicingSpec()]  # overall slice only
   threshold = per_slice.threshold
@@ -92,3 +95,17 @@ def test_auto_format_is_resolved_from_the_data_folder(tmp_path):
   trainer = {c.id: c for c in _dag(tmp_path, config).components}["Trainer"]
   trainer_config = json.loads(json.loads(trainer.exec_properties["custom_config"])["config"])
   assert trainer_config["data"]["format"] == "pcam"
+
+
+def test_the_tuner_runs_before_the_trainer_only_when_enabled(tmp_path):
+  import dataclasses
+  config = demo_config()
+  assert "Tuner" not in {c.id for c in _dag(tmp_path, config).components}
+  config = dataclasses.replace(config, tuning=dataclasses.replace(config.tuning, enabled=True))
+  dag = _dag(tmp_path, config)
+  upstream = {c.id: {u.id for u in c.upstream_nodes} for c in dag.components}
+  assert upstream["Tuner"] == {"SlideExampleGen", "Transform", "SchemaGen"}
+  assert upstream["Trainer"] == EXPECTED_UPSTREAM["Trainer"] | {"Tuner"}
+  tuner = {c.id: c for c in dag.components}["Tuner"]
+  assert tuner.exec_properties["tuner_fn"] == pipeline_dag.TUNER_FN
+  assert json.loads(tuner.exec_properties["eval_args"])["splits"] == ["valid"]

@@ -148,7 +148,10 @@ class BagAugmenter:
     tiles = tf.reshape(self._augment_tiles(flat, draws), shape)
     out = dict(transformed)
     if config.shuffle_tiles:
-      order = tf.argsort(self._generator.uniform(tf.shape(valid)), axis=1)
+      # Valid tiles in a random order, padding after them (keys in [1, 2)),
+      # so a model that looks at the first k tiles sees k real ones.
+      keys = self._generator.uniform(tf.shape(valid)) + (1.0 - tf.cast(valid > 0, tf.float32))
+      order = tf.argsort(keys, axis=1)
       tiles = tf.gather(tiles, order, batch_dims=1)
       valid = tf.gather(valid, order, batch_dims=1)
     out[features.TILES_XF] = tiles

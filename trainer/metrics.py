@@ -79,3 +79,18 @@ class QuadraticWeightedKappa(keras.metrics.Metric):
 
   def get_config(self):
     return {**super().get_config(), "num_classes": self.num_classes}
+
+
+@keras.utils.register_keras_serializable(package="histopipe")
+class CancerAUC(keras.metrics.AUC):
+  """ROC AUC of "cancer vs benign" (ISUP grade >= 1) for the ISUP model:
+  label > 0, scored by 1 - P(grade 0) from the class probabilities."""
+
+  def __init__(self, name: str = "cancer_auc", **kwargs):
+    kwargs.pop("curve", None)  # always ROC
+    super().__init__(name=name, curve="ROC", **kwargs)
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    cancer = tf.cast(tf.reshape(y_true, [-1]) > 0, tf.float32)
+    p_cancer = 1.0 - tf.reshape(y_pred, [tf.shape(cancer)[0], -1])[:, 0]
+    return super().update_state(cancer, p_cancer, sample_weight)

@@ -202,16 +202,20 @@ def build_mil_model(model: ModelConfig, tiles_per_slide: int,
   valid = keras.Input((tiles_per_slide,), name=features.TILE_VALID_XF)
   if model.pooling not in POOLINGS:
     raise ValueError(f"unknown pooling {model.pooling!r}; choose from {list(POOLINGS)}")
+  used = min(model.tiles_used or tiles_per_slide, tiles_per_slide)
+  used_tiles, used_valid = tiles[:, :used], valid[:, :used]
   if model.pooling == "concat_tile":
-    pooled, attention = _concat_tile_features(model, tiles, valid, tiles_per_slide)
+    pooled, attention = _concat_tile_features(model, used_tiles, used_valid, used)
   else:
     backbone = build_backbone(model)
     # The backbone sees every tile of every bag as one batch of images.
-    tile_features = backbone(tf.reshape(tiles, [-1, size, size, 3]))
+    tile_features = backbone(tf.reshape(used_tiles, [-1, size, size, 3]))
     # Pooling in float32 under mixed precision: masking uses -1e9, beyond float16.
     tile_features = tf.cast(tile_features, tf.float32)
-    tile_features = tf.reshape(tile_features, [-1, tiles_per_slide, tile_features.shape[-1]])
-    pooled, attention = _pool_tiles(model, tile_features, valid)
+    tile_features = tf.reshape(tile_features, [-1, used, tile_features.shape[-1]])
+    pooled, attention = _pool_tiles(model, tile_features, used_valid)
+  # Attention per tile of the bag: the tiles not looked at get 0.
+  attention = tf.pad(attention, [[0, 0], [0, tiles_per_slide - used]])
 
   hidden = keras.layers.Dense(model.dense_units, activation="relu")(pooled)
   hidden = keras.layers.BatchNormalization()(hidden)

@@ -12,6 +12,7 @@ import math
 import os
 from typing import Dict, List, NamedTuple, Optional
 
+import keras_tuner
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -20,7 +21,7 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from components import bag_features
-from pipeline.configs import PipelineConfig, TrainingConfig
+from pipeline.configs import PipelineConfig, TrainingConfig, with_tuned_values
 from trainer import features
 from trainer.augmentation import BagAugmenter
 from trainer.metrics import QuadraticWeightedKappa
@@ -252,13 +253,13 @@ def training_strategy(training: TrainingConfig) -> tf.distribute.Strategy:
   return tf.distribute.MirroredStrategy()
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
-  config = PipelineConfig.from_json(fn_args.custom_config["config"])
-  keras.utils.set_random_seed(config.training.seed)
-  tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+def training_inputs(fn_args, tf_transform_output: tft.TFTransformOutput,
+                    config: PipelineConfig):
+  """(train, validation, steps_per_epoch) for `fit`, from the Trainer's or
+  the Tuner's fn_args."""
   train = _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                    config, training=True)
-  evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
+  validation = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
                         config, training=False)
   steps_per_epoch = config.training.steps_per_epoch or None
   if config.training.class_balance == "balanced_sampling":
@@ -267,11 +268,26 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     steps_per_epoch = steps_per_epoch or math.ceil(train_bags / config.training.batch_size)
   elif steps_per_epoch:
     train = train.repeat()
+  return train, validation, steps_per_epoch
 
-  strategy = training_strategy(config.training)
+
+def build_model(config: PipelineConfig, strategy: tf.distribute.Strategy) -> keras.Model:
   with strategy.scope():
-    model = build_mil_model(config.model, config.tiles_per_bag, config.num_classes)
-  best = fit_in_phases(model, config, strategy, train, evaluation, steps_per_epoch,
+    return build_mil_model(config.model, config.tiles_per_bag, config.num_classes)
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+  config = PipelineConfig.from_json(fn_args.custom_config["config"])
+  if fn_args.hyperparameters:  # the Tuner's best values, when it ran
+    values = keras_tuner.HyperParameters.from_config(fn_args.hyperparameters).values
+    logging.info("training with the Tuner's best hyperparameters: %s", values)
+    config = with_tuned_values(config, values)
+  keras.utils.set_random_seed(config.training.seed)
+  tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+  train, validation, steps_per_epoch = training_inputs(fn_args, tf_transform_output, config)
+  strategy = training_strategy(config.training)
+  model = build_model(config, strategy)
+  best = fit_in_phases(model, config, strategy, train, validation, steps_per_epoch,
                        log_dir=os.path.join(fn_args.model_run_dir, "logs"))
   logging.info("best %s during training: %.3f", selection_metric(config), best)
   model.save(fn_args.serving_model_dir, save_format="tf",
