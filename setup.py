@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.9,<3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "components",
                                     "components.*", "trainer", "trainer.*",
-                                    "kubeflow", "kubeflow.*"]),
+                                    "serving", "serving.*", "kubeflow", "kubeflow.*"]),
     install_requires=[
         "tfx[kfp]==1.16.0",
         "apache-beam[gcp]==2.59.0",
@@ -23,6 +23,8 @@ setup(
         "tensorflow-model-analysis==0.47.1",
         "tf-keras==2.16.0",
         "tensorflow-serving-api==2.16.1",
+        "grpcio",
+        "requests",
         "tifffile",
         "imagecodecs",
         "opencv-python-headless",

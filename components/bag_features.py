@@ -70,3 +70,13 @@ def serialize_bag(bag: SlideBag, image_id: str, patient_id: str, data_provider: 
       SLIDE_WIDTH: ("int64", [bag.slide_width]),
       SLIDE_HEIGHT: ("int64", [bag.slide_height]),
   })
+
+
+def serialize_request(bag: SlideBag, image_id: str) -> bytes:
+  """A bag as a serving client sends it: the image id and the model's inputs
+  (tiles, tile_valid); no label, provider or other metadata."""
+  return example_proto.serialize_example({
+      IMAGE_ID: ("bytes", [image_id.encode()]),
+      TILES: ("bytes", bag.tiles),
+      TILE_VALID: ("int64", bag.tile_valid),
+  })

@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from components import bag_features
 from components.datasets import SlideTask
 from components.slide_reader import SlideError
-from components.tiling import tile_patch, tile_slide
+from components.tiling import cut_bag
 from pipeline.configs import TilingConfig
 
 REJECTS_FILE = "rejects.csv"
@@ -86,12 +86,9 @@ class TileSlideFn(beam.DoFn):
       yield self._reject(task, task.problem)
       return
     try:
-      if task.kind == "patch":
-        bag = tile_patch(task.path, self._tiling, task.tile_x, task.tile_y)
-      else:
-        preview = (os.path.join(self._preview_dir, f"{task.image_id}.png")
-                   if self._preview_dir else "")
-        bag = tile_slide(task.path, self._tiling, preview_path=preview)
+      preview = (os.path.join(self._preview_dir, f"{task.image_id}.png")
+                 if self._preview_dir and task.kind == "slide" else "")
+      bag = cut_bag(task.path, task.kind, self._tiling, task.tile_x, task.tile_y, preview)
     except SlideError as e:
       yield self._reject(task, e.reason)
       return

@@ -143,3 +143,12 @@ def tile_patch(path: str, tiling: TilingConfig, tile_x: int = 0, tile_y: int = 0
                   tile_y=[tile_y], tile_tissue=[1.0], level=0, level_downsample=1.0,
                   tile_size=max(height, width), mpp=0.0, slide_width=width,
                   slide_height=height)
+
+
+def cut_bag(path: str, kind: str, tiling: TilingConfig, tile_x: int = 0, tile_y: int = 0,
+            preview_path: str = "") -> SlideBag:
+  """The bag of one input item: a slide is tiled, a patch is its own one tile.
+  SlideExampleGen, `histopipe predict` and `histopipe score` all cut bags here."""
+  if kind == "patch":
+    return tile_patch(path, tiling, tile_x, tile_y)
+  return tile_slide(path, tiling, preview_path=preview_path)

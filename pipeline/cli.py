@@ -1,4 +1,5 @@
-"""The `histopipe` command: synthesize slides, run the pipeline."""
+"""The `histopipe` command: synthesize slides, tile them, run the pipeline,
+serve and call the model."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
 
-def _progress_printer(label: str, every_seconds: float = 1.0):
+def _progress_printer(label: str, every_seconds: float = 1.0, stream=None):
   """A counter with rate, redrawn in place at most once per `every_seconds`."""
   start = time.time()
   last_print = [0.0]
@@ -27,7 +28,8 @@ def _progress_printer(label: str, every_seconds: float = 1.0):
     last_print[0] = now
     end = "\n" if done == total else "\r"
     rate = done / max(now - start, 1e-9)
-    print(f"{label}: {done}/{total} ({rate:.1f}/s)", end=end, flush=True)
+    print(f"{label}: {done}/{total} ({rate:.1f}/s)", end=end, flush=True,
+          file=stream or sys.stdout)
 
   return report
 
@@ -93,6 +95,91 @@ def _tile(args) -> int:
   return 0
 
 
+def _predict(args) -> int:
+  from pipeline.configs import load_config
+  from serving import slide_predictions
+  from serving.client import GrpcPredictClient, RestPredictClient, ServingError
+  config = _with_format(load_config(args.config, preset=args.preset), args.format)
+  client_class = RestPredictClient if args.rest else GrpcPredictClient
+  client = client_class(args.server, args.model, deadline_s=args.deadline,
+                        retries=args.retries)
+  paths = slide_predictions.find_slides(args.slides)
+  csv_file = open(args.csv, "w", newline="") if args.csv else None
+  try:
+    if not args.rest:
+      client.signatures()  # a missing model or signature fails before any tiling
+    records = slide_predictions.predict_slides(
+        paths, client, config, progress=_progress_printer("predicting", stream=sys.stderr))
+    counts = slide_predictions.write_records(records, sys.stdout, csv_file, config.task)
+  except ServingError as e:
+    print(f"histopipe predict: error: {e}", file=sys.stderr)
+    return 2
+  finally:
+    client.close()
+    if csv_file:
+      csv_file.close()
+  print(f"{counts['predicted']} predicted, {counts['rejected']} rejected "
+        f"of {len(paths)}" + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr)
+  return 0
+
+
+def _score(args) -> int:
+  from pipeline.configs import load_config
+  from serving.batch_scoring import score_slides
+  from serving.slide_predictions import find_slides
+  config = _with_format(load_config(args.config, preset=args.preset), args.format)
+  paths = find_slides([args.data])
+  start = time.time()
+  score_slides(args.model_dir, paths, config, args.out, csv_path=args.csv or "",
+               beam_args=list(config.beam_pipeline_args) + list(args.beam_arg or []))
+  with open(args.out) as f:
+    rejected = sum('"rejected"' in line for line in f)
+  print(f"{len(paths) - rejected} scored, {rejected} rejected of {len(paths)} in "
+        f"{time.time() - start:.1f} s; records: {args.out}"
+        + (f"; CSV: {args.csv}" if args.csv else ""))
+  return 0
+
+
+def _report(args) -> int:
+  from reports.run_report import write_report
+  index = write_report(args.run, args.out or "", heatmaps=args.heatmaps)
+  print(f"report: {index}")
+  return 0
+
+
+def _explain(args) -> int:
+  import json
+  from components.datasets import image_id_from_path
+  from components.slide_reader import SlideError
+  from pipeline.configs import load_config
+  from reports.explain import explain_slide
+  config = load_config(args.config, preset=args.preset)
+  out = args.out or f"{image_id_from_path(args.slide)}_attention.png"
+  try:
+    record = explain_slide(args.slide, args.model_dir, config, out)
+  except SlideError as e:
+    print(f"histopipe explain: {args.slide}: {e.reason}", file=sys.stderr)
+    return 1
+  print(json.dumps(record))
+  print(f"heatmap: {out}", file=sys.stderr)
+  return 0
+
+
+def _serve_dev(args) -> int:
+  from serving.dev_server import DevServer
+  server = DevServer(args.model_dir, args.model, port=args.port, rest_port=args.rest_port,
+                     host=args.host).start()
+  rest = f", REST on {args.host}:{server.rest_port}" if args.rest_port is not None else ""
+  print(f"development server (not TF Serving): model {args.model!r} version "
+        f"{server.model.version} from {server.model.path}, gRPC on {args.host}:{server.port}"
+        f"{rest}; Ctrl-C stops it", flush=True)
+  try:
+    server.wait()
+  except KeyboardInterrupt:
+    server.stop()
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="histopipe",
@@ -152,6 +239,92 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--preset", default="demo", choices=["demo", "full"],
                    help="configuration preset (default demo)")
   run.set_defaults(handler=_run)
+
+  predict = commands.add_parser(
+      "predict", help="tile slides and ask a TF Serving model for their grade (gRPC or REST)",
+      description="Tile each slide with the SlideExampleGen's code and settings (--config/"
+      "--preset/--format: the ones the model was trained with), call the server's "
+      "Predict, and print one JSON line per slide: image_id, grade, probabilities, "
+      "attention (per tile: level-0 x, y, size, weight); a slide that cannot be tiled "
+      "prints {image_id, path, rejected}. Exit status 2 when the server cannot be "
+      "reached or lacks the model or signature.")
+  predict.add_argument("slides", nargs="+", metavar="SLIDE_OR_DIR",
+                       help="slide files, or folders searched for .tif/.tiff/.png")
+  predict.add_argument("--server", required=True,
+                       help="HOST:PORT of TF Serving (gRPC 8500; REST 8501 with --rest)")
+  predict.add_argument("--model", default="histopipe", help="model name (default histopipe)")
+  predict.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
+  predict.add_argument("--csv", help="also write a submission CSV: image_id,isup_grade "
+                       "(id,label for binary models)")
+  predict.add_argument("--format", default="panda", choices=["panda", "pcam", "idc"],
+                       help="what the inputs are: slides (panda) or patches (default panda)")
+  predict.add_argument("--config", help="JSON file overriding fields of the preset")
+  predict.add_argument("--preset", default="demo", choices=["demo", "full"],
+                       help="configuration preset (default demo)")
+  predict.add_argument("--deadline", type=float, default=30.0,
+                       help="seconds per call (default 30)")
+  predict.add_argument("--retries", type=int, default=3,
+                       help="retries on unavailable/timeout, backoff 0.5 s doubling (default 3)")
+  predict.set_defaults(handler=_predict)
+
+  score = commands.add_parser(
+      "score", help="score a folder of slides with the exported model, in Beam",
+      description="Beam RunInference over the SavedModel (no server): tile every slide "
+      "under DATA with the SlideExampleGen's code and settings, score the bags in "
+      "batches, and write predict's JSON lines to OUT (rejected slides included), and "
+      "with --csv the submission CSV.")
+  score.add_argument("--model-dir", required=True,
+                     help="a SavedModel, or the Pusher's serving base (latest version)")
+  score.add_argument("--data", required=True, help="folder searched for .tif/.tiff/.png")
+  score.add_argument("--out", required=True, help="JSON lines file to write")
+  score.add_argument("--csv", help="also write image_id,isup_grade (id,label) here")
+  score.add_argument("--format", default="panda", choices=["panda", "pcam", "idc"],
+                     help="slides (panda) or patches (default panda)")
+  score.add_argument("--config", help="JSON file overriding fields of the preset")
+  score.add_argument("--preset", default="demo", choices=["demo", "full"],
+                     help="configuration preset (default demo)")
+  score.add_argument("--beam-arg", action="append",
+                     help="extra Beam flag, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
+  score.set_defaults(handler=_score)
+
+  report = commands.add_parser(
+      "report", help="an HTML report of a local run: gate, metrics, figures, attention",
+      description="Write RUN/report/index.html (or --out DIR) with PNG figures: the gate "
+      "decision and TFMA's numbers, the eval split's confusion matrix and ROC curves "
+      "(cancer vs benign for ISUP) overall and per data provider, kappa/AUC per provider, "
+      "and attention heatmaps over a sample of eval slides.")
+  report.add_argument("--run", required=True, help="the --out folder of `histopipe run`")
+  report.add_argument("--out", help="report folder (default RUN/report)")
+  report.add_argument("--heatmaps", type=int, default=6,
+                      help="eval slides to draw attention for (default 6)")
+  report.set_defaults(handler=_report)
+
+  explain = commands.add_parser(
+      "explain", help="attention heatmap of one slide under a SavedModel",
+      description="Tile SLIDE as SlideExampleGen does (--preset/--config: the model's "
+      "settings), score it with the SavedModel in this process, write the thumbnail with "
+      "each chosen tile coloured by its attention weight, and print the prediction record.")
+  explain.add_argument("slide", help="a slide file (pyramidal TIFF)")
+  explain.add_argument("--model-dir", required=True,
+                       help="a SavedModel, or the Pusher's serving base (latest version)")
+  explain.add_argument("--out", help="PNG to write (default <image_id>_attention.png)")
+  explain.add_argument("--config", help="JSON file overriding fields of the preset")
+  explain.add_argument("--preset", default="demo", choices=["demo", "full"],
+                       help="configuration preset (default demo)")
+  explain.set_defaults(handler=_explain)
+
+  serve_dev = commands.add_parser(
+      "serve-dev", help="a development Predict server over a SavedModel (not TF Serving)",
+      description="Serve TF Serving's gRPC PredictionService (Predict, GetModelMetadata) "
+      "and optionally its REST predict over one SavedModel, for machines without TF "
+      "Serving. Production uses the TF Serving image (kubeflow/serving/).")
+  serve_dev.add_argument("--model-dir", required=True,
+                         help="a SavedModel, or the Pusher's serving base (latest version)")
+  serve_dev.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+  serve_dev.add_argument("--rest-port", type=int, help="also serve REST on this port")
+  serve_dev.add_argument("--model", default="histopipe", help="model name (default histopipe)")
+  serve_dev.add_argument("--host", default="localhost", help="address to bind (default localhost)")
+  serve_dev.set_defaults(handler=_serve_dev)
   return parser
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
@@ -13,7 +14,9 @@ from tfx.orchestration import metadata
 from components.slide_example_gen import REPORT_DIR
 from components.slide_stages import REJECTS_FILE
 from pipeline.local_runner import RunPaths
-from pipeline.pipeline import AUC_METRIC, KAPPA_METRIC
+from pipeline.pipeline import AUC_METRIC, CANCER_AUC_METRIC, KAPPA_METRIC
+
+TUNER_RESULTS_FILE = "tuner_results.json"  # what TFX's Tuner executor writes
 
 
 @dataclasses.dataclass
@@ -29,6 +32,12 @@ class RunSummary:
   blessed: Optional[bool] = None
   gate_failures: List[str] = dataclasses.field(default_factory=list)
   pushed_to: str = ""
+  # The Tuner's completed trials, best first: {"score", <hyperparameter>: value}.
+  tuner_trials: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+  # This run's artifacts, for reports: the Examples (with slide_report/) and
+  # the Trainer's model (Format-Serving/ inside).
+  examples_uri: str = ""
+  model_uri: str = ""
   pipeline_root: str = ""
   metadata_path: str = ""
   seconds: float = 0.0
@@ -75,6 +84,16 @@ def summarize(paths: RunPaths) -> RunSummary:
     for key in ("slides_total", "slides_written", "slides_rejected", "tiles_written"):
       setattr(summary, key, _custom(examples, key) or 0)
     summary.rejects_file = os.path.join(examples.uri, REPORT_DIR, REJECTS_FILE)
+    summary.examples_uri = examples.uri
+  model = _latest(store, "Model")
+  if model is not None:
+    summary.model_uri = model.uri
+
+  tuner_results = _latest(store, "TunerResults")
+  # Only this run's Tuner: a run without one may share the store with one that had it.
+  if tuner_results is not None and (examples is None or tuner_results.id > examples.id):
+    with open(os.path.join(tuner_results.uri, TUNER_RESULTS_FILE)) as f:
+      summary.tuner_trials = json.load(f)
 
   evaluation = _latest(store, "ModelEvaluation")
   if evaluation is not None and os.path.isdir(evaluation.uri):
@@ -117,9 +136,16 @@ def format_summary(summary: RunSummary) -> str:
       lines.append(f"eval {name}: {metrics[key]:.3f} "
                    f"(accuracy {metrics.get('accuracy', float('nan')):.3f}, "
                    f"{int(metrics.get('example_count', 0))} eval bags)")
+      if CANCER_AUC_METRIC in metrics:
+        lines.append(f"eval cancer vs benign ROC AUC: {metrics[CANCER_AUC_METRIC]:.3f}")
       for provider, values in sorted(summary.eval_metrics_by_provider.items()):
         if key in values:
           lines.append(f"  {provider}: {key} {values[key]:.3f}")
+  if summary.tuner_trials:
+    best = summary.tuner_trials[0]
+    values = " ".join(f"{k}={v}" for k, v in best.items() if k not in ("trial_id", "score"))
+    lines.append(f"tuner: best of {len(summary.tuner_trials)} trials: {values} "
+                 f"(validation {best['score']:.3f}); the Trainer used these")
   if summary.blessed is not None:
     lines.append(f"blessed: {'yes' if summary.blessed else 'no'}")
   for failure in summary.gate_failures:

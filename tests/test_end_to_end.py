@@ -8,6 +8,7 @@ component for real; the pushed SavedModel is then checked with TF's own
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
   printed = capsys.readouterr().out
   assert f"slides: {len(slides)} tiled, 1 rejected of {len(slides) + 1}" in printed
   assert "eval quadratic weighted kappa:" in printed
+  assert "eval cancer vs benign ROC AUC:" in printed
   assert "blessed: yes" in printed
 
   pushed = glob.glob(str(out / "serving_model" / "*" / "saved_model.pb"))
@@ -117,6 +119,34 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
   np.testing.assert_allclose(again["probabilities"].numpy()[0], probabilities[0], atol=1e-5)
 
 
+def test_predict_against_the_pushed_model_on_the_dev_server(pipeline_run, capsys):
+  """`histopipe predict` tiles the slides itself and gets what the model gives
+  for the SlideExampleGen's bag of the same slide."""
+  from serving.dev_server import DevServer
+  out, slides, argv = pipeline_run
+  config_path = argv[argv.index("--config") + 1]
+  eval_files = glob.glob(str(out / "pipeline_root" / "SlideExampleGen" / "examples" / "*" /
+                             "Split-*" / "*.gz"))
+  bags = {}
+  for record in tf.data.TFRecordDataset(eval_files, compression_type="GZIP"):
+    example = tf.train.Example.FromString(record.numpy())
+    bags[example.features.feature[bag_features.IMAGE_ID].bytes_list.value[0].decode()] = record
+  chosen = [s for s in slides if s.image_id in bags][:3]
+  with DevServer(str(out / "serving_model"), "histopipe") as server:
+    assert cli.main(["predict", "--server", f"localhost:{server.port}", "--config", config_path,
+                     *[s.path for s in chosen]]) == 0
+    model = tf.saved_model.load(server.model.path)
+  records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["image_id"] for r in records] == [s.image_id for s in chosen]
+  expected = model.signatures["serving_default"](
+      examples=tf.stack([bags[s.image_id] for s in chosen]))
+  for record, grade, probabilities in zip(records, expected["grade"].numpy(),
+                                          expected["probabilities"].numpy()):
+    assert record["grade"] == grade
+    np.testing.assert_allclose(record["probabilities"], probabilities, atol=1e-5)
+    assert abs(sum(t["weight"] for t in record["attention"]) - 1.0) < 1e-4
+
+
 def test_a_model_below_the_gate_is_not_pushed_and_the_summary_says_why(pipeline_run, capsys):
   """Run again, on the same pipeline root, with a kappa floor no model can reach."""
   out, _, argv = pipeline_run
@@ -138,9 +168,49 @@ def test_a_model_below_the_gate_is_not_pushed_and_the_summary_says_why(pipeline_
   assert sorted(glob.glob(str(out / "serving_model" / "*"))) == pushed_before
 
 
+def test_report_shows_the_gate_the_figures_and_tfma_agrees_with_its_numbers(
+    pipeline_run, capsys):
+  """After the failing-gate run: the report is of that run (latest model)."""
+  from pipeline import run_summary
+  from pipeline.local_runner import RunPaths
+  from reports import run_report
+  out, slides, _ = pipeline_run
+  assert cli.main(["report", "--run", str(out)]) == 0
+  index = out / "report" / "index.html"
+  assert f"report: {index}" in capsys.readouterr().out
+  page = index.read_text()
+  assert "blessed: no" in page and "below the threshold 2.000" in page
+  for figure in ["confusion.png"] + re.findall(r'src="(attention_[^"]+\.png)"', page):
+    assert (out / "report" / figure).stat().st_size > 1000, figure
+  assert re.findall(r'src="(attention_[^"]+\.png)"', page), "attention heatmaps drawn"
+  # The report's predictions are the ones TFMA judged: same kappa on the same split.
+  summary = run_summary.summarize(RunPaths(str(out)))
+  predictions = run_report.predict_eval_split(
+      os.path.join(summary.model_uri, "Format-Serving"), summary.examples_uri)
+  assert len(predictions.labels) == summary.eval_metrics["example_count"]
+  ours = run_report.slice_metrics(predictions, 6)["overall"]
+  assert ours["kappa"] == pytest.approx(summary.eval_metrics["kappa"], abs=1e-4)
+  assert ours["accuracy"] == pytest.approx(summary.eval_metrics["accuracy"], abs=1e-4)
+
+
+def test_explain_draws_one_slide_and_gives_predicts_record(pipeline_run, tmp_path, capsys):
+  out, slides, argv = pipeline_run
+  config_path = argv[argv.index("--config") + 1]
+  png = tmp_path / "heatmap.png"
+  assert cli.main(["explain", slides[0].path, "--model-dir", str(out / "serving_model"),
+                   "--config", config_path, "--out", str(png)]) == 0
+  record = json.loads(capsys.readouterr().out)
+  assert record["image_id"] == slides[0].image_id and 0 <= record["grade"] <= 5
+  assert len(record["attention"]) >= 1
+  import matplotlib.image
+  image = matplotlib.image.imread(str(png))
+  assert image.ndim == 3 and image.shape[0] > 100
+
+
 def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
   """PCam layout: `histopipe synth --format pcam`, then `run` detects the
-  format, trains the one-sigmoid model and gates it on AUC."""
+  format, tunes (two trials), trains the one-sigmoid model with the best
+  values and gates it on AUC."""
   data, out = tmp_path / "pcam", tmp_path / "out"
   assert cli.main(["synth", "--format", "pcam", "--out", str(data), "--slides", "40"]) == 0
   config = tmp_path / "config.json"
@@ -150,6 +220,8 @@ def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
                 "attention_units": 8},
       "training": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8},
       "evaluation": {"min_auc": -1.0, "max_auc_drop": 2.0},
+      "tuning": {"enabled": True, "max_trials": 2, "epochs": 1,
+                 "learning_rates": [1e-3], "dropouts": [0.2], "poolings": ["mean", "max"]},
   }))
   assert cli.main(["run", "--data", str(data), "--out", str(out),
                    "--config", str(config)]) == 0
@@ -157,6 +229,13 @@ def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
   assert "slides: 40 tiled, 0 rejected of 40" in printed
   assert "eval ROC AUC:" in printed and "kappa" not in printed
   assert "blessed: yes" in printed
+  (tuner_line,) = [line for line in printed.splitlines() if line.startswith("tuner:")]
+  assert "best of 2 trials" in tuner_line
+  best_pooling = "max" if "pooling=max" in tuner_line else "mean"
+  assert f"pooling={best_pooling}" in tuner_line
+  (hyperparameters,) = glob.glob(str(out / "pipeline_root" / "Tuner" /
+                                     "best_hyperparameters" / "*" / "*.txt"))
+  assert json.loads(open(hyperparameters).read())["values"]["pooling"] == best_pooling
 
   (model_dir,) = [os.path.dirname(p) for p in
                   glob.glob(str(out / "serving_model" / "*" / "saved_model.pb"))]
@@ -165,6 +244,9 @@ def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
   serialized = list(tf.data.TFRecordDataset(eval_files, compression_type="GZIP").take(3))
   outputs = tf.saved_model.load(model_dir).signatures["serving_default"](
       examples=tf.stack(serialized))
+  # The Trainer trained with the Tuner's best values (the pooling is in the model's name).
+  import tf_keras
+  assert tf_keras.models.load_model(model_dir, compile=False).name.endswith(best_pooling)
   probability = outputs["probabilities"].numpy()
   assert probability.shape == (len(serialized), 1)
   np.testing.assert_array_equal(outputs["grade"].numpy(), probability[:, 0] > 0.5)

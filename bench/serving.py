@@ -1,0 +1,112 @@
+"""Latency of `histopipe predict` for one slide, and where the time goes.
+
+One request per slide, as `histopipe predict` sends them: tile the slide
+(components.tiling.cut_bag, the SlideExampleGen's code), serialize the bag,
+call Predict over gRPC on the development server (serving/dev_server.py,
+in this process, on localhost). Per slide and repeat:
+
+  tiling   cut_bag
+  request  the gRPC call minus the model: protos, (de)serialization, transport
+  model    the same signature called directly on the same bag, in process
+  total    tiling + serialization + the gRPC call
+
+Prints p50/p95 of `total` and each part's median and share, and writes
+JSON to --out. The model is whatever --model-dir holds: `make demo`'s
+pushed model (8 tiles of 64 px), or a `full`-preset one (36 tiles, 224 px).
+
+    python bench/serving.py --model-dir demo/out/serving_model --data demo/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from components import bag_features  # noqa: E402
+from components.tiling import cut_bag  # noqa: E402
+from pipeline.configs import load_config  # noqa: E402
+from serving.client import GrpcPredictClient  # noqa: E402
+from serving.dev_server import DevServer  # noqa: E402
+from serving.slide_predictions import find_slides  # noqa: E402
+
+
+def _percentile(values, q: float) -> float:
+  return float(np.percentile(np.asarray(values), q))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model-dir", required=True, help="SavedModel or serving base")
+  parser.add_argument("--data", required=True, help="folder with slides (searched recursively)")
+  parser.add_argument("--config", help="the JSON config the model was trained with")
+  parser.add_argument("--preset", default="demo", choices=["demo", "full"])
+  parser.add_argument("--slides", type=int, default=8, help="slides to use (default 8)")
+  parser.add_argument("--repeats", type=int, default=5, help="passes over them (default 5)")
+  parser.add_argument("--out", default="serving_results.json")
+  args = parser.parse_args(argv)
+
+  config = load_config(args.config, preset=args.preset)
+  paths = find_slides([args.data])[:args.slides]
+  if not paths:
+    parser.error(f"no slides under {args.data}")
+  timings = {"tiling": [], "request": [], "model": [], "total": []}
+  with DevServer(args.model_dir, "histopipe") as server:
+    client = GrpcPredictClient(f"localhost:{server.port}", "histopipe")
+    examples = {}
+    for path in paths:  # warm-up: graph tracing, page cache, channel set-up
+      bag = cut_bag(path, "slide", config.tiling)
+      examples[path] = np.array([bag_features.serialize_request(bag, "warm")], dtype=object)
+      client.predict({"examples": examples[path]})
+      server.model.run("serving_default", {"examples": examples[path]})
+    for repeat in range(args.repeats):
+      for path in paths:
+        start = time.perf_counter()
+        bag = cut_bag(path, "slide", config.tiling)
+        tiled = time.perf_counter()
+        example = np.array([bag_features.serialize_request(bag, "bench")], dtype=object)
+        sent = time.perf_counter()
+        client.predict({"examples": example})
+        done = time.perf_counter()
+        server.model.run("serving_default", {"examples": example})
+        model = time.perf_counter() - done
+        timings["tiling"].append(tiled - start)
+        timings["model"].append(model)
+        timings["request"].append(max(done - sent - model, 0.0) + (sent - tiled))
+        timings["total"].append(done - start)
+      print(f"pass {repeat + 1}/{args.repeats}: median total "
+            f"{np.median(timings['total'][-len(paths):]) * 1e3:.0f} ms", flush=True)
+    client.close()
+
+  medians = {key: float(np.median(values)) for key, values in timings.items()}
+  parts = ("tiling", "request", "model")
+  parts_sum = sum(medians[p] for p in parts)
+  results = {
+      "model_dir": server.model.path, "slides": len(paths), "repeats": args.repeats,
+      "tiles_per_slide": config.tiling.tiles_per_slide, "tile_size": config.tiling.tile_size,
+      "p50_ms": _percentile(timings["total"], 50) * 1e3,
+      "p95_ms": _percentile(timings["total"], 95) * 1e3,
+      "median_ms": {key: value * 1e3 for key, value in medians.items()},
+      "share_of_median_parts": {p: medians[p] / parts_sum for p in parts},
+  }
+  print(f"\n{len(paths)} slides x {args.repeats}: predict p50 {results['p50_ms']:.0f} ms, "
+        f"p95 {results['p95_ms']:.0f} ms")
+  for part in parts:
+    print(f"  {part:8s} median {medians[part] * 1e3:7.1f} ms  "
+          f"({results['share_of_median_parts'][part]:.0%})")
+  with open(args.out, "w") as f:
+    json.dump(results, f, indent=2)
+  print(f"results: {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

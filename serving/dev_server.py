@@ -1,0 +1,246 @@
+"""A development server for machines without TF Serving — not TF Serving.
+
+It answers TF Serving's gRPC `PredictionService` (Predict, GetModelMetadata)
+and the REST `/v1/models/<name>[/versions/<v>]:predict` call over one
+SavedModel, with TF Serving's request and response protos and its status
+codes for a missing model or signature, so `histopipe predict` and its tests
+run without the model server. Production serves the Pusher's output with the
+official TF Serving image (kubeflow/serving/).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+from concurrent import futures
+from http import server as http_server
+from typing import Dict, Optional, Tuple
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.tools import saved_model_utils
+from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+def resolve_version_dir(model_dir: str) -> Tuple[str, int]:
+  """A SavedModel dir, or a serving base of numbered versions (the Pusher's
+  layout): the latest version, as TF Serving's default policy picks it."""
+  if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
+    name = os.path.basename(os.path.normpath(model_dir))
+    return model_dir, int(name) if name.isdigit() else 1
+  versions = sorted(int(v) for v in os.listdir(model_dir) if v.isdigit() and
+                    os.path.exists(os.path.join(model_dir, v, "saved_model.pb")))
+  if not versions:
+    raise FileNotFoundError(f"{model_dir}: no saved_model.pb, and no <version>/saved_model.pb")
+  return os.path.join(model_dir, str(versions[-1])), versions[-1]
+
+
+class RequestRefused(Exception):
+  """A request TF Serving would refuse, with the status code it would use."""
+
+  def __init__(self, code: grpc.StatusCode, message: str):
+    super().__init__(message)
+    self.code = code
+
+
+class LoadedModel:
+  """One SavedModel version: its signatures, callable with numpy inputs."""
+
+  def __init__(self, name: str, model_dir: str):
+    self.name = name
+    self.path, self.version = resolve_version_dir(model_dir)
+    self._model = tf.saved_model.load(self.path)
+    meta_graph = saved_model_utils.get_meta_graph_def(self.path, "serve")
+    self.signature_defs = dict(meta_graph.signature_def)
+
+  def check(self, name: str, version: Optional[int], signature: str):
+    if name != self.name or (version and version != self.version):
+      wanted = f"Specific({name}, {version})" if version else f"Latest({name})"
+      raise RequestRefused(grpc.StatusCode.NOT_FOUND,
+                         f"Servable not found for request: {wanted}")
+    if signature not in self._model.signatures:
+      raise RequestRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"Serving signature key \"{signature}\" not found.")
+
+  def input_names(self, signature: str):
+    return sorted(self._model.signatures[signature].structured_input_signature[1])
+
+  def run(self, signature: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    function = self._model.signatures[signature]
+    expected = set(self.input_names(signature))
+    if set(inputs) != expected:
+      raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"signature {signature} takes inputs {sorted(expected)}, "
+                         f"got {sorted(inputs)}")
+    try:
+      outputs = function(**{key: tf.constant(value) for key, value in inputs.items()})
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
+      raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
+    return {key: value.numpy() for key, value in outputs.items()}
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+  """gRPC Predict and GetModelMetadata over a LoadedModel."""
+
+  def __init__(self, model: LoadedModel):
+    self._model = model
+
+  def Predict(self, request, context):  # noqa: N802 (gRPC method name)
+    spec = request.model_spec
+    signature = spec.signature_name or DEFAULT_SIGNATURE
+    try:
+      self._model.check(spec.name, spec.version.value if spec.HasField("version") else None,
+                        signature)
+      outputs = self._model.run(signature, {key: tf.make_ndarray(proto)
+                                            for key, proto in request.inputs.items()})
+    except RequestRefused as e:
+      context.abort(e.code, str(e))
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = self._model.name
+    response.model_spec.version.value = self._model.version
+    response.model_spec.signature_name = signature
+    wanted = set(request.output_filter) or set(outputs)
+    for key, value in outputs.items():
+      if key in wanted:
+        response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return response
+
+  def GetModelMetadata(self, request, context):  # noqa: N802
+    spec = request.model_spec
+    try:
+      self._model.check(spec.name, spec.version.value if spec.HasField("version") else None,
+                        DEFAULT_SIGNATURE)
+    except RequestRefused as e:
+      context.abort(e.code, str(e))
+    if list(request.metadata_field) != ["signature_def"]:
+      context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                    "Metadata field signature_def is the only one supported")
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = self._model.name
+    response.model_spec.version.value = self._model.version
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature_def in self._model.signature_defs.items():
+      signature_map.signature_def[key].CopyFrom(signature_def)
+    response.metadata["signature_def"].Pack(signature_map)
+    return response
+
+
+def _json_ready(value: np.ndarray):
+  if value.dtype == object:  # strings: TF Serving's REST API returns them base64-wrapped
+    return [{"b64": base64.b64encode(v).decode()} for v in value.tolist()]
+  return value.tolist()
+
+
+def _decode_instance(value):
+  """REST JSON value -> numpy-able: {"b64": ...} becomes bytes."""
+  if isinstance(value, dict) and set(value) == {"b64"}:
+    return base64.b64decode(value["b64"])
+  if isinstance(value, list):
+    return [_decode_instance(v) for v in value]
+  return value
+
+
+def rest_predict(model: LoadedModel, path: str, body: dict) -> dict:
+  """TF Serving's REST predict, row format ("instances") or columnar ("inputs")."""
+  parts = path.strip("/").split("/")  # v1 models NAME [versions V]:predict
+  if len(parts) < 3 or parts[:2] != ["v1", "models"] or not path.endswith(":predict"):
+    raise RequestRefused(grpc.StatusCode.NOT_FOUND, f"no such endpoint: {path}")
+  parts[-1] = parts[-1][:-len(":predict")]
+  name = parts[2]
+  version = int(parts[4]) if len(parts) == 5 and parts[3] == "versions" else None
+  signature = body.get("signature_name", DEFAULT_SIGNATURE)
+  model.check(name, version, signature)
+  input_names = model.input_names(signature)
+  if "instances" in body:
+    instances = body["instances"]
+    if instances and isinstance(instances[0], dict) and "b64" not in instances[0]:
+      inputs = {key: [_decode_instance(i[key]) for i in instances] for key in instances[0]}
+    else:
+      inputs = {input_names[0]: [_decode_instance(i) for i in instances]}
+  elif "inputs" in body:
+    given = body["inputs"]
+    inputs = ({key: _decode_instance(v) for key, v in given.items()} if isinstance(given, dict)
+              else {input_names[0]: _decode_instance(given)})
+  else:
+    raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                       "body needs \"instances\" or \"inputs\"")
+  outputs = model.run(signature, {key: np.array(value) for key, value in inputs.items()})
+  if "inputs" in body:
+    return {"outputs": {key: _json_ready(value) for key, value in outputs.items()}}
+  rows = len(next(iter(outputs.values())))
+  return {"predictions": [{key: _json_ready(value[i:i + 1])[0] for key, value in outputs.items()}
+                          for i in range(rows)]}
+
+
+_HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
+                grpc.StatusCode.FAILED_PRECONDITION: 400}
+
+
+def _rest_handler(model: LoadedModel):
+  class Handler(http_server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+      try:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        status, answer = 200, rest_predict(model, self.path, body)
+      except RequestRefused as e:
+        status, answer = _HTTP_STATUS.get(e.code, 500), {"error": str(e)}
+      except json.JSONDecodeError as e:
+        status, answer = 400, {"error": f"JSON parse error: {e}"}
+      data = json.dumps(answer).encode()
+      self.send_response(status)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(data)))
+      self.end_headers()
+      self.wfile.write(data)
+
+    def log_message(self, format, *args):  # noqa: A002 (BaseHTTPRequestHandler's name)
+      logging.debug("rest: " + format, *args)
+
+  return Handler
+
+
+class DevServer:
+  """gRPC (and optionally REST) on local ports; `port=0` picks a free one."""
+
+  def __init__(self, model_dir: str, model_name: str, port: int = 0,
+               rest_port: Optional[int] = None, host: str = "localhost", workers: int = 4):
+    self.model = LoadedModel(model_name, model_dir)
+    self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(self.model), self._grpc)
+    self.port = self._grpc.add_insecure_port(f"{host}:{port}")
+    if not self.port:
+      raise OSError(f"cannot bind gRPC to {host}:{port}")
+    self._rest = None
+    if rest_port is not None:
+      self._rest = http_server.ThreadingHTTPServer((host, rest_port), _rest_handler(self.model))
+      self.rest_port = self._rest.server_address[1]
+    self.host = host
+
+  def start(self) -> "DevServer":
+    self._grpc.start()
+    if self._rest is not None:
+      threading.Thread(target=self._rest.serve_forever, daemon=True).start()
+    return self
+
+  def wait(self) -> None:
+    self._grpc.wait_for_termination()
+
+  def stop(self) -> None:
+    self._grpc.stop(grace=None)
+    if self._rest is not None:
+      self._rest.shutdown()
+      self._rest.server_close()
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.stop()

@@ -1,0 +1,221 @@
+"""`histopipe predict` and `serve-dev`: TF Serving's Predict API over gRPC and REST.
+
+The served model here is a small SavedModel with the pushed model's
+`serving_default` interface (serialized bags in; grade, probabilities,
+attention out) whose answers are known: grade = number of real tiles mod 6.
+The end-to-end test runs `predict` against the pipeline's own pushed model.
+"""
+
+import csv
+import io
+import json
+import os
+import socket
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from components import bag_features
+from pipeline import cli
+from components.tiling import cut_bag
+from pipeline.configs import load_config
+from serving import client as serving_client
+from serving.dev_server import DevServer
+
+TILES = 4
+TILING = {"tiles_per_slide": TILES, "tile_size": 32}
+
+
+class _CountingModel(tf.Module):
+  """grade = real tiles mod 6, probabilities one-hot, attention uniform over real tiles."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def serve(self, examples):
+    parsed = tf.io.parse_example(examples, {
+        bag_features.TILES: tf.io.FixedLenFeature([TILES], tf.string),
+        bag_features.TILE_VALID: tf.io.FixedLenFeature([TILES], tf.int64)})
+    valid = tf.cast(parsed[bag_features.TILE_VALID], tf.float32)
+    real = tf.reduce_sum(valid, -1)
+    grade = tf.math.floormod(tf.cast(real, tf.int64), 6)
+    return {"grade": grade, "probabilities": tf.one_hot(grade, 6),
+            "attention": valid / real[:, None]}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  base = tmp_path_factory.mktemp("serving_base")
+  module = _CountingModel()
+  for version in (1, 2):  # the dev server, like TF Serving, serves the latest
+    tf.saved_model.save(module, str(base / str(version)),
+                        signatures={"serving_default": module.serve})
+  return str(base)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+  with DevServer(model_dir, "histopipe", rest_port=0) as running:
+    yield running
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("predict_config") / "config.json"
+  path.write_text(json.dumps({"preset": "demo", "tiling": TILING}))
+  return str(path)
+
+
+def _bag_example(real_tiles: int) -> bytes:
+  bag = bag_features.SlideBag(
+      tiles=[b"x"] * TILES, tile_valid=[1] * real_tiles + [0] * (TILES - real_tiles),
+      tile_x=[0] * TILES, tile_y=[0] * TILES, tile_tissue=[1.0] * TILES, level=1,
+      level_downsample=4.0, tile_size=32, mpp=0.0, slide_width=1, slide_height=1)
+  return bag_features.serialize_request(bag, "s")
+
+
+def test_dev_server_answers_a_plain_tensorflow_serving_predict_stub(server):
+  """Only tensorflow-serving-api's protos and generated stub, as any TF Serving client."""
+  channel = grpc.insecure_channel(f"localhost:{server.port}")
+  stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = "histopipe"
+  request.model_spec.signature_name = "serving_default"
+  request.inputs["examples"].CopyFrom(
+      tf.make_tensor_proto([_bag_example(3), _bag_example(1)], dtype=tf.string))
+  response = stub.Predict(request, timeout=10)
+  assert response.model_spec.version.value == 2
+  assert tf.make_ndarray(response.outputs["grade"]).tolist() == [3, 1]
+  np.testing.assert_allclose(tf.make_ndarray(response.outputs["attention"])[0],
+                             [1 / 3, 1 / 3, 1 / 3, 0])
+  request.model_spec.name = "other"
+  with pytest.raises(grpc.RpcError) as error:
+    stub.Predict(request, timeout=10)
+  assert error.value.code() == grpc.StatusCode.NOT_FOUND
+  channel.close()
+
+
+def test_client_reads_metadata_and_names_a_missing_signature(server):
+  client = serving_client.GrpcPredictClient(f"localhost:{server.port}", "histopipe")
+  assert "serving_default" in client.signatures()
+  missing = serving_client.GrpcPredictClient(f"localhost:{server.port}", "histopipe",
+                                             signature="predict_tiles")
+  with pytest.raises(serving_client.ServingError, match="no signature 'predict_tiles'"):
+    missing.signatures()
+  wrong_model = serving_client.GrpcPredictClient(f"localhost:{server.port}", "nope")
+  with pytest.raises(serving_client.ServingError, match="NOT_FOUND"):
+    wrong_model.signatures()
+
+
+@pytest.mark.parametrize("client_class", [serving_client.GrpcPredictClient,
+                                          serving_client.RestPredictClient])
+def test_grpc_and_rest_clients_give_the_same_outputs(server, client_class):
+  port = server.port if client_class is serving_client.GrpcPredictClient else server.rest_port
+  client = client_class(f"localhost:{port}", "histopipe")
+  outputs = client.predict({"examples": np.array([_bag_example(2), _bag_example(4)],
+                                                 dtype=object)})
+  assert outputs["grade"].tolist() == [2, 4]
+  np.testing.assert_allclose(outputs["probabilities"], np.eye(6)[[2, 4]])
+  client.close()
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_retries_with_backoff_then_a_clear_error():
+  waits = []
+  calls = []
+
+  def flaky():
+    calls.append(1)
+    if len(calls) < 3:
+      raise serving_client._Retryable("UNAVAILABLE: connection refused")
+    return "ok"
+
+  assert serving_client.call_with_retries(flaky, "predict", retries=3, backoff_s=0.5,
+                                          sleep=waits.append) == "ok"
+  assert waits == [0.5, 1.0]
+  with pytest.raises(serving_client.ServingError, match="gave up after 3 tries"):
+    serving_client.call_with_retries(
+        lambda: (_ for _ in ()).throw(serving_client._Retryable("down")), "predict",
+        retries=2, backoff_s=0.0, sleep=waits.append)
+
+
+@pytest.mark.parametrize("rest", [False, True])
+def test_predict_says_when_the_server_is_unreachable(tiny_dataset, config_file, capsys, rest):
+  _, slides = tiny_dataset
+  argv = ["predict", "--server", f"localhost:{_free_port()}", "--config", config_file,
+          "--retries", "1", "--deadline", "2", slides[0].path]
+  assert cli.main(argv + (["--rest"] if rest else [])) == 2
+  error = capsys.readouterr().err
+  assert "histopipe predict: error:" in error and "gave up after 2 tries" in error
+
+
+def test_predict_command_prints_json_lines_and_a_submission_csv(
+    server, tiny_dataset, config_file, tmp_path, capsys):
+  data, slides = tiny_dataset
+  broken = tmp_path / "broken.tiff"
+  broken.write_bytes(b"II*\x00not a slide")
+  out_csv = tmp_path / "submission.csv"
+  assert cli.main(["predict", "--server", f"localhost:{server.port}", "--config", config_file,
+                   "--csv", str(out_csv), str(data / "train_images"), str(broken)]) == 0
+  captured = capsys.readouterr()
+  records = [json.loads(line) for line in captured.out.splitlines()]
+  assert len(records) == len(slides) + 1  # every input accounted for
+  (rejected,) = [r for r in records if "rejected" in r]
+  assert rejected["image_id"] == "broken" and rejected["path"] == str(broken)
+  predicted = {r["image_id"]: r for r in records if "rejected" not in r}
+  assert set(predicted) == {s.image_id for s in slides}
+  tiling = load_config(config_file).tiling
+  for slide in slides[:3]:  # the client tiles exactly as SlideExampleGen does
+    bag = cut_bag(slide.path, "slide", tiling)
+    record = predicted[slide.image_id]
+    assert record["grade"] == sum(bag.tile_valid) % 6
+    assert [(t["x"], t["y"]) for t in record["attention"]] == [
+        (x, y) for x, y, v in zip(bag.tile_x, bag.tile_y, bag.tile_valid) if v]
+    assert all(t["size"] == 32 * 4 for t in record["attention"])
+  rows = list(csv.reader(io.StringIO(out_csv.read_text())))
+  assert rows[0] == ["image_id", "isup_grade"]
+  assert {r[0]: int(r[1]) for r in rows[1:]} == {k: r["grade"] for k, r in predicted.items()}
+  assert f"{len(slides)} predicted, 1 rejected of {len(slides) + 1}" in captured.err
+
+
+def test_rest_predict_command_matches_grpc(server, tiny_dataset, config_file, capsys):
+  _, slides = tiny_dataset
+  outputs = []
+  for flags in ([f"localhost:{server.port}"], [f"localhost:{server.rest_port}", "--rest"]):
+    assert cli.main(["predict", "--server", *flags, "--config", config_file,
+                     slides[0].path, slides[1].path]) == 0
+    outputs.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+  assert outputs[0] == outputs[1]
+
+
+
+def test_score_writes_predict_records_for_every_slide_with_beam(
+    server, model_dir, tiny_dataset, config_file, tmp_path, capsys):
+  data, slides = tiny_dataset
+  folder = tmp_path / "slides"
+  folder.mkdir()
+  for slide in slides[:4]:
+    (folder / os.path.basename(slide.path)).symlink_to(slide.path)
+  (folder / "broken.tiff").write_bytes(b"II*\x00not a slide")
+  out, out_csv = tmp_path / "scores.jsonl", tmp_path / "scores.csv"
+  assert cli.main(["score", "--model-dir", model_dir, "--data", str(folder), "--out", str(out),
+                   "--csv", str(out_csv), "--config", config_file]) == 0
+  assert "4 scored, 1 rejected of 5" in capsys.readouterr().out
+  scored = {r["image_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+  assert scored["broken"]["rejected"]
+  # The same records as `histopipe predict` gives through the server.
+  assert cli.main(["predict", "--server", f"localhost:{server.port}", "--config", config_file,
+                   str(folder)]) == 0
+  predicted = {r["image_id"]: r for r in map(json.loads,
+                                              capsys.readouterr().out.splitlines())}
+  assert scored == predicted
+  rows = list(csv.reader(io.StringIO(out_csv.read_text())))
+  assert rows[0] == ["image_id", "isup_grade"]
+  assert sorted(rows[1:]) == sorted([k, str(r["grade"])] for k, r in scored.items()
+                                    if "rejected" not in r)
