@@ -14,7 +14,8 @@ setup(
     python_requires=">=3.9,<3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "components",
                                     "components.*", "trainer", "trainer.*",
-                                    "serving", "serving.*", "kubeflow", "kubeflow.*"]),
+                                    "serving", "serving.*", "reports", "reports.*", "kubeflow",
+                                    "kubeflow.*"]),
     install_requires=[
         "tfx[kfp]==1.16.0",
         "apache-beam[gcp]==2.59.0",
