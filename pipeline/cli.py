@@ -180,6 +180,50 @@ def _serve_dev(args) -> int:
   return 0
 
 
+def _kubeflow_compile(args) -> int:
+  from kubeflow.compile import compile_pipeline
+  from pipeline.configs import BEAM_PRESETS, load_config
+  config = load_config(args.config, preset=args.preset)
+  if args.format:
+    config = _with_format(config, args.format)
+  beam_args = list(BEAM_PRESETS[args.beam_preset]) if args.beam_preset \
+      else list(config.beam_pipeline_args)
+  beam_args = _last_flag_wins(beam_args + (args.beam_arg or []))
+  placeholders = [a for a in beam_args if "YOUR_" in a]
+  if placeholders:
+    print(f"histopipe kubeflow compile: fill in {placeholders} with --beam-arg "
+          "(e.g. --beam-arg=--project=my-project)", file=sys.stderr)
+    return 2
+  config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
+  compile_pipeline(config, args.out, image=args.image, pipeline_root=args.pipeline_root,
+                   data_root=args.data_root, serving_model_dir=args.serving_dir)
+  print(f"wrote {args.out}: KFP v2 pipeline spec, image {args.image}, "
+        f"Trainer {config.kubeflow.trainer.gpus} x {config.kubeflow.gpu_resource}, "
+        f"parameter data_root (default {args.data_root})")
+  return 0
+
+
+def _last_flag_wins(flags: List[str]) -> List[str]:
+  """Beam flags in order, a later --name=value replacing an earlier --name."""
+  by_name = {}
+  for flag in flags:
+    by_name[flag.split("=", 1)[0]] = flag
+  return list(by_name.values())
+
+
+def _kubeflow_submit(args) -> int:
+  from kubeflow.submit import SubmitError, parse_params, submit
+  try:
+    run = submit(args.host, args.package, experiment=args.experiment,
+                 params=parse_params(args.param or []), run_name=args.run_name,
+                 timeout_s=args.timeout)
+  except SubmitError as e:
+    print(f"histopipe kubeflow submit: error: {e}", file=sys.stderr)
+    return 2
+  print(f"run id: {run.run_id}\nexperiment: {run.experiment}\nurl: {run.url}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="histopipe",
@@ -312,6 +356,57 @@ def build_parser() -> argparse.ArgumentParser:
   explain.add_argument("--preset", default="demo", choices=["demo", "full"],
                        help="configuration preset (default demo)")
   explain.set_defaults(handler=_explain)
+
+  kubeflow = commands.add_parser(
+      "kubeflow", help="compile the pipeline for Kubeflow Pipelines, or submit a run",
+      description="Kubeflow Pipelines v2: `compile` writes the DAG `run` runs locally as a "
+      "KFP v2 pipeline spec (KubeflowV2DagRunner); `submit` starts a run of it.")
+  kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True,
+                                              metavar="ACTION")
+  compile_ = kubeflow_commands.add_parser(
+      "compile", help="write the KFP v2 pipeline spec (YAML)",
+      description="Compile the pipeline with KubeflowV2DagRunner into a KFP v2 PipelineSpec "
+      "YAML: every step in IMAGE with CPU/memory limits, the Trainer (and Tuner) with "
+      "GPUs (config `kubeflow`), Beam steps with the chosen Beam flags, and `data_root` "
+      "as a pipeline parameter.")
+  compile_.add_argument("--out", required=True, help="pipeline spec to write (.yaml)")
+  compile_.add_argument("--image", required=True,
+                        help="the pipeline image (kubeflow/Dockerfile), e.g. "
+                        "registry.example.com/histopipe:0.1.0")
+  compile_.add_argument("--pipeline-root", required=True,
+                        help="artifact root the cluster can write, e.g. gs://bucket/histopipe")
+  compile_.add_argument("--data-root", required=True,
+                        help="default of the data_root parameter: the slides and labels")
+  compile_.add_argument("--serving-dir", required=True,
+                        help="where the Pusher writes <version>/ for TF Serving")
+  compile_.add_argument("--config", help="JSON file overriding fields of the preset")
+  compile_.add_argument("--preset", default="full", choices=["demo", "full"],
+                        help="configuration preset (default full)")
+  compile_.add_argument("--format", choices=["panda", "pcam", "idc"],
+                        help="dataset layout (default: the config's)")
+  compile_.add_argument("--beam-preset", choices=["direct", "dataflow", "flink", "spark"],
+                        help="Beam flags for SlideExampleGen, StatisticsGen, Transform and "
+                        "Evaluator (default: the config's beam_pipeline_args)")
+  compile_.add_argument("--beam-arg", action="append",
+                        help="extra or overriding Beam flag, repeatable")
+  compile_.set_defaults(handler=_kubeflow_compile)
+  submit = kubeflow_commands.add_parser(
+      "submit", help="start a run of a compiled pipeline on a KFP API server",
+      description="kfp.Client().create_run_from_pipeline_package: prints the run id and "
+      "URL; exits with status 2 and a clear message when the host is unreachable, a "
+      "parameter is unknown, or the server refuses the run.")
+  submit.add_argument("--host", required=True,
+                      help="KFP API endpoint, e.g. http://localhost:8080 after "
+                      "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`")
+  submit.add_argument("--package", required=True, help="the compiled pipeline spec")
+  submit.add_argument("--experiment", default="histopipe",
+                      help="experiment name, created if missing (default histopipe)")
+  submit.add_argument("--param", action="append", metavar="NAME=VALUE",
+                      help="pipeline parameter, repeatable (e.g. data_root=gs://b/panda)")
+  submit.add_argument("--run-name", help="run name (default: package name and time)")
+  submit.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds to wait for the host to answer (default 10)")
+  submit.set_defaults(handler=_kubeflow_submit)
 
   serve_dev = commands.add_parser(
       "serve-dev", help="a development Predict server over a SavedModel (not TF Serving)",

@@ -136,6 +136,30 @@ class TuningConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StepResources:
+  """Container limits of one pipeline step on Kubeflow (0 = none set)."""
+  cpu: float = 0.0  # cores
+  memory_gb: float = 0.0
+  gpus: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+  """What the compiled Kubeflow pipeline asks of the cluster. Beam-based steps
+  (SlideExampleGen, StatisticsGen, Transform, Evaluator) run with
+  PipelineConfig.beam_pipeline_args (see BEAM_PRESETS)."""
+  # The Kubernetes resource name of a GPU (KFP's accelerator type); the
+  # Trainer's node must have the NVIDIA device plugin.
+  gpu_resource: str = "nvidia.com/gpu"
+  trainer: StepResources = StepResources(cpu=8, memory_gb=32, gpus=1)
+  tuner: StepResources = StepResources(cpu=8, memory_gb=32, gpus=1)
+  # SlideExampleGen, StatisticsGen, Transform, Evaluator: Beam with the DirectRunner
+  # inside the step's container unless beam_pipeline_args name another runner.
+  beam_step: StepResources = StepResources(cpu=8, memory_gb=32)
+  light_step: StepResources = StepResources(cpu=1, memory_gb=4)  # SchemaGen, Pusher, ...
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   name: str = "histopipe"
   preset: str = "full"
@@ -146,6 +170,7 @@ class PipelineConfig:
   augmentation: AugmentationConfig = AugmentationConfig()
   evaluation: EvaluationConfig = EvaluationConfig()
   tuning: TuningConfig = TuningConfig()
+  kubeflow: KubeflowConfig = KubeflowConfig()
   # Extra Beam flags for every Beam-based component (ExampleGen, StatisticsGen,
   # Transform, Evaluator), e.g. ["--direct_num_workers=2"].
   beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",
@@ -204,6 +229,23 @@ def _build(cls, values: Dict[str, Any], path: str):
     else:
       kwargs[name] = value
   return cls(**kwargs)
+
+
+# Beam flags for the Beam-based steps, by where they run. The user code reaches
+# remote workers through setup.py (--setup_file) or the pipeline image.
+BEAM_PRESETS = {
+    # Inside the step's container: one process per core.
+    "direct": ("--direct_running_mode=multi_processing", "--direct_num_workers=0"),
+    "dataflow": ("--runner=DataflowRunner", "--project=YOUR_PROJECT", "--region=YOUR_REGION",
+                 "--temp_location=gs://YOUR_BUCKET/tmp", "--setup_file=./setup.py",
+                 "--experiments=use_runner_v2"),
+    # A Flink or Spark job server reached from the step (Beam's portable runner);
+    # workers in the pipeline image via --environment_type=DOCKER.
+    "flink": ("--runner=PortableRunner", "--job_endpoint=flink-jobserver:8099",
+              "--environment_type=DOCKER", "--environment_config=YOUR_IMAGE"),
+    "spark": ("--runner=PortableRunner", "--job_endpoint=spark-jobserver:8099",
+              "--environment_type=DOCKER", "--environment_config=YOUR_IMAGE"),
+}
 
 
 # Tuner hyperparameter name -> (config section, field, TuningConfig field

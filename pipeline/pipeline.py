@@ -86,7 +86,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                     ) -> tfx.dsl.Pipeline:
   # "auto" becomes the data folder's format here, once, so every component
   # (and the Trainer's choice of task) sees the same one.
-  config = with_detected_format(config, data_root)
+  if isinstance(data_root, str):  # a Kubeflow RuntimeParameter is resolved at run time
+    config = with_detected_format(config, data_root)
   config_json = {"config": config.to_json()}
   example_gen = SlideExampleGen(input_base=data_root, config=config)
   statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])

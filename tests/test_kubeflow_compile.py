@@ -1,24 +1,170 @@
-"""The Kubeflow compiler builds the same DAG as the local runner."""
+"""`histopipe kubeflow compile` and `submit`: the local DAG as a KFP v2 spec, and a run of it.
+
+The spec is read back into KFP's own PipelineSpec proto. The KFP API server
+cannot run here, so `submit` talks to a local HTTP server that answers the
+few KFP v2 REST calls kfp.Client makes and records what it was sent.
+"""
 
 import json
+import os
+import re
+import tempfile
+import threading
+from http import server as http_server
 
-from kubeflow.compile import compile_pipeline
-from pipeline.configs import demo_config
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from pipeline import cli
 from tests.test_pipeline_dag import EXPECTED_UPSTREAM
 
+IMAGE = "registry.example/histopipe:1"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def test_compiles_every_component_into_a_kfp_v2_spec(tmp_path):
-  output = tmp_path / "pipeline.json"
-  compile_pipeline(demo_config(), str(output), image="registry.example/histopipe:1",
-                   pipeline_root="gs://bucket/root", data_root="gs://bucket/panda",
-                   serving_model_dir="gs://bucket/serving")
-  job = json.loads(output.read_text())
-  tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
-  components = {name for name in EXPECTED_UPSTREAM if name != "latest_blessed_model_resolver"}
-  assert components <= set(tasks)
-  assert any(name.startswith("latest_blessed_model_resolver") for name in tasks)
-  assert set(tasks["Pusher"]["dependentTasks"]) == {"Trainer", "Evaluator"}
-  executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
-  assert all(e["container"]["image"] == "registry.example/histopipe:1"
-             for e in executors.values() if "container" in e)
-  assert str(tmp_path) not in output.read_text().replace(str(output), "")
+
+def _compile(tmp_path, *extra):
+  out = tmp_path / "pipeline.yaml"
+  code = cli.main(["kubeflow", "compile", "--out", str(out), "--image", IMAGE,
+                   "--pipeline-root", "gs://bucket/root", "--data-root", "gs://bucket/panda",
+                   "--serving-dir", "gs://bucket/serving", *extra])
+  return code, out
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+  code, out = _compile(tmp_path_factory.mktemp("kfp"))
+  assert code == 0
+  text = out.read_text()
+  return out, text, json_format.ParseDict(yaml.safe_load(text), pipeline_spec_pb2.PipelineSpec())
+
+
+def _task_name(name):
+  return "latest_blessed_model_resolver" if name.startswith("latest_blessed") else name
+
+
+def test_every_component_is_a_task_with_its_dependencies(compiled):
+  _, _, spec = compiled
+  tasks = spec.root.dag.tasks
+  components = {_task_name(name) for name in tasks}
+  assert components == set(EXPECTED_UPSTREAM)
+  for name, task in tasks.items():
+    if name.startswith("latest_blessed"):
+      continue
+    upstream = {_task_name(t) for t in task.dependent_tasks}
+    assert upstream == EXPECTED_UPSTREAM[name], name
+  assert spec.default_pipeline_root == "gs://bucket/root"
+
+
+def test_trainer_asks_for_a_gpu_and_every_step_has_limits(compiled):
+  _, _, spec = compiled
+  # A Struct in the PipelineSpec; KFP's own message for it:
+  deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec),
+                                     pipeline_spec_pb2.PipelineDeploymentConfig())
+  executors = deployment.executors
+  containers = {name[:-len("_executor")]: e.container for name, e in executors.items()
+                if e.HasField("container")}
+  assert set(containers) == set(EXPECTED_UPSTREAM) - {"latest_blessed_model_resolver"}
+  trainer = containers["Trainer"].resources
+  assert trainer.accelerator.type == "nvidia.com/gpu" and trainer.accelerator.count == 1
+  assert trainer.cpu_limit == 8 and trainer.memory_limit == 32
+  for name, container in containers.items():
+    assert container.image == IMAGE
+    assert container.resources.cpu_limit > 0 and container.resources.memory_limit > 0, name
+    if name != "Trainer":
+      assert not container.resources.accelerator.count, name
+  # The full preset's Beam flags reach the Beam-based steps.
+  assert "--direct_running_mode=multi_processing" in containers["Transform"].args
+
+
+def test_data_root_is_a_pipeline_parameter_and_no_local_path_leaks(compiled):
+  out, text, spec = compiled
+  parameter = spec.root.input_definitions.parameters["data_root"]
+  assert parameter.default_value.string_value == "gs://bucket/panda"
+  example_gen = spec.root.dag.tasks["SlideExampleGen"]
+  assert example_gen.inputs.parameters["input_base"].component_input_parameter == "data_root"
+  for local in (REPO, str(out.parent), os.path.expanduser("~"), tempfile.gettempdir()):
+    # As a path of its own: "/root" inside "gs://bucket/root" is not a leak.
+    assert not re.search(r"(?<![\w:/.-])" + re.escape(local) + r"(/|\b)", text), local
+
+
+def test_beam_presets_reach_the_beam_steps_and_placeholders_are_refused(tmp_path, capsys):
+  code, _ = _compile(tmp_path, "--beam-preset", "dataflow")
+  assert code == 2 and "--project=YOUR_PROJECT" in capsys.readouterr().err
+  code, out = _compile(tmp_path, "--beam-preset", "dataflow", "--beam-arg=--project=p",
+                       "--beam-arg=--region=europe-west4",
+                       "--beam-arg=--temp_location=gs://bucket/tmp")
+  assert code == 0
+  spec = yaml.safe_load(out.read_text())
+  args = spec["deploymentSpec"]["executors"]["Transform_executor"]["container"]["args"]
+  assert "--runner=DataflowRunner" in args and "--project=p" in args
+  assert "--setup_file=./setup.py" in args and not any("YOUR_" in a for a in args)
+
+
+class _FakeKfpApi(http_server.BaseHTTPRequestHandler):
+  """Answers kfp.Client's v2beta1 calls; records every request."""
+  requests = []
+
+  def _answer(self, body):
+    data = json.dumps(body).encode()
+    self.send_response(200)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(data)))
+    self.end_headers()
+    self.wfile.write(data)
+
+  def do_GET(self):  # noqa: N802
+    self.requests.append(("GET", self.path, None))
+    if self.path.startswith("/apis/v2beta1/healthz"):
+      self._answer({"multi_user": False})
+    else:  # experiments by name: none yet
+      self._answer({})
+
+  def do_POST(self):  # noqa: N802
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    self.requests.append(("POST", self.path, body))
+    if self.path == "/apis/v2beta1/experiments":
+      self._answer({"experiment_id": "exp-1", "display_name": body["display_name"]})
+    else:
+      self._answer({"run_id": "run-42", "display_name": body["display_name"],
+                    "experiment_id": body.get("experiment_id")})
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture
+def fake_kfp():
+  _FakeKfpApi.requests = []
+  server = http_server.ThreadingHTTPServer(("localhost", 0), _FakeKfpApi)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  yield f"http://localhost:{server.server_address[1]}", _FakeKfpApi.requests
+  server.shutdown()
+  server.server_close()
+
+
+def test_submit_uploads_the_compiled_spec_with_its_parameters(compiled, fake_kfp, capsys):
+  package, text, _ = compiled
+  host, requests = fake_kfp
+  assert cli.main(["kubeflow", "submit", "--host", host, "--package", str(package),
+                   "--experiment", "panda", "--param", "data_root=gs://other/panda"]) == 0
+  printed = capsys.readouterr().out
+  assert "run id: run-42" in printed and f"url: {host}/#/runs/details/run-42" in printed
+  (experiment,) = [b for m, p, b in requests if p == "/apis/v2beta1/experiments" and m == "POST"]
+  assert experiment["display_name"] == "panda"
+  (run,) = [b for m, p, b in requests if p == "/apis/v2beta1/runs"]
+  assert run["experiment_id"] == "exp-1"
+  assert run["pipeline_spec"] == yaml.safe_load(text)  # the package, as compiled
+  assert run["runtime_config"]["parameters"] == {"data_root": "gs://other/panda"}
+
+
+def test_submit_says_when_the_host_is_unreachable_or_a_parameter_unknown(compiled, capsys):
+  package, _, _ = compiled
+  assert cli.main(["kubeflow", "submit", "--host", "http://localhost:9", "--package",
+                   str(package), "--timeout", "2"]) == 2
+  assert "cannot reach the Kubeflow Pipelines API at http://localhost:9" in \
+      capsys.readouterr().err
+  assert cli.main(["kubeflow", "submit", "--host", "http://localhost:9", "--package",
+                   str(package), "--param", "epochs=3"]) == 2
+  assert "unknown pipeline parameter(s) ['epochs']" in capsys.readouterr().err
