@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Dict
+from typing import Dict, Optional
 
 import yaml
 from google.protobuf import json_format
@@ -63,8 +63,14 @@ def _set_resources(spec: dict, kubeflow: KubeflowConfig) -> None:
 
 
 def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
-                     pipeline_root: str, data_root: str, serving_model_dir: str) -> str:
-  """Writes the KFP v2 PipelineSpec YAML to `output_file`; returns its path."""
+                     pipeline_root: str, data_root: Optional[str] = None,
+                     serving_model_dir: Optional[str] = None) -> str:
+  """Writes the KFP v2 PipelineSpec YAML to `output_file`; returns its path.
+
+  Without `data_root` the parameter has no default and each run must set it;
+  the serving dir defaults to `<pipeline_root>/serving_model`.
+  """
+  serving_model_dir = serving_model_dir or pipeline_root.rstrip("/") + "/serving_model"
   if config.data.format == "auto":
     raise ValueError("data.format must be named (panda, pcam or idc) for Kubeflow: "
                      "the data folder is not readable when compiling")
@@ -84,8 +90,9 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
   spec["defaultPipelineRoot"] = pipeline_root
   # TFX leaves parameter defaults to the PipelineJob's runtime config; a KFP
   # package carries them in the spec.
-  parameters = spec["root"]["inputDefinitions"]["parameters"]
-  parameters[DATA_ROOT_PARAMETER]["defaultValue"] = data_root
+  if data_root:
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    parameters[DATA_ROOT_PARAMETER]["defaultValue"] = data_root
   _set_resources(spec, config.kubeflow)
   os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
   with open(output_file, "w") as f:

@@ -72,6 +72,11 @@ def submit(host: str, package: str, experiment: str = "histopipe",
   if unknown:
     raise SubmitError(f"unknown pipeline parameter(s) {unknown}; {package} declares "
                       f"{sorted(declared) or 'none'}")
+  missing = sorted(name for name, spec in declared.items()
+                   if "defaultValue" not in spec and name not in params)
+  if missing:
+    raise SubmitError(f"{package} has no default for {missing}: pass "
+                      + " ".join(f"--param {name}=..." for name in missing))
   check_reachable(host, timeout_s)
   import kfp  # slow to import; only once the host answers
   client = kfp.Client(host=host.rstrip("/"))

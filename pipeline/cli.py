@@ -197,9 +197,10 @@ def _kubeflow_compile(args) -> int:
   config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
   compile_pipeline(config, args.out, image=args.image, pipeline_root=args.pipeline_root,
                    data_root=args.data_root, serving_model_dir=args.serving_dir)
+  default = f"default {args.data_root}" if args.data_root else "no default: set it per run"
   print(f"wrote {args.out}: KFP v2 pipeline spec, image {args.image}, "
         f"Trainer {config.kubeflow.trainer.gpus} x {config.kubeflow.gpu_resource}, "
-        f"parameter data_root (default {args.data_root})")
+        f"parameter data_root ({default})")
   return 0
 
 
@@ -375,10 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "registry.example.com/histopipe:0.1.0")
   compile_.add_argument("--pipeline-root", required=True,
                         help="artifact root the cluster can write, e.g. gs://bucket/histopipe")
-  compile_.add_argument("--data-root", required=True,
-                        help="default of the data_root parameter: the slides and labels")
-  compile_.add_argument("--serving-dir", required=True,
-                        help="where the Pusher writes <version>/ for TF Serving")
+  compile_.add_argument("--data-root",
+                        help="default of the data_root parameter (the slides and labels); "
+                        "without it every run must pass --param data_root=...")
+  compile_.add_argument("--serving-dir",
+                        help="where the Pusher writes <version>/ for TF Serving "
+                        "(default PIPELINE_ROOT/serving_model)")
   compile_.add_argument("--config", help="JSON file overriding fields of the preset")
   compile_.add_argument("--preset", default="full", choices=["demo", "full"],
                         help="configuration preset (default full)")

@@ -168,3 +168,15 @@ def test_submit_says_when_the_host_is_unreachable_or_a_parameter_unknown(compile
   assert cli.main(["kubeflow", "submit", "--host", "http://localhost:9", "--package",
                    str(package), "--param", "epochs=3"]) == 2
   assert "unknown pipeline parameter(s) ['epochs']" in capsys.readouterr().err
+
+
+def test_without_a_data_root_default_each_run_must_name_one(tmp_path, capsys):
+  out = tmp_path / "pipeline.yaml"
+  assert cli.main(["kubeflow", "compile", "--out", str(out), "--image", IMAGE,
+                   "--pipeline-root", "gs://bucket/root"]) == 0
+  spec = yaml.safe_load(out.read_text())
+  assert "defaultValue" not in spec["root"]["inputDefinitions"]["parameters"]["data_root"]
+  assert "gs://bucket/root/serving_model" in out.read_text()  # the Pusher's default
+  assert cli.main(["kubeflow", "submit", "--host", "http://localhost:9",
+                   "--package", str(out)]) == 2
+  assert "--param data_root=..." in capsys.readouterr().err
