@@ -29,6 +29,7 @@ $(DEMO_DATA)/train.csv: $(INSTALLED)
 demo: $(DEMO_DATA)/train.csv
 	rm -rf $(DEMO_OUT)
 	$(BIN)/histopipe run --data $(DEMO_DATA) --out $(DEMO_OUT) --preset demo
+	$(BIN)/histopipe report --run $(DEMO_OUT)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
