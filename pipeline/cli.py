@@ -9,6 +9,13 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import warnings  # noqa: E402
+
+# google-api-core (via Beam's GCP extras) warns on every start that Python 3.10
+# is unsupported by its future releases; the stack is pinned to 3.10 (TFX 1.16).
+warnings.filterwarnings("ignore", message="You are using a non-supported Python version",
+                        category=FutureWarning)
+
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import sys  # noqa: E402
@@ -108,8 +115,9 @@ def _predict(args) -> int:
   try:
     if not args.rest:
       client.signatures()  # a missing model or signature fails before any tiling
-    records = slide_predictions.predict_slides(
-        paths, client, config, progress=_progress_printer("predicting", stream=sys.stderr))
+    # Records on a terminal show progress themselves; piped, a counter on stderr does.
+    progress = None if sys.stdout.isatty() else _progress_printer("predicting", stream=sys.stderr)
+    records = slide_predictions.predict_slides(paths, client, config, progress=progress)
     counts = slide_predictions.write_records(records, sys.stdout, csv_file, config.task)
   except ServingError as e:
     print(f"histopipe predict: error: {e}", file=sys.stderr)
