@@ -251,3 +251,19 @@ def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
   assert probability.shape == (len(serialized), 1)
   np.testing.assert_array_equal(outputs["grade"].numpy(), probability[:, 0] > 0.5)
   assert outputs["attention"].shape == (len(serialized), 1)
+
+  # The report's binary branch: a 2x2 confusion matrix, AUC instead of kappa.
+  from reports import run_report
+  assert cli.main(["report", "--run", str(out), "--heatmaps", "2"]) == 0
+  page = (out / "report" / "index.html").read_text()
+  assert "<th>kappa</th>" not in page and "<th>auc</th>" in page
+  assert (out / "report" / "confusion.png").exists()
+  summary_auc = float(re.search(r"eval ROC AUC: ([\d.]+)", printed).group(1))
+  predictions = run_report.predict_eval_split(
+      os.path.join(glob.glob(str(out / "pipeline_root" / "Trainer" / "model" / "*"))[0],
+                   "Format-Serving"),
+      os.path.dirname(os.path.dirname(eval_files[0])))
+  ours = run_report.slice_metrics(predictions, 2)["overall"]
+  # The seeded split holds both classes; TFMA's AUC uses 200 thresholds, ours is exact.
+  assert ours["auc"] == pytest.approx(summary_auc, abs=0.02)
+  assert (out / "report" / "roc.png").exists()
