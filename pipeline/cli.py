@@ -87,6 +87,19 @@ def _add_format_argument(parser) -> None:
       "both binary (AUC); default: detected from the folder")
 
 
+def _add_config_arguments(parser, default_preset: str = "demo") -> None:
+  """--preset and --config: the settings, the same ones a model was trained with."""
+  parser.add_argument("--preset", default=default_preset, choices=["demo", "full"],
+                      help=f"configuration preset (default {default_preset})")
+  parser.add_argument("--config", help="JSON file overriding fields of the preset")
+
+
+def _add_input_format_argument(parser) -> None:
+  """What a client's inputs are, for commands that read no data folder."""
+  parser.add_argument("--format", default="panda", choices=["panda", "pcam", "idc"],
+                      help="the inputs are slides (panda) or patches (pcam, idc); default panda")
+
+
 def _tile(args) -> int:
   from components.tile_job import run_tile_job
   from pipeline.configs import load_config
@@ -270,12 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the format's, train.csv or train_labels.csv)")
   _add_format_argument(tile)
   tile.add_argument("--out", required=True, help="output folder")
-  tile.add_argument("--config", help="JSON file overriding fields of the preset")
   tile.add_argument("--gzip", action="store_true",
                     help="gzip the bag files (2-3%% smaller: the tiles are PNG/JPEG "
                     "already; costs about as much time as tiling)")
-  tile.add_argument("--preset", default="demo", choices=["demo", "full"],
-                    help="configuration preset (default demo)")
+  _add_config_arguments(tile)
   tile.set_defaults(handler=_tile)
 
   run = commands.add_parser(
@@ -288,9 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "PCam or IDC folder")
   _add_format_argument(run)
   run.add_argument("--out", required=True, help="output folder")
-  run.add_argument("--config", help="JSON file overriding fields of the preset")
-  run.add_argument("--preset", default="demo", choices=["demo", "full"],
-                   help="configuration preset (default demo)")
+  _add_config_arguments(run)
   run.set_defaults(handler=_run)
 
   predict = commands.add_parser(
@@ -309,11 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
   predict.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
   predict.add_argument("--csv", help="also write a submission CSV: image_id,isup_grade "
                        "(id,label for binary models)")
-  predict.add_argument("--format", default="panda", choices=["panda", "pcam", "idc"],
-                       help="what the inputs are: slides (panda) or patches (default panda)")
-  predict.add_argument("--config", help="JSON file overriding fields of the preset")
-  predict.add_argument("--preset", default="demo", choices=["demo", "full"],
-                       help="configuration preset (default demo)")
+  _add_input_format_argument(predict)
+  _add_config_arguments(predict)
   predict.add_argument("--deadline", type=float, default=30.0,
                        help="seconds per call (default 30)")
   predict.add_argument("--retries", type=int, default=3,
@@ -331,11 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
   score.add_argument("--data", required=True, help="folder searched for .tif/.tiff/.png")
   score.add_argument("--out", required=True, help="JSON lines file to write")
   score.add_argument("--csv", help="also write image_id,isup_grade (id,label) here")
-  score.add_argument("--format", default="panda", choices=["panda", "pcam", "idc"],
-                     help="slides (panda) or patches (default panda)")
-  score.add_argument("--config", help="JSON file overriding fields of the preset")
-  score.add_argument("--preset", default="demo", choices=["demo", "full"],
-                     help="configuration preset (default demo)")
+  _add_input_format_argument(score)
+  _add_config_arguments(score)
   score.add_argument("--beam-arg", action="append",
                      help="extra Beam flag, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
   score.set_defaults(handler=_score)
@@ -361,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
   explain.add_argument("--model-dir", required=True,
                        help="a SavedModel, or the Pusher's serving base (latest version)")
   explain.add_argument("--out", help="PNG to write (default <image_id>_attention.png)")
-  explain.add_argument("--config", help="JSON file overriding fields of the preset")
-  explain.add_argument("--preset", default="demo", choices=["demo", "full"],
-                       help="configuration preset (default demo)")
+  _add_config_arguments(explain)
   explain.set_defaults(handler=_explain)
 
   kubeflow = commands.add_parser(
@@ -390,9 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
   compile_.add_argument("--serving-dir",
                         help="where the Pusher writes <version>/ for TF Serving "
                         "(default PIPELINE_ROOT/serving_model)")
-  compile_.add_argument("--config", help="JSON file overriding fields of the preset")
-  compile_.add_argument("--preset", default="full", choices=["demo", "full"],
-                        help="configuration preset (default full)")
+  _add_config_arguments(compile_, default_preset="full")
   compile_.add_argument("--format", choices=["panda", "pcam", "idc"],
                         help="dataset layout (default: the config's)")
   compile_.add_argument("--beam-preset", choices=["direct", "dataflow", "flink", "spark"],
