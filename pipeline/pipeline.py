@@ -61,8 +61,10 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     ]
   else:
     metrics = [
-        tfma.MetricConfig(class_name="SparseCategoricalAccuracy",
-                          config=json.dumps({"name": "accuracy"})),
+        # The served grade is the ordinal median, not the argmax: score that.
+        tfma.MetricConfig(class_name="GradeAccuracy", module="trainer.metrics",
+                          config=json.dumps({"num_classes": config.num_classes,
+                                             "name": "accuracy"})),
         tfma.MetricConfig(
             class_name="QuadraticWeightedKappa", module="trainer.metrics",
             config=json.dumps({"num_classes": config.num_classes, "name": KAPPA_METRIC}),

@@ -43,8 +43,8 @@ class EvalPredictions(NamedTuple):
   bags: List[bag_features.SlideBag]
 
 
-def _bag_from_example(example: tf.train.Example) -> bag_features.SlideBag:
-  feature = example.features.feature
+def _bag_from_features(feature) -> bag_features.SlideBag:
+  """A bag's tile positions and level from its tf.Example features (no tiles)."""
 
   def ints(key):
     return list(feature[key].int64_list.value)
@@ -68,22 +68,26 @@ def predict_eval_split(model_dir: str, examples_uri: str, batch_size: int = 16
   if not files:
     raise FileNotFoundError(f"no eval split under {examples_uri}")
   model = tf.saved_model.load(model_dir).signatures["serving_default"]
-  records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
   outputs: Dict[str, List[np.ndarray]] = {}
-  for start in range(0, len(records), batch_size):
-    batch = model(examples=tf.constant(records[start:start + batch_size]))
-    for key, value in batch.items():
+  features_of_bags = []  # metadata only: the tiles are not kept (a PANDA eval split is GBs)
+  batches = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
+  for batch in batches:
+    for key, value in model(examples=batch).items():
       outputs.setdefault(key, []).append(value.numpy())
-  examples = [tf.train.Example.FromString(r) for r in records]
-  feature = [e.features.feature for e in examples]
+    for record in batch.numpy():
+      example = tf.train.Example.FromString(record)
+      del example.features.feature[bag_features.TILES]
+      features_of_bags.append(example.features.feature)
   return EvalPredictions(
-      image_ids=[f[bag_features.IMAGE_ID].bytes_list.value[0].decode() for f in feature],
-      providers=[f[bag_features.DATA_PROVIDER].bytes_list.value[0].decode() for f in feature],
-      labels=np.array([f[bag_features.LABEL].int64_list.value[0] for f in feature]),
+      image_ids=[f[bag_features.IMAGE_ID].bytes_list.value[0].decode()
+                 for f in features_of_bags],
+      providers=[f[bag_features.DATA_PROVIDER].bytes_list.value[0].decode()
+                 for f in features_of_bags],
+      labels=np.array([f[bag_features.LABEL].int64_list.value[0] for f in features_of_bags]),
       grades=np.concatenate(outputs[features.GRADE]).astype(int),
       probabilities=np.concatenate(outputs[features.PROBABILITIES]),
       attention=np.concatenate(outputs[features.ATTENTION]),
-      bags=[_bag_from_example(e) for e in examples])
+      bags=[_bag_from_features(f) for f in features_of_bags])
 
 
 def positive_scores(predictions: EvalPredictions):

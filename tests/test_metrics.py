@@ -60,3 +60,17 @@ def test_cancer_auc_is_benign_against_any_grade_like_sklearn():
   metric.update_state(labels[:, None], probabilities.astype(np.float32))
   assert float(metric.result()) == pytest.approx(expected, abs=2e-3)
   assert CancerAUC.from_config(metric.get_config()).name == "cancer_auc"
+
+
+def test_grade_accuracy_scores_the_ordinal_grade_not_the_argmax():
+  from trainer.metrics import GradeAccuracy
+  # P = [0.4, 0.05, 0.05, 0.5]: argmax says 3, the median (what `grade` serves) says 2
+  # among 4 classes: P(>=1) = 0.6, P(>=2) = 0.55, P(>=3) = 0.5 -> grade 2.
+  probabilities = np.array([[0.4, 0.05, 0.05, 0.5], [0.9, 0.05, 0.03, 0.02]], np.float32)
+  metric = GradeAccuracy(num_classes=4)
+  metric.update_state(np.array([[2], [0]]), probabilities)
+  assert float(metric.result()) == 1.0
+  argmax = tf.keras.metrics.SparseCategoricalAccuracy()
+  argmax.update_state(np.array([[2], [0]]), probabilities)
+  assert float(argmax.result()) == 0.5
+  assert GradeAccuracy.from_config(metric.get_config()).num_classes == 4

@@ -94,3 +94,22 @@ class CancerAUC(keras.metrics.AUC):
     cancer = tf.cast(tf.reshape(y_true, [-1]) > 0, tf.float32)
     p_cancer = 1.0 - tf.reshape(y_pred, [tf.shape(cancer)[0], -1])[:, 0]
     return super().update_state(cancer, p_cancer, sample_weight)
+
+
+@keras.utils.register_keras_serializable(package="histopipe")
+class GradeAccuracy(keras.metrics.Mean):
+  """Share of bags whose served grade (the ordinal median, as the model's
+  `grade` output and the kappa metric use) equals the label. Not the argmax of
+  the class probabilities, which can differ for an ordinal model."""
+
+  def __init__(self, num_classes: int = 6, name: str = "accuracy", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.num_classes = num_classes
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+    grades = ordinal_grade_from_probabilities(tf.reshape(y_pred, [-1, self.num_classes]))
+    return super().update_state(tf.cast(tf.equal(labels, grades), tf.float32), sample_weight)
+
+  def get_config(self):
+    return {**super().get_config(), "num_classes": self.num_classes}
