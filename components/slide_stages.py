@@ -40,6 +40,25 @@ class SlideOutcome(NamedTuple):
   tiles: int
 
 
+class ProgressCounter:
+  """"<label>: done/total (rate/s)" on stderr, redrawn at most once a second.
+  Made in a DoFn's setup(): each Beam worker counts the slides it handled."""
+
+  def __init__(self, label: str, total: int):
+    self._label, self._total = label, total
+    self._done, self._start, self._last_print = 0, time.time(), 0.0
+
+  def step(self) -> None:
+    self._done += 1
+    now = time.time()
+    if not self._total or (now - self._last_print < 1.0 and self._done < self._total):
+      return
+    self._last_print = now
+    rate = self._done / max(now - self._start, 1e-9)
+    print(f"{self._label}: {self._done}/{self._total} ({rate:.1f} slides/s)", file=sys.stderr,
+          end="\n" if self._done >= self._total else "\r", flush=True)
+
+
 class TileSlideFn(beam.DoFn):
   """One slide -> one serialized bag; any failure becomes an outcome with its reason.
 
@@ -56,21 +75,7 @@ class TileSlideFn(beam.DoFn):
     self._tiles = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "tiles_written")
 
   def setup(self):
-    self._done = 0
-    self._start = time.time()
-    self._last_print = 0.0
-
-  def _report_progress(self):
-    self._done += 1
-    now = time.time()
-    if not self._progress_total or (now - self._last_print < 1.0 and
-                                    self._done < self._progress_total):
-      return
-    self._last_print = now
-    rate = self._done / max(now - self._start, 1e-9)
-    print(f"tiling slides: {self._done}/{self._progress_total} ({rate:.1f} slides/s)",
-          file=sys.stderr, end="\n" if self._done >= self._progress_total else "\r",
-          flush=True)
+    self._progress = ProgressCounter("tiling slides", self._progress_total)
 
   def _reject(self, task: SlideTask, reason: str):
     self._rejected.inc()
@@ -79,7 +84,7 @@ class TileSlideFn(beam.DoFn):
 
   def process(self, task: SlideTask) -> Iterator[Any]:
     yield from self._tile(task)
-    self._report_progress()
+    self._progress.step()
 
   def _tile(self, task: SlideTask) -> Iterator[Any]:
     if task.problem:

@@ -23,6 +23,7 @@ from components import bag_features
 from components.bag_features import SlideBag
 from components.datasets import image_id_from_path
 from components.slide_reader import SlideError
+from components.slide_stages import ProgressCounter
 from components.tiling import cut_bag
 from pipeline.configs import PATCH_FORMATS, PipelineConfig
 from serving.dev_server import DEFAULT_SIGNATURE, resolve_version_dir
@@ -38,11 +39,19 @@ class SlideRequest(NamedTuple):
 class CutRequestFn(beam.DoFn):
   """A path -> a SlideRequest, or a rejected record (tagged "rejected")."""
 
-  def __init__(self, config: PipelineConfig):
+  def __init__(self, config: PipelineConfig, progress_total: int = 0):
     self._tiling = config.tiling
     self._kind = "patch" if config.data.format in PATCH_FORMATS else "slide"
+    self._progress_total = progress_total
+
+  def setup(self):
+    self._progress = ProgressCounter("tiling slides for scoring", self._progress_total)
 
   def process(self, path: str):
+    yield from self._cut(path)
+    self._progress.step()
+
+  def _cut(self, path: str):
     image_id = image_id_from_path(path)
     try:
       bag = cut_bag(path, self._kind, self._tiling)
@@ -100,7 +109,8 @@ def score_slides(model_dir: str, paths: List[str], config: PipelineConfig, out_p
   options = PipelineOptions(list(beam_args))
   with beam.Pipeline(options=options) as pipeline:
     requests = (pipeline | "Paths" >> beam.Create(paths)
-                | "CutBags" >> beam.ParDo(CutRequestFn(config)).with_outputs(
+                | "Reshuffle" >> beam.Reshuffle()  # spread slides over workers
+                | "CutBags" >> beam.ParDo(CutRequestFn(config, len(paths))).with_outputs(
                     "rejected", main="requests"))
     predicted = (requests.requests
                  | "Predict" >> inference.RunInference(SavedModelHandler(model_dir))

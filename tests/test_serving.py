@@ -206,7 +206,9 @@ def test_score_writes_predict_records_for_every_slide_with_beam(
   out, out_csv = tmp_path / "scores.jsonl", tmp_path / "scores.csv"
   assert cli.main(["score", "--model-dir", model_dir, "--data", str(folder), "--out", str(out),
                    "--csv", str(out_csv), "--config", config_file]) == 0
-  assert "4 scored, 1 rejected of 5" in capsys.readouterr().out
+  captured = capsys.readouterr()
+  assert "4 scored, 1 rejected of 5" in captured.out
+  assert "tiling slides for scoring: 5/5" in captured.err  # progress with a rate
   scored = {r["image_id"]: r for r in map(json.loads, out.read_text().splitlines())}
   assert scored["broken"]["rejected"]
   # The same records as `histopipe predict` gives through the server.
