@@ -8,14 +8,13 @@ tile coloured by the attention the model gave it.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from components import bag_features
 from components.datasets import image_id_from_path
 from components.tiling import cut_bag
 from pipeline.configs import PipelineConfig
 from reports.run_report import write_heatmap
-from serving.dev_server import resolve_version_dir
+from serving.dev_server import DEFAULT_SIGNATURE, LoadedModel
 from serving.slide_predictions import prediction_record
 
 
@@ -23,10 +22,9 @@ def explain_slide(slide_path: str, model_dir: str, config: PipelineConfig, out_p
   """Writes the heatmap PNG; returns the slide's prediction record (as `predict` prints it)."""
   image_id = image_id_from_path(slide_path)
   bag = cut_bag(slide_path, "slide", config.tiling)
-  version_dir, _ = resolve_version_dir(model_dir)
-  model = tf.saved_model.load(version_dir).signatures["serving_default"]
-  outputs = model(examples=tf.constant([bag_features.serialize_request(bag, image_id)]))
-  outputs = {key: value.numpy() for key, value in outputs.items()}
+  model = LoadedModel("explain", model_dir)  # a SavedModel or a serving base's latest
+  outputs = model.run(DEFAULT_SIGNATURE, {"examples": np.array(
+      [bag_features.serialize_request(bag, image_id)], dtype=object)})
   record = prediction_record(image_id, bag, outputs)
   probabilities = np.round(record["probabilities"], 2).tolist()
   write_heatmap(slide_path, bag, outputs["attention"][0], out_png,

@@ -12,59 +12,34 @@ DirectRunner by default.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference import base as inference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components import bag_features
-from components.bag_features import SlideBag
-from components.datasets import image_id_from_path
-from components.slide_reader import SlideError
 from components.slide_stages import ProgressCounter
-from components.tiling import cut_bag
-from pipeline.configs import PATCH_FORMATS, PipelineConfig
+from pipeline.configs import PipelineConfig
 from serving.dev_server import DEFAULT_SIGNATURE, resolve_version_dir
-from serving.slide_predictions import CSV_HEADER, prediction_record
-
-
-class SlideRequest(NamedTuple):
-  image_id: str
-  bag: SlideBag
-  example: bytes  # the serialized request bag
+from serving.slide_predictions import CSV_HEADER, SlideRequest, cut_request, prediction_record
 
 
 class CutRequestFn(beam.DoFn):
   """A path -> a SlideRequest, or a rejected record (tagged "rejected")."""
 
   def __init__(self, config: PipelineConfig, progress_total: int = 0):
-    self._tiling = config.tiling
-    self._kind = "patch" if config.data.format in PATCH_FORMATS else "slide"
+    self._config = config
     self._progress_total = progress_total
 
   def setup(self):
     self._progress = ProgressCounter("tiling slides for scoring", self._progress_total)
 
   def process(self, path: str):
-    yield from self._cut(path)
+    request = cut_request(path, self._config)
+    yield request if isinstance(request, SlideRequest) else beam.pvalue.TaggedOutput(
+        "rejected", request)
     self._progress.step()
-
-  def _cut(self, path: str):
-    image_id = image_id_from_path(path)
-    try:
-      bag = cut_bag(path, self._kind, self._tiling)
-    except SlideError as e:
-      yield beam.pvalue.TaggedOutput("rejected", {"image_id": image_id, "path": path,
-                                                  "rejected": e.reason})
-      return
-    except Exception as e:  # one unreadable slide must not end the run
-      yield beam.pvalue.TaggedOutput("rejected", {
-          "image_id": image_id, "path": path,
-          "rejected": f"unexpected {type(e).__name__}: {e}"})
-      return
-    yield SlideRequest(image_id, bag, bag_features.serialize_request(bag, image_id))
 
 
 class SavedModelHandler(inference.ModelHandler[SlideRequest, Dict[str, np.ndarray], Any]):

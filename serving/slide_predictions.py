@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, TextIO
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Union
 
 import numpy as np
 
@@ -55,23 +55,37 @@ def prediction_record(image_id: str, bag: SlideBag, outputs: Dict[str, np.ndarra
           "attention": tiles}
 
 
+class SlideRequest(NamedTuple):
+  """A slide tiled for the model: its bag and the serialized request bag."""
+  image_id: str
+  bag: SlideBag
+  example: bytes
+
+
+def cut_request(path: str, config: PipelineConfig) -> Union[SlideRequest, dict]:
+  """The slide's request, or its rejected record {"image_id", "path", "rejected": reason}."""
+  image_id = image_id_from_path(path)
+  kind = "patch" if config.data.format in PATCH_FORMATS else "slide"
+  try:
+    bag = cut_bag(path, kind, config.tiling)
+  except SlideError as e:
+    return {"image_id": image_id, "path": path, "rejected": e.reason}
+  except Exception as e:  # one unreadable slide must not end the run
+    return {"image_id": image_id, "path": path,
+            "rejected": f"unexpected {type(e).__name__}: {e}"}
+  return SlideRequest(image_id, bag, bag_features.serialize_request(bag, image_id))
+
+
 def predict_slides(paths: List[str], client, config: PipelineConfig,
                    progress: Optional[Callable[[int, int], None]] = None) -> Iterator[dict]:
   """A record per path: a prediction, or {"image_id", "path", "rejected": reason}."""
-  kind = "patch" if config.data.format in PATCH_FORMATS else "slide"
   for done, path in enumerate(paths, 1):
-    image_id = image_id_from_path(path)
-    try:
-      bag = cut_bag(path, kind, config.tiling)
-    except SlideError as e:
-      yield {"image_id": image_id, "path": path, "rejected": e.reason}
-    except Exception as e:  # one unreadable slide must not end the run
-      yield {"image_id": image_id, "path": path,
-             "rejected": f"unexpected {type(e).__name__}: {e}"}
+    request = cut_request(path, config)
+    if isinstance(request, SlideRequest):
+      outputs = client.predict({"examples": np.array([request.example], dtype=object)})
+      yield prediction_record(request.image_id, request.bag, outputs)
     else:
-      example = bag_features.serialize_request(bag, image_id)
-      outputs = client.predict({"examples": np.array([example], dtype=object)})
-      yield prediction_record(image_id, bag, outputs)
+      yield request
     if progress:
       progress(done, len(paths))
 
