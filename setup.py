@@ -12,10 +12,7 @@ setup(
     version="0.1.0",
     description="TFX pipeline for deep learning on histopathology whole-slide images",
     python_requires=">=3.9,<3.11",
-    packages=find_packages(include=["pipeline", "pipeline.*", "components",
-                                    "components.*", "trainer", "trainer.*",
-                                    "serving", "serving.*", "reports", "reports.*", "kubeflow",
-                                    "kubeflow.*"]),
+    packages=find_packages(include=["histopipe", "histopipe.*"]),
     install_requires=[
         "tfx[kfp]==1.16.0",
         "apache-beam[gcp]==2.59.0",
@@ -33,5 +30,5 @@ setup(
     ],
     # OpenSlide is a test-only dependency: an independent reader to check tiles against.
     extras_require={"test": ["pytest", "openslide-python", "openslide-bin"]},
-    entry_points={"console_scripts": ["histopipe=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["histopipe=histopipe.cli:main"]},
 )

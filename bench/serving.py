@@ -31,12 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from components import bag_features  # noqa: E402
-from components.tiling import cut_bag  # noqa: E402
-from pipeline.configs import load_config  # noqa: E402
-from serving.client import GrpcPredictClient  # noqa: E402
-from serving.dev_server import DevServer  # noqa: E402
-from serving.slide_predictions import find_slides  # noqa: E402
+from histopipe.components import bag_features  # noqa: E402
+from histopipe.components.tiling import cut_bag  # noqa: E402
+from histopipe.core.configs import load_config  # noqa: E402
+from histopipe.serving.client import GrpcPredictClient  # noqa: E402
+from histopipe.serving.dev_server import DevServer  # noqa: E402
+from histopipe.serving.slide_predictions import find_slides  # noqa: E402
 
 
 def _percentile(values, q: float) -> float:

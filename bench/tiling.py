@@ -92,10 +92,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tifffile  # noqa: E402
 
-from components import bag_features, slide_reader, synthetic, tissue  # noqa: E402
-from components.tile_job import bag_files, run_tile_job  # noqa: E402
-from components.tiling import encode_tile, tile_slide  # noqa: E402
-from pipeline.configs import PipelineConfig, TilingConfig, full_config  # noqa: E402
+from histopipe.components import bag_features, slide_reader, synthetic, tissue  # noqa: E402
+from histopipe.components.tile_job import bag_files, run_tile_job  # noqa: E402
+from histopipe.components.tiling import encode_tile, tile_slide  # noqa: E402
+from histopipe.core.configs import PipelineConfig, TilingConfig, full_config  # noqa: E402
 
 DEFAULT_WORKDIR = os.path.join(tempfile.gettempdir(), "histopipe-bench", "tiling")
 RESULTS_FILE = "tiling_results.json"

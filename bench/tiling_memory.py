@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from components import synthetic
+from histopipe.components import synthetic
 
 DEFAULT_WORKDIR = os.path.join(tempfile.gettempdir(), "histopipe-bench", "tiling_memory")
 RESULTS_FILE = "tiling_memory_results.json"
@@ -207,11 +207,11 @@ def child_main(mode: str, slide_path: str, data_dir: str, out_dir: str,
   """Runs in the subprocess: tile once, write what was measured as JSON."""
   os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from components import slide_reader  # pylint: disable=import-outside-toplevel
-  from components.tiling import tile_slide  # pylint: disable=import-outside-toplevel
-  from pipeline.configs import full_config  # pylint: disable=import-outside-toplevel
+  from histopipe.components import slide_reader  # pylint: disable=import-outside-toplevel
+  from histopipe.components.tiling import tile_slide  # pylint: disable=import-outside-toplevel
+  from histopipe.core.configs import full_config  # pylint: disable=import-outside-toplevel
   if mode == "tile_job":  # Beam: imported only where it runs
-    from components.tile_job import run_tile_job  # pylint: disable=import-outside-toplevel
+    from histopipe.components.tile_job import run_tile_job  # pylint: disable=import-outside-toplevel
 
   decoded: Dict[int, int] = {}
   whole_levels: List[Dict[str, float]] = []

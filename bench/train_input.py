@@ -70,13 +70,13 @@ from tensorflow_transform.tf_metadata import dataset_metadata  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiling as tiling_bench  # noqa: E402  (bench/tiling.py: the cached slides)
 
-from components import bag_features  # noqa: E402
-from components.tile_job import bag_files, run_tile_job  # noqa: E402
-from pipeline.configs import PipelineConfig, full_config  # noqa: E402
-from trainer import features  # noqa: E402
-from trainer.model import build_mil_model  # noqa: E402
-from trainer.preprocessing import preprocessing_fn  # noqa: E402
-from trainer.task import compile_model, model_batches  # noqa: E402
+from histopipe.components import bag_features  # noqa: E402
+from histopipe.components.tile_job import bag_files, run_tile_job  # noqa: E402
+from histopipe.core.configs import PipelineConfig, full_config  # noqa: E402
+from histopipe.trainer import features  # noqa: E402
+from histopipe.trainer.model import build_mil_model  # noqa: E402
+from histopipe.trainer.preprocessing import preprocessing_fn  # noqa: E402
+from histopipe.trainer.task import compile_model, model_batches  # noqa: E402
 
 DEFAULT_WORKDIR = os.path.join(tempfile.gettempdir(), "histopipe-bench", "train_input")
 RESULTS_FILE = "train_input_results.json"

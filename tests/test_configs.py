@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.configs import PipelineConfig, demo_config, full_config, load_config
+from histopipe.core.configs import PipelineConfig, demo_config, full_config, load_config
 
 
 def test_full_preset_is_panda_sized():
@@ -41,7 +41,7 @@ def test_bad_config_files_say_what_is_wrong(tmp_path, overrides, message):
 
 
 def test_tuned_values_land_in_their_config_fields():
-  from pipeline.configs import demo_config, with_tuned_values
+  from histopipe.core.configs import demo_config, with_tuned_values
   config = with_tuned_values(demo_config(), {"learning_rate": 3e-4, "dropout": 0.5,
                                              "pooling": "max", "tiles_used": 4})
   assert config.training.learning_rate == 3e-4

@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 import tifffile
 
-from components import bag_features, datasets
-from components.labels import LabelFileError
-from components.tile_job import bag_files, run_tile_job
-from pipeline.configs import demo_config
+from histopipe.components import bag_features, datasets
+from histopipe.components.labels import LabelFileError
+from histopipe.components.tile_job import bag_files, run_tile_job
+from histopipe.core.configs import demo_config
 
 
 def _auto_config():

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import bag_features
-from pipeline import cli
+from histopipe.components import bag_features
+from histopipe import cli
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
 def test_predict_against_the_pushed_model_on_the_dev_server(pipeline_run, capsys):
   """`histopipe predict` tiles the slides itself and gets what the model gives
   for the SlideExampleGen's bag of the same slide."""
-  from serving.dev_server import DevServer
+  from histopipe.serving.dev_server import DevServer
   out, slides, argv = pipeline_run
   config_path = argv[argv.index("--config") + 1]
   eval_files = glob.glob(str(out / "pipeline_root" / "SlideExampleGen" / "examples" / "*" /
@@ -171,9 +171,9 @@ def test_a_model_below_the_gate_is_not_pushed_and_the_summary_says_why(pipeline_
 def test_report_shows_the_gate_the_figures_and_tfma_agrees_with_its_numbers(
     pipeline_run, capsys):
   """After the failing-gate run: the report is of that run (latest model)."""
-  from pipeline import run_summary
-  from pipeline.local_runner import RunPaths
-  from reports import run_report
+  from histopipe.reports import run_summary
+  from histopipe.pipeline.local_runner import RunPaths
+  from histopipe.reports import run_report
   out, slides, _ = pipeline_run
   assert cli.main(["report", "--run", str(out)]) == 0
   index = out / "report" / "index.html"
@@ -253,7 +253,7 @@ def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
   assert outputs["attention"].shape == (len(serialized), 1)
 
   # The report's binary branch: a 2x2 confusion matrix, AUC instead of kappa.
-  from reports import run_report
+  from histopipe.reports import run_report
   assert cli.main(["report", "--run", str(out), "--heatmaps", "2"]) == 0
   page = (out / "report" / "index.html").read_text()
   assert "<th>kappa</th>" not in page and "<th>auc</th>" in page

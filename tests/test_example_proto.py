@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import bag_features, example_proto
-from components.bag_features import SlideBag
+from histopipe.components import bag_features, example_proto
+from histopipe.components.bag_features import SlideBag
 
 
 def _tf_bytes(features):

@@ -17,7 +17,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipeline import cli
+from histopipe import cli
 from tests.test_pipeline_dag import EXPECTED_UPSTREAM
 
 IMAGE = "registry.example/histopipe:1"

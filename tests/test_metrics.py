@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import cohen_kappa_score
 
-from trainer.metrics import (QuadraticWeightedKappa, ordinal_grade_from_probabilities,
+from histopipe.trainer.metrics import (QuadraticWeightedKappa, ordinal_grade_from_probabilities,
                              quadratic_weighted_kappa)
 
 
@@ -50,7 +50,7 @@ def test_grade_from_probabilities_is_the_median_class():
 
 def test_cancer_auc_is_benign_against_any_grade_like_sklearn():
   from sklearn.metrics import roc_auc_score
-  from trainer.metrics import CancerAUC
+  from histopipe.trainer.metrics import CancerAUC
   rng = np.random.default_rng(3)
   labels = rng.integers(0, 6, 300)
   logits = rng.normal(size=(300, 6)) + 2.0 * _one_hot(labels)
@@ -63,7 +63,7 @@ def test_cancer_auc_is_benign_against_any_grade_like_sklearn():
 
 
 def test_grade_accuracy_scores_the_ordinal_grade_not_the_argmax():
-  from trainer.metrics import GradeAccuracy
+  from histopipe.trainer.metrics import GradeAccuracy
   # P = [0.4, 0.05, 0.05, 0.5]: argmax says 3, the median (what `grade` serves) says 2
   # among 4 classes: P(>=1) = 0.6, P(>=2) = 0.55, P(>=3) = 0.5 -> grade 2.
   probabilities = np.array([[0.4, 0.05, 0.05, 0.5], [0.9, 0.05, 0.03, 0.02]], np.float32)

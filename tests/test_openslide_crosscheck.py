@@ -33,9 +33,9 @@ openslide = pytest.importorskip("openslide")
 
 from PIL import Image  # noqa: E402  (after the skip: only needed with openslide)
 
-from components import synthetic  # noqa: E402
-from components.tiling import tile_slide  # noqa: E402
-from pipeline.configs import TilingConfig  # noqa: E402
+from histopipe.components import synthetic  # noqa: E402
+from histopipe.components.tiling import tile_slide  # noqa: E402
+from histopipe.core.configs import TilingConfig  # noqa: E402
 
 # (level, tile_size). min_tissue_fraction=0 and enough tiles_per_slide make the
 # bag hold every tile of the grid, so partial last rows/columns (outside the

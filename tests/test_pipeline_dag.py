@@ -4,8 +4,8 @@ import json
 
 import tensorflow_model_analysis as tfma
 
-from pipeline import pipeline as pipeline_dag
-from pipeline.configs import demo_config
+from histopipe.pipeline import pipeline as pipeline_dag
+from histopipe.core.configs import demo_config
 
 EXPECTED_UPSTREAM = {
     "SlideExampleGen": set(),
@@ -42,7 +42,7 @@ def test_components_get_the_config(tmp_path):
   assert transform.exec_properties["preprocessing_fn"] == pipeline_dag.PREPROCESSING_FN
   # Keep bags encoded on disk: the transform graph runs in the Trainer.
   assert not transform.spec.outputs.get("transformed_examples")
-  from components.slide_example_gen import config_from_exec_properties
+  from histopipe.components.slide_example_gen import config_from_exec_properties
   example_gen = components["SlideExampleGen"]
   assert config_from_exec_properties(
       {"custom_config": example_gen.exec_properties["custom_config"]}) == config
@@ -59,7 +59,7 @@ def test_gate_thresholds_come_from_the_config():
   eval_config = pipeline_dag.eval_config(config)
   kappa = [m for m in eval_config.metrics_specs[0].metrics
            if m.class_name == "QuadraticWeightedKappa"][0]
-  assert kappa.module == "trainer.metrics"
+  assert kappa.module == "histopipe.trainer.metrics"
   cancer_auc = [m for m in eval_config.metrics_specs[0].metrics if m.class_name == "CancerAUC"][0]
   assert json.loads(cancer_auc.config)["name"] == pipeline_dag.CANCER_AUC_METRIC
   assert not cancer_auc.per_slice_thresholds  # reported, not gated
@@ -88,7 +88,7 @@ def test_binary_datasets_are_gated_on_auc():
 
 def test_auto_format_is_resolved_from_the_data_folder(tmp_path):
   import dataclasses
-  from components import synthetic
+  from histopipe.components import synthetic
   synthetic.write_patch_dataset(str(tmp_path / "data"), 4)
   config = demo_config()
   config = dataclasses.replace(config, data=dataclasses.replace(config.data, format="auto"))

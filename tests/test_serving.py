@@ -18,12 +18,12 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from components import bag_features
-from pipeline import cli
-from components.tiling import cut_bag
-from pipeline.configs import load_config
-from serving import client as serving_client
-from serving.dev_server import DevServer
+from histopipe.components import bag_features
+from histopipe import cli
+from histopipe.components.tiling import cut_bag
+from histopipe.core.configs import load_config
+from histopipe.serving import client as serving_client
+from histopipe.serving.dev_server import DevServer
 
 TILES = 4
 TILING = {"tiles_per_slide": TILES, "tile_size": 32}

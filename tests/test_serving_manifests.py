@@ -1,4 +1,4 @@
-"""kubeflow/serving/: TF Serving reads the Pusher's base path, gRPC 8500 and REST 8501."""
+"""histopipe/kubeflow/serving/: TF Serving reads the Pusher's base path, gRPC 8500 and REST 8501."""
 
 import os
 
@@ -6,9 +6,9 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from pipeline.configs import PipelineConfig
+from histopipe.core.configs import PipelineConfig
 
-SERVING_DIR = os.path.join(os.path.dirname(__file__), "..", "kubeflow", "serving")
+SERVING_DIR = os.path.join(os.path.dirname(__file__), "..", "histopipe", "kubeflow", "serving")
 
 
 def _manifests():

@@ -9,11 +9,11 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
-from components import bag_features
-from components.labels import LabelFileError
-from components.datasets import plan_panda as plan_slides
-from components.slide_stages import REJECTS_FILE, TileSlides, WriteSlideReport
-from pipeline.configs import TilingConfig
+from histopipe.components import bag_features
+from histopipe.components.labels import LabelFileError
+from histopipe.components.datasets import plan_panda as plan_slides
+from histopipe.components.slide_stages import REJECTS_FILE, TileSlides, WriteSlideReport
+from histopipe.core.configs import TilingConfig
 
 TINY = TilingConfig(tiles_per_slide=4, tile_size=32, level=1, min_tissue_fraction=0.5)
 PATTERN = "train_images/*.tif*"
@@ -108,9 +108,9 @@ def test_split_partition_keeps_each_patient_in_one_split(tmp_path):
   from tfx.proto import example_gen_pb2
   from tfx.utils import proto_utils
 
-  from components.bag_features import SlideBag, serialize_bag
-  from components.slide_example_gen import SlideExampleGen
-  from pipeline.configs import demo_config
+  from histopipe.components.bag_features import SlideBag, serialize_bag
+  from histopipe.components.slide_example_gen import SlideExampleGen
+  from histopipe.core.configs import demo_config
 
   component = SlideExampleGen(input_base=str(tmp_path), config=demo_config())
   output = example_gen_pb2.Output()
@@ -139,7 +139,7 @@ def test_tiling_stages_do_not_import_tensorflow():
   """Beam worker processes that tile slides must not pay for TensorFlow."""
   import subprocess
   import sys
-  code = ("import sys, components.tile_job, components.slide_stages; "
+  code = ("import sys, histopipe.components.tile_job, histopipe.components.slide_stages; "
           "heavy = sorted({'tensorflow', 'tfx'} & set(sys.modules)); "
           "assert not heavy, heavy")
   subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)

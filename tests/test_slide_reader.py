@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from components import slide_reader
-from components.slide_reader import SlideError, TiffSlide
+from histopipe.components import slide_reader
+from histopipe.components.slide_reader import SlideError, TiffSlide
 
 
 def test_levels_downsamples_and_mpp(tiny_dataset):

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import tifffile
 
-from components import synthetic
-from components.labels import isup_from_gleason
-from components.tissue import tissue_mask
+from histopipe.components import synthetic
+from histopipe.components.labels import isup_from_gleason
+from histopipe.components.tissue import tissue_mask
 
 
 def test_writes_three_level_jpeg_tiled_rgb_pyramid(tiny_dataset):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.configs import TrainingConfig
-from trainer import features
-from trainer.task import _balanced, class_weights, learning_rate_at_epoch
+from histopipe.core.configs import TrainingConfig
+from histopipe.trainer import features
+from histopipe.trainer.task import _balanced, class_weights, learning_rate_at_epoch
 
 
 def test_class_weights_make_every_present_class_weigh_the_same():
@@ -42,7 +42,7 @@ def test_learning_rate_warms_up_then_decays():
 
 def _tiny_bags(count, seed):
   """(inputs, targets) batches of 4-tile bags of 16 px for a small_cnn MIL model."""
-  from trainer.model import ordinal_targets
+  from histopipe.trainer.model import ordinal_targets
   rng = np.random.default_rng(seed)
   tiles = rng.normal(size=(count, 4, 16, 16, 3)).astype(np.float32)
   labels = rng.integers(0, 6, count)
@@ -53,8 +53,8 @@ def _tiny_bags(count, seed):
 
 
 def _tiny_model_and_config(epochs, frozen):
-  from pipeline.configs import ModelConfig, PipelineConfig
-  from trainer.model import build_mil_model
+  from histopipe.core.configs import ModelConfig, PipelineConfig
+  from histopipe.trainer.model import build_mil_model
   model_config = ModelConfig(backbone="small_cnn", input_size=16, dense_units=8,
                              attention_units=4, dropout=0.0)
   config = PipelineConfig(model=model_config, training=TrainingConfig(
@@ -71,7 +71,7 @@ def _backbone(model):
 @pytest.mark.parametrize("epochs,frozen,backbone_moves", [(1, 1, False), (2, 1, True)])
 def test_frozen_warm_up_trains_the_head_then_fine_tuning_trains_the_backbone(
     epochs, frozen, backbone_moves):
-  from trainer.task import fit_in_phases
+  from histopipe.trainer.task import fit_in_phases
   tf.keras.utils.set_random_seed(0)
   model, config = _tiny_model_and_config(epochs, frozen)
   backbone_before = [w.copy() for w in _backbone(model).get_weights()]
@@ -88,7 +88,7 @@ def test_frozen_warm_up_trains_the_head_then_fine_tuning_trains_the_backbone(
 
 
 def test_a_snapshot_taken_frozen_restores_into_the_unfrozen_model():
-  from trainer.task import WeightsSnapshot, set_backbone_trainable
+  from histopipe.trainer.task import WeightsSnapshot, set_backbone_trainable
   model, _ = _tiny_model_and_config(1, 1)
   bags = next(iter(_tiny_bags(4, 3)))[0]
   set_backbone_trainable(model, False)  # reorders get_weights(): trainable first

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import bag_features, synthetic
-from components.previews import draw_preview
-from components.slide_reader import TiffSlide
-from components.tile_job import bag_files
-from components.tiling import choose_level, tile_slide
-from pipeline import cli
-from pipeline.configs import TilingConfig
+from histopipe.components import bag_features, synthetic
+from histopipe.components.previews import draw_preview
+from histopipe.components.slide_reader import TiffSlide
+from histopipe.components.tile_job import bag_files
+from histopipe.components.tiling import choose_level, tile_slide
+from histopipe import cli
+from histopipe.core.configs import TilingConfig
 
 TINY_CONFIG = {"tiling": {"tiles_per_slide": 4, "tile_size": 32}}
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components import tissue
+from histopipe.components import tissue
 
 PINK = (230, 170, 205)
 WHITE = (245, 245, 245)

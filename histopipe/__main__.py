@@ -1,0 +1,7 @@
+"""`python -m histopipe` is the `histopipe` command."""
+
+import sys
+
+from histopipe.cli import main
+
+sys.exit(main())

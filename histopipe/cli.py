@@ -1,0 +1,442 @@
+"""The `histopipe` command: synthesize slides, tile them, run the pipeline,
+serve and call the model."""
+
+from __future__ import annotations
+
+import os
+
+# Transform and TFMA need Keras 2; must be set before TensorFlow is imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import warnings  # noqa: E402
+
+# google-api-core (via Beam's GCP extras) warns on every start that Python 3.10
+# is unsupported by its future releases; the stack is pinned to 3.10 (TFX 1.16).
+warnings.filterwarnings("ignore", message="You are using a non-supported Python version",
+                        category=FutureWarning)
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+
+def _progress_printer(label: str, every_seconds: float = 1.0, stream=None):
+  """A counter with rate, redrawn in place at most once per `every_seconds`."""
+  start = time.time()
+  last_print = [0.0]
+
+  def report(done: int, total: int) -> None:
+    now = time.time()
+    if done < total and now - last_print[0] < every_seconds:
+      return
+    last_print[0] = now
+    end = "\n" if done == total else "\r"
+    rate = done / max(now - start, 1e-9)
+    print(f"{label}: {done}/{total} ({rate:.1f}/s)", end=end, flush=True,
+          file=stream or sys.stdout)
+
+  return report
+
+
+def _synth(args) -> int:
+  from histopipe.components import synthetic
+  if args.format == "pcam":
+    patches = synthetic.write_patch_dataset(
+        args.out, args.slides, seed=args.seed,
+        progress=_progress_printer("synthesizing patches"))
+    positives = sum(p.label for p in patches)
+    print(f"wrote {len(patches)} patches ({positives} positive) to "
+          f"{os.path.join(args.out, 'train')} and labels to "
+          f"{os.path.join(args.out, 'train_labels.csv')}")
+    return 0
+  slides = synthetic.write_dataset(
+      args.out, args.slides, seed=args.seed,
+      level0_size=(args.width, args.height),
+      progress=_progress_printer("synthesizing slides"))
+  grades = sorted({s.isup_grade for s in slides})
+  print(f"wrote {len(slides)} slides to {os.path.join(args.out, 'train_images')} "
+        f"and labels to {os.path.join(args.out, 'train.csv')} (grades {grades})")
+  return 0
+
+
+def _run(args) -> int:
+  from histopipe.reports import run_summary
+  from histopipe.core.configs import load_config
+  from histopipe.pipeline.local_runner import run_local
+  config = _with_format(load_config(args.config, preset=args.preset), args.format)
+  start = time.time()
+  paths = run_local(config, args.data, args.out)
+  summary = run_summary.summarize(paths)
+  summary.seconds = time.time() - start
+  print(run_summary.format_summary(summary))
+  return 0
+
+
+def _with_format(config, data_format: str):
+  return dataclasses.replace(config, data=dataclasses.replace(config.data, format=data_format))
+
+
+def _add_format_argument(parser) -> None:
+  parser.add_argument(
+      "--format", default="auto", choices=["auto", "panda", "pcam", "idc"],
+      help="dataset layout: panda (train.csv + train_images/*.tiff; ISUP grade, "
+      "kappa), pcam (train_labels.csv + train/*.tif) or idc (<patient>/<0|1>/*.png), "
+      "both binary (AUC); default: detected from the folder")
+
+
+def _add_config_arguments(parser, default_preset: str = "demo") -> None:
+  """--preset and --config: the settings, the same ones a model was trained with."""
+  parser.add_argument("--preset", default=default_preset, choices=["demo", "full"],
+                      help=f"configuration preset (default {default_preset})")
+  parser.add_argument("--config", help="JSON file overriding fields of the preset")
+
+
+def _add_input_format_argument(parser) -> None:
+  """What a client's inputs are, for commands that read no data folder."""
+  parser.add_argument("--format", default="panda", choices=["panda", "pcam", "idc"],
+                      help="the inputs are slides (panda) or patches (pcam, idc); default panda")
+
+
+def _tile(args) -> int:
+  from histopipe.components.tile_job import run_tile_job
+  from histopipe.core.configs import load_config
+  config = _with_format(load_config(args.config, preset=args.preset), args.format)
+  summary = run_tile_job(args.data, args.out, config, labels_file=args.labels,
+                         gzip=args.gzip)
+  print(f"{summary['slides_written']} of {summary['slides_total']} slides tiled "
+        f"({summary['tiles_written']} tiles), {summary['slides_rejected']} rejected, "
+        f"in {summary['seconds']:.1f} s")
+  bags = "bags-*.tfrecord.gz" if args.gzip else "bags-*.tfrecord"
+  print(f"bags: {os.path.join(args.out, bags)}; rejects: "
+        f"{os.path.join(args.out, 'rejects.csv')}; previews: {os.path.join(args.out, 'previews')}/")
+  return 0
+
+
+def _predict(args) -> int:
+  from histopipe.core.configs import load_config
+  from histopipe.serving import slide_predictions
+  from histopipe.serving.client import GrpcPredictClient, RestPredictClient, ServingError
+  config = _with_format(load_config(args.config, preset=args.preset), args.format)
+  client_class = RestPredictClient if args.rest else GrpcPredictClient
+  client = client_class(args.server, args.model, deadline_s=args.deadline,
+                        retries=args.retries)
+  paths = slide_predictions.find_slides(args.slides)
+  csv_file = open(args.csv, "w", newline="") if args.csv else None
+  try:
+    if not args.rest:
+      client.signatures()  # a missing model or signature fails before any tiling
+    # Records on a terminal show progress themselves; piped, a counter on stderr does.
+    progress = None if sys.stdout.isatty() else _progress_printer("predicting", stream=sys.stderr)
+    records = slide_predictions.predict_slides(paths, client, config, progress=progress)
+    counts = slide_predictions.write_records(records, sys.stdout, csv_file, config.task)
+  except ServingError as e:
+    print(f"histopipe predict: error: {e}", file=sys.stderr)
+    return 2
+  finally:
+    client.close()
+    if csv_file:
+      csv_file.close()
+  print(f"{counts['predicted']} predicted, {counts['rejected']} rejected "
+        f"of {len(paths)}" + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr)
+  return 0
+
+
+def _score(args) -> int:
+  from histopipe.core.configs import load_config
+  from histopipe.serving.batch_scoring import score_slides
+  from histopipe.serving.slide_predictions import find_slides
+  config = _with_format(load_config(args.config, preset=args.preset), args.format)
+  paths = find_slides([args.data])
+  start = time.time()
+  score_slides(args.model_dir, paths, config, args.out, csv_path=args.csv or "",
+               beam_args=list(config.beam_pipeline_args) + list(args.beam_arg or []))
+  with open(args.out) as f:
+    rejected = sum('"rejected"' in line for line in f)
+  print(f"{len(paths) - rejected} scored, {rejected} rejected of {len(paths)} in "
+        f"{time.time() - start:.1f} s; records: {args.out}"
+        + (f"; CSV: {args.csv}" if args.csv else ""))
+  return 0
+
+
+def _report(args) -> int:
+  from histopipe.reports.run_report import write_report
+  index = write_report(args.run, args.out or "", heatmaps=args.heatmaps)
+  print(f"report: {index}")
+  return 0
+
+
+def _explain(args) -> int:
+  import json
+  from histopipe.components.datasets import image_id_from_path
+  from histopipe.components.slide_reader import SlideError
+  from histopipe.core.configs import load_config
+  from histopipe.reports.explain import explain_slide
+  config = load_config(args.config, preset=args.preset)
+  out = args.out or f"{image_id_from_path(args.slide)}_attention.png"
+  try:
+    record = explain_slide(args.slide, args.model_dir, config, out)
+  except SlideError as e:
+    print(f"histopipe explain: {args.slide}: {e.reason}", file=sys.stderr)
+    return 1
+  print(json.dumps(record))
+  print(f"heatmap: {out}", file=sys.stderr)
+  return 0
+
+
+def _serve_dev(args) -> int:
+  from histopipe.serving.dev_server import DevServer
+  server = DevServer(args.model_dir, args.model, port=args.port, rest_port=args.rest_port,
+                     host=args.host).start()
+  rest = f", REST on {args.host}:{server.rest_port}" if args.rest_port is not None else ""
+  print(f"development server (not TF Serving): model {args.model!r} version "
+        f"{server.model.version} from {server.model.path}, gRPC on {args.host}:{server.port}"
+        f"{rest}; Ctrl-C stops it", flush=True)
+  try:
+    server.wait()
+  except KeyboardInterrupt:
+    server.stop()
+  return 0
+
+
+def _kubeflow_compile(args) -> int:
+  from histopipe.kubeflow.compile import compile_pipeline
+  from histopipe.core.configs import BEAM_PRESETS, load_config
+  config = load_config(args.config, preset=args.preset)
+  if args.format:
+    config = _with_format(config, args.format)
+  beam_args = list(BEAM_PRESETS[args.beam_preset]) if args.beam_preset \
+      else list(config.beam_pipeline_args)
+  beam_args = _last_flag_wins(beam_args + (args.beam_arg or []))
+  placeholders = [a for a in beam_args if "YOUR_" in a]
+  if placeholders:
+    print(f"histopipe kubeflow compile: fill in {placeholders} with --beam-arg "
+          "(e.g. --beam-arg=--project=my-project)", file=sys.stderr)
+    return 2
+  config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
+  compile_pipeline(config, args.out, image=args.image, pipeline_root=args.pipeline_root,
+                   data_root=args.data_root, serving_model_dir=args.serving_dir)
+  default = f"default {args.data_root}" if args.data_root else "no default: set it per run"
+  print(f"wrote {args.out}: KFP v2 pipeline spec, image {args.image}, "
+        f"Trainer {config.kubeflow.trainer.gpus} x {config.kubeflow.gpu_resource}, "
+        f"parameter data_root ({default})")
+  return 0
+
+
+def _last_flag_wins(flags: List[str]) -> List[str]:
+  """Beam flags in order, a later --name=value replacing an earlier --name."""
+  by_name = {}
+  for flag in flags:
+    by_name[flag.split("=", 1)[0]] = flag
+  return list(by_name.values())
+
+
+def _kubeflow_submit(args) -> int:
+  from histopipe.kubeflow.submit import SubmitError, parse_params, submit
+  try:
+    run = submit(args.host, args.package, experiment=args.experiment,
+                 params=parse_params(args.param or []), run_name=args.run_name,
+                 timeout_s=args.timeout)
+  except SubmitError as e:
+    print(f"histopipe kubeflow submit: error: {e}", file=sys.stderr)
+    return 2
+  print(f"run id: {run.run_id}\nexperiment: {run.experiment}\nurl: {run.url}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="histopipe",
+      description="Whole-slide images to a served MIL model: a TFX pipeline "
+      "(SlideExampleGen, Transform, Trainer, Evaluator, Pusher).")
+  commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  synth = commands.add_parser(
+      "synth", help="write a synthetic PANDA-style (or PatchCamelyon-style) dataset",
+      description="Write PANDA-format slides (JPEG-compressed tiled pyramidal "
+      "TIFF, levels at downsample 1/4/16) under OUT/train_images/ and labels "
+      "in OUT/train.csv; morphology depends on the ISUP grade. With --format "
+      "pcam: 96x96 patches OUT/train/<id>.tif and OUT/train_labels.csv (id,label), "
+      "positives showing tumour morphology.")
+  synth.add_argument("--out", required=True, help="output folder")
+  synth.add_argument("--slides", type=int, required=True,
+                     help="number of slides (or patches with --format pcam)")
+  synth.add_argument("--format", default="panda", choices=["panda", "pcam"],
+                     help="dataset layout to write (default panda)")
+  synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+  synth.add_argument("--width", type=int, default=2048,
+                     help="level-0 width in pixels (default 2048)")
+  synth.add_argument("--height", type=int, default=1536,
+                     help="level-0 height in pixels (default 1536)")
+  synth.set_defaults(handler=_synth)
+
+  tile = commands.add_parser(
+      "tile", help="tile slides into bags with the SlideExampleGen's Beam code, outside TFX",
+      description="Run the same Beam tiling as SlideExampleGen and write "
+      "OUT/bags-*.tfrecord (.tfrecord.gz with --gzip), OUT/rejects.csv (image_id,path,reason), "
+      "OUT/slides.csv, OUT/summary.json and OUT/previews/<image_id>.png (the "
+      "thumbnail with the chosen tiles outlined and numbered).")
+  tile.add_argument("--data", required=True, help="data folder with the slides")
+  tile.add_argument("--labels", help="label CSV, absolute or relative to --data "
+                    "(default: the format's, train.csv or train_labels.csv)")
+  _add_format_argument(tile)
+  tile.add_argument("--out", required=True, help="output folder")
+  tile.add_argument("--gzip", action="store_true",
+                    help="gzip the bag files (2-3%% smaller: the tiles are PNG/JPEG "
+                    "already; costs about as much time as tiling)")
+  _add_config_arguments(tile)
+  tile.set_defaults(handler=_tile)
+
+  run = commands.add_parser(
+      "run", help="run the whole pipeline locally (LocalDagRunner)",
+      description="Run SlideExampleGen through Pusher on DATA with "
+      "LocalDagRunner. OUT receives pipeline_root/, metadata.sqlite (ML "
+      "Metadata) and serving_model/<version>/ (the pushed SavedModel).")
+  run.add_argument("--data", required=True,
+                   help="data folder: train.csv and train_images/*.tiff (PANDA), or a "
+                   "PCam or IDC folder")
+  _add_format_argument(run)
+  run.add_argument("--out", required=True, help="output folder")
+  _add_config_arguments(run)
+  run.set_defaults(handler=_run)
+
+  predict = commands.add_parser(
+      "predict", help="tile slides and ask a TF Serving model for their grade (gRPC or REST)",
+      description="Tile each slide with the SlideExampleGen's code and settings (--config/"
+      "--preset/--format: the ones the model was trained with), call the server's "
+      "Predict, and print one JSON line per slide: image_id, grade, probabilities, "
+      "attention (per tile: level-0 x, y, size, weight); a slide that cannot be tiled "
+      "prints {image_id, path, rejected}. Exit status 2 when the server cannot be "
+      "reached or lacks the model or signature.")
+  predict.add_argument("slides", nargs="+", metavar="SLIDE_OR_DIR",
+                       help="slide files, or folders searched for .tif/.tiff/.png")
+  predict.add_argument("--server", required=True,
+                       help="HOST:PORT of TF Serving (gRPC 8500; REST 8501 with --rest)")
+  predict.add_argument("--model", default="histopipe", help="model name (default histopipe)")
+  predict.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
+  predict.add_argument("--csv", help="also write a submission CSV: image_id,isup_grade "
+                       "(id,label for binary models)")
+  _add_input_format_argument(predict)
+  _add_config_arguments(predict)
+  predict.add_argument("--deadline", type=float, default=30.0,
+                       help="seconds per call (default 30)")
+  predict.add_argument("--retries", type=int, default=3,
+                       help="retries on unavailable/timeout, backoff 0.5 s doubling (default 3)")
+  predict.set_defaults(handler=_predict)
+
+  score = commands.add_parser(
+      "score", help="score a folder of slides with the exported model, in Beam",
+      description="Beam RunInference over the SavedModel (no server): tile every slide "
+      "under DATA with the SlideExampleGen's code and settings, score the bags in "
+      "batches, and write predict's JSON lines to OUT (rejected slides included), and "
+      "with --csv the submission CSV.")
+  score.add_argument("--model-dir", required=True,
+                     help="a SavedModel, or the Pusher's serving base (latest version)")
+  score.add_argument("--data", required=True, help="folder searched for .tif/.tiff/.png")
+  score.add_argument("--out", required=True, help="JSON lines file to write")
+  score.add_argument("--csv", help="also write image_id,isup_grade (id,label) here")
+  _add_input_format_argument(score)
+  _add_config_arguments(score)
+  score.add_argument("--beam-arg", action="append",
+                     help="extra Beam flag, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
+  score.set_defaults(handler=_score)
+
+  report = commands.add_parser(
+      "report", help="an HTML report of a local run: gate, metrics, figures, attention",
+      description="Write RUN/report/index.html (or --out DIR) with PNG figures: the gate "
+      "decision and TFMA's numbers, the eval split's confusion matrix and ROC curves "
+      "(cancer vs benign for ISUP) overall and per data provider, kappa/AUC per provider, "
+      "and attention heatmaps over a sample of eval slides.")
+  report.add_argument("--run", required=True, help="the --out folder of `histopipe run`")
+  report.add_argument("--out", help="report folder (default RUN/report)")
+  report.add_argument("--heatmaps", type=int, default=6,
+                      help="eval slides to draw attention for (default 6)")
+  report.set_defaults(handler=_report)
+
+  explain = commands.add_parser(
+      "explain", help="attention heatmap of one slide under a SavedModel",
+      description="Tile SLIDE as SlideExampleGen does (--preset/--config: the model's "
+      "settings), score it with the SavedModel in this process, write the thumbnail with "
+      "each chosen tile coloured by its attention weight, and print the prediction record.")
+  explain.add_argument("slide", help="a slide file (pyramidal TIFF)")
+  explain.add_argument("--model-dir", required=True,
+                       help="a SavedModel, or the Pusher's serving base (latest version)")
+  explain.add_argument("--out", help="PNG to write (default <image_id>_attention.png)")
+  _add_config_arguments(explain)
+  explain.set_defaults(handler=_explain)
+
+  kubeflow = commands.add_parser(
+      "kubeflow", help="compile the pipeline for Kubeflow Pipelines, or submit a run",
+      description="Kubeflow Pipelines v2: `compile` writes the DAG `run` runs locally as a "
+      "KFP v2 pipeline spec (KubeflowV2DagRunner); `submit` starts a run of it.")
+  kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True,
+                                              metavar="ACTION")
+  compile_ = kubeflow_commands.add_parser(
+      "compile", help="write the KFP v2 pipeline spec (YAML)",
+      description="Compile the pipeline with KubeflowV2DagRunner into a KFP v2 PipelineSpec "
+      "YAML: every step in IMAGE with CPU/memory limits, the Trainer (and Tuner) with "
+      "GPUs (config `kubeflow`), Beam steps with the chosen Beam flags, and `data_root` "
+      "as a pipeline parameter.")
+  compile_.add_argument("--out", required=True, help="pipeline spec to write (.yaml)")
+  compile_.add_argument("--image", required=True,
+                        help="the pipeline image (kubeflow/Dockerfile), e.g. "
+                        "registry.example.com/histopipe:0.1.0")
+  compile_.add_argument("--pipeline-root", required=True,
+                        help="artifact root the cluster can write, e.g. gs://bucket/histopipe")
+  compile_.add_argument("--data-root",
+                        help="default of the data_root parameter (the slides and labels); "
+                        "without it every run must pass --param data_root=...")
+  compile_.add_argument("--serving-dir",
+                        help="where the Pusher writes <version>/ for TF Serving "
+                        "(default PIPELINE_ROOT/serving_model)")
+  _add_config_arguments(compile_, default_preset="full")
+  compile_.add_argument("--format", choices=["panda", "pcam", "idc"],
+                        help="dataset layout (default: the config's)")
+  compile_.add_argument("--beam-preset", choices=["direct", "dataflow", "flink", "spark"],
+                        help="Beam flags for SlideExampleGen, StatisticsGen, Transform and "
+                        "Evaluator (default: the config's beam_pipeline_args)")
+  compile_.add_argument("--beam-arg", action="append",
+                        help="extra or overriding Beam flag, repeatable")
+  compile_.set_defaults(handler=_kubeflow_compile)
+  submit = kubeflow_commands.add_parser(
+      "submit", help="start a run of a compiled pipeline on a KFP API server",
+      description="kfp.Client().create_run_from_pipeline_package: prints the run id and "
+      "URL; exits with status 2 and a clear message when the host is unreachable, a "
+      "parameter is unknown, or the server refuses the run.")
+  submit.add_argument("--host", required=True,
+                      help="KFP API endpoint, e.g. http://localhost:8080 after "
+                      "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`")
+  submit.add_argument("--package", required=True, help="the compiled pipeline spec")
+  submit.add_argument("--experiment", default="histopipe",
+                      help="experiment name, created if missing (default histopipe)")
+  submit.add_argument("--param", action="append", metavar="NAME=VALUE",
+                      help="pipeline parameter, repeatable (e.g. data_root=gs://b/panda)")
+  submit.add_argument("--run-name", help="run name (default: package name and time)")
+  submit.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds to wait for the host to answer (default 10)")
+  submit.set_defaults(handler=_kubeflow_submit)
+
+  serve_dev = commands.add_parser(
+      "serve-dev", help="a development Predict server over a SavedModel (not TF Serving)",
+      description="Serve TF Serving's gRPC PredictionService (Predict, GetModelMetadata) "
+      "and optionally its REST predict over one SavedModel, for machines without TF "
+      "Serving. Production uses the TF Serving image (kubeflow/serving/).")
+  serve_dev.add_argument("--model-dir", required=True,
+                         help="a SavedModel, or the Pusher's serving base (latest version)")
+  serve_dev.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+  serve_dev.add_argument("--rest-port", type=int, help="also serve REST on this port")
+  serve_dev.add_argument("--model", default="histopipe", help="model name (default histopipe)")
+  serve_dev.add_argument("--host", default="localhost", help="address to bind (default localhost)")
+  serve_dev.set_defaults(handler=_serve_dev)
+  return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  return args.handler(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

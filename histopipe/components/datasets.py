@@ -1,0 +1,130 @@
+"""Which slides (or patches) a data folder holds, with their labels.
+
+Three layouts, detected from the folder or named with `--format`:
+
+* panda: `train.csv` (`image_id,data_provider,isup_grade,gleason_score`) and
+  `train_images/<image_id>.tiff` whole-slide images -> bags of N tiles;
+* pcam (Kaggle Histopathologic Cancer Detection): `train_labels.csv`
+  (`id,label`) and `train/<id>.tif` 96x96 patches -> bags of one tile;
+* idc (breast IDC): `<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<0|1>.png`
+  50x50 patches, label and coordinates in the name, patient from the folder
+  -> bags of one tile.
+
+Planning never tiles: it joins labels and files, fails fast on a bad label
+file, and marks each item that cannot be used with its reason (`problem`), so
+the Beam stage can list it as rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+from typing import List, NamedTuple, Optional
+
+from histopipe.components.labels import SlideLabel, read_binary_labels, read_panda_labels
+
+FORMATS = ("panda", "pcam", "idc")
+PANDA_LABELS = "train.csv"
+PCAM_LABELS = "train_labels.csv"
+IDC_NAME = re.compile(r"(?P<patient>.+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<label>[01])\.png")
+
+
+class SlideTask(NamedTuple):
+  """One input item: a slide, or a patch that becomes a bag of one tile."""
+  image_id: str
+  path: str  # "" when a labelled item has no file
+  label: Optional[SlideLabel]  # None when a file has no label
+  kind: str = "slide"  # "slide" (tile a WSI) or "patch" (the image is the tile)
+  problem: str = ""  # why it cannot be used, found while planning
+  tile_x: int = 0  # a patch's level-0 position in its slide, when known
+  tile_y: int = 0
+
+
+def image_id_from_path(path: str) -> str:
+  return os.path.basename(path).split(".", 1)[0]
+
+
+def detect_format(data_dir: str) -> str:
+  if os.path.exists(os.path.join(data_dir, PANDA_LABELS)):
+    return "panda"
+  if os.path.exists(os.path.join(data_dir, PCAM_LABELS)):
+    return "pcam"
+  if glob.glob(os.path.join(data_dir, "*", "[01]", "*_idx5_*_class[01].png")):
+    return "idc"
+  raise ValueError(f"{data_dir}: cannot tell the dataset format: no {PANDA_LABELS} "
+                   f"(panda), no {PCAM_LABELS} (pcam), no <patient>/<0|1>/*_idx5_*.png "
+                   "(idc); name it with --format")
+
+
+def with_detected_format(config, data_dir: str):
+  """`config` with `data.format` "auto" replaced by the format of `data_dir`."""
+  if config.data.format != "auto":
+    return config
+  return dataclasses.replace(config, data=dataclasses.replace(
+      config.data, format=detect_format(data_dir)))
+
+
+def _join(labels, paths, labels_name: str, kind: str) -> List[SlideTask]:
+  tasks = []
+  for image_id in sorted(set(labels) | set(paths)):
+    label, path = labels.get(image_id), paths.get(image_id, "")
+    problem = ("" if label and path else
+               "labelled slide has no file" if label else
+               f"slide file has no label in {labels_name}")
+    tasks.append(SlideTask(image_id, path, label, kind=kind, problem=problem))
+  return tasks
+
+
+def plan_panda(data_dir: str, slide_pattern: str, labels_file: str) -> List[SlideTask]:
+  labels = read_panda_labels(os.path.join(data_dir, labels_file))
+  paths = {image_id_from_path(p): p
+           for p in sorted(glob.glob(os.path.join(data_dir, slide_pattern)))}
+  return _join(labels, paths, os.path.basename(labels_file), kind="slide")
+
+
+def plan_pcam(data_dir: str, labels_file: str = PCAM_LABELS) -> List[SlideTask]:
+  labels = read_binary_labels(os.path.join(data_dir, labels_file), data_provider="pcam")
+  paths = {image_id_from_path(p): p
+           for p in sorted(glob.glob(os.path.join(data_dir, "train", "*.tif")))}
+  return _join(labels, paths, os.path.basename(labels_file), kind="patch")
+
+
+def plan_idc(data_dir: str) -> List[SlideTask]:
+  tasks = []
+  for path in sorted(glob.glob(os.path.join(data_dir, "*", "*", "*.png"))):
+    class_folder = os.path.basename(os.path.dirname(path))
+    patient = os.path.basename(os.path.dirname(os.path.dirname(path)))
+    image_id = image_id_from_path(path)
+    match = IDC_NAME.fullmatch(os.path.basename(path))
+    if not match:
+      tasks.append(SlideTask(image_id, path, None, kind="patch",
+                             problem="file name is not <patient>_idx5_x<X>_y<Y>_class<0|1>.png"))
+      continue
+    label = int(match["label"])
+    problem = ""
+    if class_folder != match["label"]:
+      problem = f"class{label} in the file name but in folder {class_folder!r}"
+    elif match["patient"] != patient:
+      problem = f"patient {match['patient']} in the file name but in folder {patient!r}"
+    tasks.append(SlideTask(
+        image_id, path,
+        SlideLabel(image_id=image_id, patient_id=patient, data_provider="idc",
+                   label=label, gleason_score=""),
+        kind="patch", problem=problem, tile_x=int(match["x"]), tile_y=int(match["y"])))
+  return tasks
+
+
+def plan(data_dir: str, data_format: str, slide_pattern: str,
+         labels_file: str = "") -> List[SlideTask]:
+  """Every item of the folder; raises LabelFileError on a bad label file."""
+  if data_format == "auto":
+    data_format = detect_format(data_dir)
+  if data_format == "panda":
+    return plan_panda(data_dir, slide_pattern, labels_file or PANDA_LABELS)
+  if data_format == "pcam":
+    return plan_pcam(data_dir, labels_file or PCAM_LABELS)
+  if data_format == "idc":
+    return plan_idc(data_dir)
+  raise ValueError(f"unknown format {data_format!r}; choose from auto, {', '.join(FORMATS)}")

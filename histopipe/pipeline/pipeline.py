@@ -1,0 +1,149 @@
+"""The DAG, built from one PipelineConfig.
+
+SlideExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform
+-> [Tuner, when enabled] -> Trainer -> Evaluator (baseline: latest blessed
+model) -> Pusher.
+The local runner and the Kubeflow compiler both call `create_pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.types import standard_artifacts
+
+from histopipe.components import bag_features
+from histopipe.components.datasets import with_detected_format
+from histopipe.components.slide_example_gen import SlideExampleGen
+from histopipe.core.configs import PipelineConfig
+from histopipe.trainer import features
+
+KAPPA_METRIC = "kappa"
+AUC_METRIC = "auc"
+CANCER_AUC_METRIC = "cancer_auc"  # ISUP: grade >= 1 vs benign
+PREPROCESSING_FN = "histopipe.trainer.preprocessing.preprocessing_fn"
+RUN_FN = "histopipe.trainer.task.run_fn"
+TUNER_FN = "histopipe.trainer.tuning.tuner_fn"
+
+
+def _gate(floor: float, largest_drop: float) -> list:
+  """A floor, and no drop of more than `largest_drop` vs the baseline, judged
+  on the overall slice (provider slices are reported only). TFMA drops change
+  thresholds when there is no baseline, so a first run meets the floor alone."""
+  return [tfma.PerSliceMetricThreshold(
+      slicing_specs=[tfma.SlicingSpec()],
+      threshold=tfma.MetricThreshold(
+          value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor}),
+          change_threshold=tfma.GenericChangeThreshold(
+              direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+              absolute={"value": -largest_drop})))]
+
+
+def gate_metric(config: PipelineConfig) -> str:
+  """The metric the Evaluator gates on: kappa (ISUP) or AUC (binary)."""
+  return AUC_METRIC if config.task == "binary" else KAPPA_METRIC
+
+
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+  """ISUP: quadratic weighted kappa (a custom tf_keras metric; TFMA has none),
+  accuracy, and the ROC AUC of cancer (grade >= 1) vs benign, on the class
+  probabilities. Binary: ROC AUC and accuracy on
+  P(label = 1). Overall and per data provider."""
+  gate = config.evaluation
+  if config.task == "binary":
+    metrics = [
+        tfma.MetricConfig(class_name="BinaryAccuracy", config=json.dumps({"name": "accuracy"})),
+        tfma.MetricConfig(class_name="AUC", config=json.dumps({"name": AUC_METRIC}),
+                          per_slice_thresholds=_gate(gate.min_auc, gate.max_auc_drop)),
+    ]
+  else:
+    metrics = [
+        # The served grade is the ordinal median, not the argmax: score that.
+        tfma.MetricConfig(class_name="GradeAccuracy", module="histopipe.trainer.metrics",
+                          config=json.dumps({"num_classes": config.num_classes,
+                                             "name": "accuracy"})),
+        tfma.MetricConfig(
+            class_name="QuadraticWeightedKappa", module="histopipe.trainer.metrics",
+            config=json.dumps({"num_classes": config.num_classes, "name": KAPPA_METRIC}),
+            per_slice_thresholds=_gate(gate.min_kappa, gate.max_kappa_drop)),
+        tfma.MetricConfig(class_name="CancerAUC", module="histopipe.trainer.metrics",
+                          config=json.dumps({"name": CANCER_AUC_METRIC})),
+    ]
+  return tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(signature_name="serving_default",
+                                  label_key=features.LABEL_KEY,
+                                  prediction_key=features.PROBABILITIES)],
+      slicing_specs=[tfma.SlicingSpec(),
+                     tfma.SlicingSpec(feature_keys=[bag_features.DATA_PROVIDER])],
+      metrics_specs=[tfma.MetricsSpec(
+          metrics=[tfma.MetricConfig(class_name="ExampleCount")] + metrics)])
+
+
+def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
+                    serving_model_dir: str,
+                    metadata_connection_config: Optional[object] = None
+                    ) -> tfx.dsl.Pipeline:
+  # "auto" becomes the data folder's format here, once, so every component
+  # (and the Trainer's choice of task) sees the same one.
+  if isinstance(data_root, str):  # a Kubeflow RuntimeParameter is resolved at run time
+    config = with_detected_format(config, data_root)
+  config_json = {"config": config.to_json()}
+  example_gen = SlideExampleGen(input_base=data_root, config=config)
+  statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+  schema_gen = tfx.components.SchemaGen(
+      statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+  example_validator = tfx.components.ExampleValidator(
+      statistics=statistics_gen.outputs["statistics"],
+      schema=schema_gen.outputs["schema"])
+  transform = tfx.components.Transform(
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      preprocessing_fn=PREPROCESSING_FN,
+      # Decoded float tiles would be ~2.3 TB for PANDA: keep bags encoded and
+      # apply the transform graph in the Trainer's input pipeline instead.
+      materialize=False,
+      custom_config=config_json)
+  training_inputs = dict(
+      examples=example_gen.outputs["examples"],
+      transform_graph=transform.outputs["transform_graph"],
+      schema=schema_gen.outputs["schema"],
+      train_args=tfx.proto.TrainArgs(splits=["train"]),
+      # Early stopping (and the Tuner) look at "valid"; "eval" stays unseen
+      # for the Evaluator.
+      eval_args=tfx.proto.EvalArgs(splits=["valid"]),
+      custom_config=config_json)
+  tuner = (tfx.components.Tuner(tuner_fn=TUNER_FN, **training_inputs)
+           if config.tuning.enabled else None)
+  trainer = tfx.components.Trainer(
+      run_fn=RUN_FN,
+      hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
+      **training_inputs)
+  baseline_resolver = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing),
+  ).with_id("latest_blessed_model_resolver")
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs["examples"],
+      model=trainer.outputs["model"],
+      baseline_model=baseline_resolver.outputs["model"],
+      example_splits=["eval"],
+      eval_config=eval_config(config))
+  pusher = tfx.components.Pusher(
+      model=trainer.outputs["model"],
+      model_blessing=evaluator.outputs["blessing"],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(
+              base_directory=serving_model_dir)))
+  return tfx.dsl.Pipeline(
+      pipeline_name=config.name,
+      pipeline_root=pipeline_root,
+      components=[example_gen, statistics_gen, schema_gen, example_validator,
+                  transform] + ([tuner] if tuner else []) +
+                 [trainer, baseline_resolver, evaluator, pusher],
+      enable_cache=False,
+      metadata_connection_config=metadata_connection_config,
+      beam_pipeline_args=list(config.beam_pipeline_args))

@@ -1,0 +1,96 @@
+"""The PNG figures of a report: confusion matrix, ROC curves, attention heatmap."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from histopipe.components.bag_features import SlideBag  # noqa: E402
+
+
+def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path: str,
+                         title: str) -> None:
+  """Counts, with each true class's row share as the colour (rows sum to 1)."""
+  confusion = np.asarray(confusion)
+  shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+  size = 1.2 + 0.6 * len(class_names)
+  figure, axes = plt.subplots(figsize=(size + 1, size))
+  image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+  for (row, col), count in np.ndenumerate(confusion):
+    axes.text(col, row, str(int(count)), ha="center", va="center",
+              color="white" if shares[row, col] > 0.6 else "black")
+  axes.set_xticks(range(len(class_names)), class_names)
+  axes.set_yticks(range(len(class_names)), class_names)
+  axes.set_xlabel("predicted")
+  axes.set_ylabel("true")
+  axes.set_title(title)
+  figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+def roc_curves_png(curves: Dict[str, Tuple[np.ndarray, np.ndarray, float]], path: str,
+                   title: str) -> None:
+  """One ROC curve per name: (false positive rates, true positive rates, AUC)."""
+  figure, axes = plt.subplots(figsize=(5, 5))
+  axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+  for name, (fpr, tpr, auc) in curves.items():
+    axes.plot(fpr, tpr, linewidth=2 if name == "overall" else 1.2,
+              label=f"{name} (AUC {auc:.3f})")
+  axes.set_xlim(0, 1)
+  axes.set_ylim(0, 1.01)
+  axes.set_xlabel("false positive rate")
+  axes.set_ylabel("true positive rate")
+  axes.set_title(title)
+  axes.legend(loc="lower right", fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+def attention_overlay(thumbnail_rgb: np.ndarray, thumbnail_downsample: float, bag: SlideBag,
+                      attention: Sequence[float]) -> Tuple[np.ndarray, float]:
+  """The thumbnail with each chosen tile filled by its attention weight
+  (scaled to the bag's largest), blended at 55%. Returns (image, largest weight)."""
+  overlay = thumbnail_rgb.astype(np.float32) / 255.0
+  weights = [w for w, v in zip(attention, bag.tile_valid) if v]
+  largest = max(weights) if weights else 0.0
+  colormap = plt.get_cmap("inferno")
+  side = bag.tile_size * bag.level_downsample / thumbnail_downsample
+  height, width = overlay.shape[:2]
+  for x, y, valid, weight in zip(bag.tile_x, bag.tile_y, bag.tile_valid, attention):
+    if not valid:
+      continue
+    x0, y0 = int(round(x / thumbnail_downsample)), int(round(y / thumbnail_downsample))
+    x1, y1 = min(width, int(round(x0 + side))), min(height, int(round(y0 + side)))
+    colour = np.array(colormap(weight / largest if largest > 0 else 0.0)[:3], np.float32)
+    overlay[y0:y1, x0:x1] = 0.45 * overlay[y0:y1, x0:x1] + 0.55 * colour
+  return (overlay * 255).astype(np.uint8), largest
+
+
+def attention_heatmap_png(thumbnail_rgb: np.ndarray, thumbnail_downsample: float,
+                          bag: SlideBag, attention: Sequence[float], path: str,
+                          title: str) -> None:
+  """The slide with the chosen tiles coloured by attention, and a colour bar."""
+  image, largest = attention_overlay(thumbnail_rgb, thumbnail_downsample, bag, attention)
+  height, width = image.shape[:2]
+  figure, axes = plt.subplots(figsize=(6, 6 * height / max(width, 1) + 0.6))
+  axes.imshow(image)
+  axes.set_axis_off()
+  axes.set_title(title, fontsize=9)
+  mappable = plt.cm.ScalarMappable(cmap="inferno",
+                                   norm=matplotlib.colors.Normalize(0, largest or 1.0))
+  figure.colorbar(mappable, ax=axes, fraction=0.04, label="attention weight")
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+def class_names(num_classes: int) -> List[str]:
+  return ["0", "1"] if num_classes == 2 else [str(k) for k in range(num_classes)]

@@ -1,0 +1,238 @@
+"""`histopipe report --run DIR`: one HTML page about a local run, with PNG figures.
+
+The page shows the gate decision and TFMA's numbers (what the Evaluator
+judged), and figures from the trained model's own predictions on the eval
+split: the confusion matrix, ROC curves (cancer vs benign for ISUP, the
+positive class for binary tasks) overall and per data provider, kappa and AUC
+per provider, and for a sample of eval slides the thumbnail with an attention
+heatmap over the chosen tiles.
+"""
+
+from __future__ import annotations
+
+import glob
+import html
+import os
+from typing import Dict, List, NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from histopipe.components import bag_features
+from histopipe.components.slide_reader import SlideError, TiffSlide
+from histopipe.components.slide_stages import read_outcomes
+from histopipe.components.slide_example_gen import REPORT_DIR
+from histopipe.reports import run_summary
+from histopipe.pipeline.local_runner import RunPaths
+from histopipe.reports import figures
+from histopipe.trainer import features
+from histopipe.trainer.metrics import quadratic_weighted_kappa
+
+THUMBNAIL_MAX_SIDE = 768
+
+
+class EvalPredictions(NamedTuple):
+  """The model's outputs on every eval bag, row-aligned with the bags."""
+  image_ids: List[str]
+  providers: List[str]
+  labels: np.ndarray  # [B] int
+  grades: np.ndarray  # [B] int
+  probabilities: np.ndarray  # [B, 6] or [B, 1]
+  attention: np.ndarray  # [B, N]
+  bags: List[bag_features.SlideBag]
+
+
+def _bag_from_features(feature) -> bag_features.SlideBag:
+  """A bag's tile positions and level from its tf.Example features (no tiles)."""
+
+  def ints(key):
+    return list(feature[key].int64_list.value)
+
+  def floats(key):
+    return list(feature[key].float_list.value)
+
+  return bag_features.SlideBag(
+      tiles=[], tile_valid=ints(bag_features.TILE_VALID), tile_x=ints(bag_features.TILE_X),
+      tile_y=ints(bag_features.TILE_Y), tile_tissue=floats(bag_features.TILE_TISSUE),
+      level=ints(bag_features.LEVEL)[0], level_downsample=floats(bag_features.LEVEL_DOWNSAMPLE)[0],
+      tile_size=ints(bag_features.TILE_SIZE)[0], mpp=floats(bag_features.MPP)[0],
+      slide_width=ints(bag_features.SLIDE_WIDTH)[0],
+      slide_height=ints(bag_features.SLIDE_HEIGHT)[0])
+
+
+def predict_eval_split(model_dir: str, examples_uri: str, batch_size: int = 16
+                       ) -> EvalPredictions:
+  """The served signature over the eval split's bags, as TFMA sees them."""
+  files = sorted(glob.glob(os.path.join(examples_uri, "Split-eval", "*")))
+  if not files:
+    raise FileNotFoundError(f"no eval split under {examples_uri}")
+  model = tf.saved_model.load(model_dir).signatures["serving_default"]
+  outputs: Dict[str, List[np.ndarray]] = {}
+  features_of_bags = []  # metadata only: the tiles are not kept (a PANDA eval split is GBs)
+  batches = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
+  for batch in batches:
+    for key, value in model(examples=batch).items():
+      outputs.setdefault(key, []).append(value.numpy())
+    for record in batch.numpy():
+      example = tf.train.Example.FromString(record)
+      del example.features.feature[bag_features.TILES]
+      features_of_bags.append(example.features.feature)
+  return EvalPredictions(
+      image_ids=[f[bag_features.IMAGE_ID].bytes_list.value[0].decode()
+                 for f in features_of_bags],
+      providers=[f[bag_features.DATA_PROVIDER].bytes_list.value[0].decode()
+                 for f in features_of_bags],
+      labels=np.array([f[bag_features.LABEL].int64_list.value[0] for f in features_of_bags]),
+      grades=np.concatenate(outputs[features.GRADE]).astype(int),
+      probabilities=np.concatenate(outputs[features.PROBABILITIES]),
+      attention=np.concatenate(outputs[features.ATTENTION]),
+      bags=[_bag_from_features(f) for f in features_of_bags])
+
+
+def positive_scores(predictions: EvalPredictions):
+  """(is positive, score) for the ROC: cancer (grade >= 1) scored by
+  1 - P(grade 0) for ISUP; label 1 scored by P(1) for binary tasks."""
+  probabilities = predictions.probabilities
+  if probabilities.shape[1] == 1:
+    return predictions.labels > 0, probabilities[:, 0]
+  return predictions.labels > 0, 1.0 - probabilities[:, 0]
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> Optional[float]:
+  return float(roc_auc_score(positive, score)) if 0 < positive.sum() < len(positive) else None
+
+
+def slice_metrics(predictions: EvalPredictions, num_classes: int) -> Dict[str, Dict[str, float]]:
+  """kappa (ISUP), AUC, accuracy and bag count: overall and per provider."""
+  positive, score = positive_scores(predictions)
+  slices = {"overall": np.ones(len(predictions.labels), bool)}
+  for provider in sorted(set(predictions.providers)):
+    slices[provider] = np.array([p == provider for p in predictions.providers])
+  table = {}
+  for name, rows in slices.items():
+    labels, grades = predictions.labels[rows], predictions.grades[rows]
+    values = {"bags": int(rows.sum()), "accuracy": float((labels == grades).mean())}
+    if num_classes > 2:
+      confusion = np.zeros((num_classes, num_classes))
+      np.add.at(confusion, (labels, grades), 1)
+      values["kappa"] = quadratic_weighted_kappa(confusion)
+    auc = _auc(positive[rows], score[rows])
+    if auc is not None:
+      values["auc"] = auc
+    table[name] = values
+  return table
+
+
+def _heatmap_sample(predictions: EvalPredictions, count: int) -> List[int]:
+  """Up to `count` eval bags spread over the labels, highest label first."""
+  order = sorted(range(len(predictions.labels)),
+                 key=lambda i: (-predictions.labels[i], predictions.image_ids[i]))
+  chosen, seen = [], set()
+  for i in order:  # one per label first, then the rest
+    if predictions.labels[i] not in seen:
+      chosen.append(i)
+      seen.add(predictions.labels[i])
+  chosen += [i for i in order if i not in chosen]
+  return chosen[:count]
+
+
+def write_heatmap(slide_path: str, bag: bag_features.SlideBag, attention, path: str,
+                  title: str) -> None:
+  with TiffSlide(slide_path) as slide:
+    thumbnail, downsample = slide.thumbnail(max_side=THUMBNAIL_MAX_SIDE)
+  figures.attention_heatmap_png(thumbnail, downsample, bag, attention, path, title)
+
+
+def _table(rows: List[List[str]], header: List[str]) -> str:
+  head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+  body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                 for row in rows)
+  return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
+  """Writes `<out_dir>/index.html` and its PNGs (default `<run_dir>/report`); returns the path."""
+  summary = run_summary.summarize(RunPaths(os.path.abspath(run_dir)))
+  if not summary.model_uri or not summary.examples_uri:
+    raise FileNotFoundError(f"{run_dir}: no trained model or examples in its ML Metadata")
+  out_dir = out_dir or os.path.join(run_dir, "report")
+  os.makedirs(out_dir, exist_ok=True)
+  model_dir = os.path.join(summary.model_uri, "Format-Serving")
+  predictions = predict_eval_split(model_dir, summary.examples_uri)
+  num_classes = 2 if predictions.probabilities.shape[1] == 1 else predictions.probabilities.shape[1]
+  names = figures.class_names(num_classes)
+
+  confusion = np.zeros((num_classes, num_classes), int)
+  np.add.at(confusion, (predictions.labels, predictions.grades), 1)
+  task = "ISUP grade" if num_classes > 2 else "label"
+  figures.confusion_matrix_png(confusion, names, os.path.join(out_dir, "confusion.png"),
+                               f"{task}: eval split, {len(predictions.labels)} bags")
+  positive, score = positive_scores(predictions)
+  curves = {}
+  for name in ["overall"] + sorted(set(predictions.providers)):
+    rows = (np.ones(len(positive), bool) if name == "overall"
+            else np.array([p == name for p in predictions.providers]))
+    auc = _auc(positive[rows], score[rows])
+    if auc is not None:
+      fpr, tpr, _ = roc_curve(positive[rows], score[rows])
+      curves[name] = (fpr, tpr, auc)
+  roc_title = "cancer (grade ≥ 1) vs benign" if num_classes > 2 else "label 1 vs 0"
+  if curves:
+    figures.roc_curves_png(curves, os.path.join(out_dir, "roc.png"), f"ROC: {roc_title}")
+
+  slide_paths = {o.image_id: o.path for o in read_outcomes(
+      os.path.join(summary.examples_uri, REPORT_DIR))}
+  heatmap_files = []
+  for i in _heatmap_sample(predictions, heatmaps):
+    image_id = predictions.image_ids[i]
+    path = slide_paths.get(image_id, "")
+    if not path.lower().endswith((".tif", ".tiff")) or not os.path.exists(path):
+      continue  # moved since the run, or a PNG patch (IDC): no pyramid to draw on
+    name = f"attention_{image_id}.png"
+    try:
+      write_heatmap(path, predictions.bags[i], predictions.attention[i],
+                    os.path.join(out_dir, name),
+                    f"{image_id} ({predictions.providers[i]}): label {predictions.labels[i]}, "
+                    f"predicted {predictions.grades[i]}")
+    except SlideError:
+      continue
+    heatmap_files.append(name)
+
+  metrics = slice_metrics(predictions, num_classes)
+  columns = ["slice", "bags"] + (["kappa"] if num_classes > 2 else []) + ["auc", "accuracy"]
+  rows = [[name] + [f"{values[c]:.3f}" if isinstance(values.get(c), float)
+                    else str(values.get(c, "–")) for c in columns[1:]]
+          for name, values in metrics.items()]
+  tfma_rows = [[key, f"{value:.0f}" if key == "example_count" else f"{value:.3f}"]
+               for key, value in sorted(summary.eval_metrics.items())]
+  gate = ("blessed: yes" if summary.blessed else "blessed: no") if summary.blessed is not None \
+      else "no Evaluator result"
+  gate_lines = "".join(f"<li>{html.escape(f)}</li>" for f in summary.gate_failures)
+  pushed = (f"pushed to {summary.pushed_to}" if summary.pushed_to
+            else "not pushed (model not blessed)")
+  images = "".join(f'<figure><img src="{n}" alt="{n}"></figure>' for n in heatmap_files)
+  page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>histopipe run report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;
+text-align:right}}figure{{display:inline-block;margin:6px}}img{{max-width:520px}}</style></head>
+<body><h1>histopipe run report</h1>
+<p>run: {html.escape(os.path.abspath(run_dir))}<br>model: {html.escape(model_dir)}</p>
+<h2>Gate</h2><p><b>{gate}</b>; {html.escape(pushed)}</p><ul>{gate_lines}</ul>
+<h3>TFMA (what the Evaluator judged, overall slice)</h3>{_table(tfma_rows, ["metric", "value"])}
+<h2>Eval split, from the model's predictions</h2>
+{_table(rows, columns)}
+<figure><img src="confusion.png" alt="confusion matrix"></figure>
+{'<figure><img src="roc.png" alt="ROC curves"></figure>' if curves else
+ '<p>ROC: the eval split has one class only, so there is no curve (and the AUC TFMA '
+ 'reports, 0, is a convention, not a measurement).</p>'}
+<h2>Attention on eval slides</h2>
+<p>Each chosen tile coloured by its attention weight (scaled to the slide's largest).</p>
+{images or '<p>no slide files found for the eval bags</p>'}
+</body></html>
+"""
+  index = os.path.join(out_dir, "index.html")
+  with open(index, "w") as f:
+    f.write(page)
+  return index

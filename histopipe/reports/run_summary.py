@@ -1,0 +1,159 @@
+"""What a local run produced, read back from ML Metadata and the artifacts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import tensorflow_model_analysis as tfma
+from ml_metadata.metadata_store import metadata_store
+from tfx.orchestration import metadata
+
+from histopipe.components.slide_example_gen import REPORT_DIR
+from histopipe.components.slide_stages import REJECTS_FILE
+from histopipe.pipeline.local_runner import RunPaths
+from histopipe.pipeline.pipeline import AUC_METRIC, CANCER_AUC_METRIC, KAPPA_METRIC
+
+TUNER_RESULTS_FILE = "tuner_results.json"  # what TFX's Tuner executor writes
+
+
+@dataclasses.dataclass
+class RunSummary:
+  slides_total: int = 0
+  slides_written: int = 0
+  slides_rejected: int = 0
+  tiles_written: int = 0
+  rejects_file: str = ""
+  eval_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+  eval_metrics_by_provider: Dict[str, Dict[str, float]] = dataclasses.field(
+      default_factory=dict)
+  blessed: Optional[bool] = None
+  gate_failures: List[str] = dataclasses.field(default_factory=list)
+  pushed_to: str = ""
+  # The Tuner's completed trials, best first: {"score", <hyperparameter>: value}.
+  tuner_trials: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+  # This run's artifacts, for reports: the Examples (with slide_report/) and
+  # the Trainer's model (Format-Serving/ inside).
+  examples_uri: str = ""
+  model_uri: str = ""
+  pipeline_root: str = ""
+  metadata_path: str = ""
+  seconds: float = 0.0
+
+
+def _latest(store, type_name: str):
+  artifacts = store.get_artifacts_by_type(type_name)
+  return max(artifacts, key=lambda a: a.id) if artifacts else None
+
+
+def _custom(artifact, key: str):
+  value = artifact.custom_properties.get(key)
+  if value is None:
+    return None
+  return value.int_value if value.HasField("int_value") else value.string_value
+
+
+def _metric_values(metrics: Dict) -> Dict[str, float]:
+  values = {}
+  for name, value in metrics.get("", {}).get("", {}).items():
+    if "doubleValue" in value:
+      values[name] = float(value["doubleValue"])
+  return values
+
+
+def _describe_failure(failure) -> str:
+  name = failure.metric_key.name
+  value = failure.metric_value.double_value.value
+  threshold = failure.metric_threshold
+  if threshold.HasField("change_threshold"):
+    allowed = threshold.change_threshold.absolute.value
+    return (f"{name} changed by {value:+.3f} against the last blessed model "
+            f"(allowed {allowed:+.3f})")
+  floor = threshold.value_threshold.lower_bound.value
+  return f"{name} {value:.3f} is below the threshold {floor:.3f}"
+
+
+def summarize(paths: RunPaths) -> RunSummary:
+  summary = RunSummary(pipeline_root=paths.pipeline_root, metadata_path=paths.metadata_path)
+  config = metadata.sqlite_metadata_connection_config(paths.metadata_path)
+  store = metadata_store.MetadataStore(config)
+  examples = _latest(store, "Examples")
+  if examples is not None:
+    for key in ("slides_total", "slides_written", "slides_rejected", "tiles_written"):
+      setattr(summary, key, _custom(examples, key) or 0)
+    summary.rejects_file = os.path.join(examples.uri, REPORT_DIR, REJECTS_FILE)
+    summary.examples_uri = examples.uri
+  model = _latest(store, "Model")
+  if model is not None:
+    summary.model_uri = model.uri
+
+  tuner_results = _latest(store, "TunerResults")
+  # Only this run's Tuner: a run without one may share the store with one that had it.
+  if tuner_results is not None and (examples is None or tuner_results.id > examples.id):
+    with open(os.path.join(tuner_results.uri, TUNER_RESULTS_FILE)) as f:
+      summary.tuner_trials = json.load(f)
+
+  evaluation = _latest(store, "ModelEvaluation")
+  if evaluation is not None and os.path.isdir(evaluation.uri):
+    result = tfma.load_eval_result(evaluation.uri)
+    for slice_key, metrics in result.slicing_metrics:
+      values = _metric_values(metrics)
+      if not slice_key:
+        summary.eval_metrics = values
+      else:
+        name = "/".join(str(v.decode() if isinstance(v, bytes) else v)
+                        for _, v in slice_key)
+        summary.eval_metrics_by_provider[name] = values
+    validation = tfma.load_validation_result(evaluation.uri)
+    for per_slice in validation.metric_validations_per_slice:
+      summary.gate_failures.extend(_describe_failure(f) for f in per_slice.failures)
+
+  blessing = _latest(store, "ModelBlessing")
+  if blessing is not None:
+    summary.blessed = bool(_custom(blessing, "blessed"))
+  pushed = _latest(store, "PushedModel")
+  if pushed is not None and _custom(pushed, "pushed"):
+    summary.pushed_to = _custom(pushed, "pushed_destination") or ""
+  return summary
+
+
+GATE_METRIC_NAMES = {KAPPA_METRIC: "quadratic weighted kappa", AUC_METRIC: "ROC AUC"}
+
+
+def format_summary(summary: RunSummary) -> str:
+  metrics = summary.eval_metrics
+  lines = [
+      "== histopipe run ==",
+      f"slides: {summary.slides_written} tiled, {summary.slides_rejected} rejected "
+      f"of {summary.slides_total} ({summary.tiles_written} tiles)",
+  ]
+  if summary.slides_rejected:
+    lines.append(f"rejects (image_id, path, reason): {summary.rejects_file}")
+  for key, name in GATE_METRIC_NAMES.items():
+    if key in metrics:
+      lines.append(f"eval {name}: {metrics[key]:.3f} "
+                   f"(accuracy {metrics.get('accuracy', float('nan')):.3f}, "
+                   f"{int(metrics.get('example_count', 0))} eval bags)")
+      if CANCER_AUC_METRIC in metrics:
+        lines.append(f"eval cancer vs benign ROC AUC: {metrics[CANCER_AUC_METRIC]:.3f}")
+      for provider, values in sorted(summary.eval_metrics_by_provider.items()):
+        if key in values:
+          lines.append(f"  {provider}: {key} {values[key]:.3f}")
+  if summary.tuner_trials:
+    best = summary.tuner_trials[0]
+    values = " ".join(f"{k}={v}" for k, v in best.items() if k not in ("trial_id", "score"))
+    lines.append(f"tuner: best of {len(summary.tuner_trials)} trials: {values} "
+                 f"(validation {best['score']:.3f}); the Trainer used these")
+  if summary.blessed is not None:
+    lines.append(f"blessed: {'yes' if summary.blessed else 'no'}")
+  for failure in summary.gate_failures:
+    lines.append(f"  gate: {failure}")
+  lines.append(f"pushed to: {summary.pushed_to}" if summary.pushed_to
+               else "pushed: no (model not blessed)")
+  lines.append(f"artifacts: {summary.pipeline_root}")
+  lines.append(f"ML Metadata: {summary.metadata_path}")
+  if summary.seconds:
+    lines.append(f"pipeline time: {summary.seconds / 60:.1f} min")
+  return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""Slides in, one prediction record per slide out, through any PredictClient.
+
+Tiling is `components.tiling.cut_bag`, the code SlideExampleGen runs, with
+the pipeline's TilingConfig, so the served model sees the tiles it was
+trained on. A slide that cannot be tiled becomes a "rejected" record with its
+reason; a server that cannot be reached stops the run (ServingError).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Union
+
+import numpy as np
+
+from histopipe.components import bag_features
+from histopipe.components.bag_features import SlideBag
+from histopipe.components.datasets import image_id_from_path
+from histopipe.components.slide_reader import SlideError
+from histopipe.components.tiling import cut_bag
+from histopipe.core.configs import PATCH_FORMATS, PipelineConfig
+from histopipe.trainer import features
+
+SLIDE_SUFFIXES = (".tif", ".tiff", ".png")
+# Submission-style CSV headers: PANDA's and PCam's (Kaggle) column names.
+CSV_HEADER = {"isup": ("image_id", "isup_grade"), "binary": ("id", "label")}
+
+
+def find_slides(paths: Iterable[str]) -> List[str]:
+  """Files as given; folders searched recursively for slide/patch files."""
+  found = []
+  for path in paths:
+    if os.path.isdir(path):
+      for root, _, names in sorted(os.walk(path)):
+        found.extend(os.path.join(root, n) for n in sorted(names)
+                     if n.lower().endswith(SLIDE_SUFFIXES))
+    else:
+      found.append(path)
+  return found
+
+
+def prediction_record(image_id: str, bag: SlideBag, outputs: Dict[str, np.ndarray]) -> dict:
+  """One slide's outputs (batch of one) as a JSON-ready record; attention per
+  real tile with its level-0 position and size."""
+  attention = np.asarray(outputs[features.ATTENTION]).reshape(-1)
+  side = round(bag.tile_size * bag.level_downsample)
+  tiles = [{"x": int(x), "y": int(y), "size": side, "weight": round(float(w), 6)}
+           for x, y, valid, w in zip(bag.tile_x, bag.tile_y, bag.tile_valid, attention) if valid]
+  return {"image_id": image_id,
+          "grade": int(np.asarray(outputs[features.GRADE]).reshape(-1)[0]),
+          "probabilities": [round(float(p), 6) for p in
+                            np.asarray(outputs[features.PROBABILITIES]).reshape(-1)],
+          "attention": tiles}
+
+
+class SlideRequest(NamedTuple):
+  """A slide tiled for the model: its bag and the serialized request bag."""
+  image_id: str
+  bag: SlideBag
+  example: bytes
+
+
+def cut_request(path: str, config: PipelineConfig) -> Union[SlideRequest, dict]:
+  """The slide's request, or its rejected record {"image_id", "path", "rejected": reason}."""
+  image_id = image_id_from_path(path)
+  kind = "patch" if config.data.format in PATCH_FORMATS else "slide"
+  try:
+    bag = cut_bag(path, kind, config.tiling)
+  except SlideError as e:
+    return {"image_id": image_id, "path": path, "rejected": e.reason}
+  except Exception as e:  # one unreadable slide must not end the run
+    return {"image_id": image_id, "path": path,
+            "rejected": f"unexpected {type(e).__name__}: {e}"}
+  return SlideRequest(image_id, bag, bag_features.serialize_request(bag, image_id))
+
+
+def predict_slides(paths: List[str], client, config: PipelineConfig,
+                   progress: Optional[Callable[[int, int], None]] = None) -> Iterator[dict]:
+  """A record per path: a prediction, or {"image_id", "path", "rejected": reason}."""
+  for done, path in enumerate(paths, 1):
+    request = cut_request(path, config)
+    if isinstance(request, SlideRequest):
+      outputs = client.predict({"examples": np.array([request.example], dtype=object)})
+      yield prediction_record(request.image_id, request.bag, outputs)
+    else:
+      yield request
+    if progress:
+      progress(done, len(paths))
+
+
+def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextIO],
+                  task: str) -> Dict[str, int]:
+  """JSON lines to `out`; predictions also as `image_id,isup_grade` (or
+  `id,label`) rows to `csv_file`. Returns counts of predicted and rejected."""
+  writer = csv.writer(csv_file) if csv_file else None
+  if writer:
+    writer.writerow(CSV_HEADER[task])
+  counts = {"predicted": 0, "rejected": 0}
+  for record in records:
+    out.write(json.dumps(record) + "\n")
+    out.flush()
+    if "rejected" in record:
+      counts["rejected"] += 1
+      continue
+    counts["predicted"] += 1
+    if writer:
+      writer.writerow([record["image_id"], record["grade"]])
+  return counts
