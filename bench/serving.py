@@ -63,14 +63,14 @@ def main(argv=None) -> int:
     client = GrpcPredictClient(f"localhost:{server.port}", "histopipe")
     examples = {}
     for path in paths:  # warm-up: graph tracing, page cache, channel set-up
-      bag = cut_bag(path, "slide", config.tiling)
+      bag = cut_bag(path, "slide", config.tiling).bag
       examples[path] = np.array([bag_features.serialize_request(bag, "warm")], dtype=object)
       client.predict({"examples": examples[path]})
       server.model.run("serving_default", {"examples": examples[path]})
     for repeat in range(args.repeats):
       for path in paths:
         start = time.perf_counter()
-        bag = cut_bag(path, "slide", config.tiling)
+        bag = cut_bag(path, "slide", config.tiling).bag
         tiled = time.perf_counter()
         example = np.array([bag_features.serialize_request(bag, "bench")], dtype=object)
         sent = time.perf_counter()

@@ -415,7 +415,7 @@ def bench_plain_loop(key: str, method: str, paths: Sequence[str],
   with count_decoded_segments() as counts:
     start = time.perf_counter()
     for path in paths:
-      bag = tile_slide(path, tiling)
+      bag = tile_slide(path, tiling).bag
       tiles_cut += sum(bag.tile_valid)
     seconds = time.perf_counter() - start
   return Result(key, method, seconds, len(paths), tiles_cut,

@@ -242,7 +242,7 @@ def child_main(mode: str, slide_path: str, data_dir: str, out_dir: str,
             "peak_reset": reset_peak_rss()}
   start = time.perf_counter()
   if mode == "tile_slide":
-    bag = tile_slide(slide_path, config.tiling)
+    bag = tile_slide(slide_path, config.tiling).bag
     tiles, status = sum(bag.tile_valid), "written"
   else:
     summary = run_tile_job(data_dir, out_dir, config,

@@ -1,5 +1,11 @@
-"""The `histopipe` command: synthesize slides, tile them, run the pipeline,
-serve and call the model."""
+"""The `histopipe` command: parses the arguments and hands each command to the
+package it belongs to.
+
+Each handler loads the settings, calls one function of that package and
+prints its result. A UserError (a missing path, a bad value or label file, a
+server that does not answer) is one line on stderr and exit status 2, as are
+argparse's own errors; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,76 +13,162 @@ import os
 
 # Transform and TFMA need Keras 2; must be set before TensorFlow is imported.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up logs (on a CPU wheel: "Unable to register cuDNN
+# factory ...", at error level) are noise in a command's output; Python errors
+# still surface. Set TF_CPP_MIN_LOG_LEVEL to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import warnings  # noqa: E402
 
-# google-api-core (via Beam's GCP extras) warns on every start that Python 3.10
-# is unsupported by its future releases; the stack is pinned to 3.10 (TFX 1.16).
-warnings.filterwarnings("ignore", message="You are using a non-supported Python version",
-                        category=FutureWarning)
+# Google's client libraries (Beam's GCP extras, TFX's Vertex client) warn on
+# every start about versions the pinned stack cannot move: Python 3.10 (TFX
+# 1.16) and google-cloud-storage < 3.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
+from histopipe.core.errors import UserError  # noqa: E402
 
-def _progress_printer(label: str, every_seconds: float = 1.0, stream=None):
-  """A counter with rate, redrawn in place at most once per `every_seconds`."""
-  start = time.time()
-  last_print = [0.0]
 
-  def report(done: int, total: int) -> None:
-    now = time.time()
-    if done < total and now - last_print[0] < every_seconds:
-      return
-    last_print[0] = now
-    end = "\n" if done == total else "\r"
-    rate = done / max(now - start, 1e-9)
-    print(f"{label}: {done}/{total} ({rate:.1f}/s)", end=end, flush=True,
-          file=stream or sys.stdout)
+class _Parser(argparse.ArgumentParser):
+  """argparse, with its errors on one line like every other user error."""
 
-  return report
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _config(args, data_format: Optional[str] = None):
+  """The settings of --preset/--config, with --format applied when given."""
+  from histopipe.core.configs import load_config
+  config = load_config(args.config, preset=args.preset)
+  if data_format:
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                  format=data_format))
+  return config
 
 
 def _synth(args) -> int:
   from histopipe.components import synthetic
   if args.format == "pcam":
-    patches = synthetic.write_patch_dataset(
-        args.out, args.slides, seed=args.seed,
-        progress=_progress_printer("synthesizing patches"))
-    positives = sum(p.label for p in patches)
-    print(f"wrote {len(patches)} patches ({positives} positive) to "
+    patches = synthetic.write_patch_dataset(args.out, args.slides, seed=args.seed,
+                                            progress=True)
+    print(f"wrote {len(patches)} patches ({sum(p.label for p in patches)} positive) to "
           f"{os.path.join(args.out, 'train')} and labels to "
           f"{os.path.join(args.out, 'train_labels.csv')}")
     return 0
-  slides = synthetic.write_dataset(
-      args.out, args.slides, seed=args.seed,
-      level0_size=(args.width, args.height),
-      progress=_progress_printer("synthesizing slides"))
-  grades = sorted({s.isup_grade for s in slides})
+  slides = synthetic.write_dataset(args.out, args.slides, seed=args.seed,
+                                   level0_size=(args.width, args.height), progress=True)
   print(f"wrote {len(slides)} slides to {os.path.join(args.out, 'train_images')} "
-        f"and labels to {os.path.join(args.out, 'train.csv')} (grades {grades})")
+        f"and labels to {os.path.join(args.out, 'train.csv')} "
+        f"(grades {sorted({s.isup_grade for s in slides})})")
   return 0
 
 
 def _run(args) -> int:
-  from histopipe.reports import run_summary
-  from histopipe.core.configs import load_config
   from histopipe.pipeline.local_runner import run_local
-  config = _with_format(load_config(args.config, preset=args.preset), args.format)
+  from histopipe.reports import run_summary
+  config = _config(args, args.format)
   start = time.time()
-  paths = run_local(config, args.data, args.out)
-  summary = run_summary.summarize(paths)
+  summary = run_summary.summarize(run_local(config, args.data, args.out))
   summary.seconds = time.time() - start
   print(run_summary.format_summary(summary))
   return 0
 
 
-def _with_format(config, data_format: str):
-  return dataclasses.replace(config, data=dataclasses.replace(config.data, format=data_format))
+def _tile(args) -> int:
+  from histopipe.components.tile_job import describe, run_tile_job
+  config = _config(args, args.format)
+  summary = run_tile_job(args.data, args.out, config, labels_file=args.labels, gzip=args.gzip)
+  print(describe(summary, args.out, gzip=args.gzip))
+  return 0
+
+
+def _predict(args) -> int:
+  from histopipe.serving.client import connect
+  from histopipe.serving.slide_predictions import find_slides, predict_to
+  config = _config(args, args.format)
+  paths = find_slides(args.slides)
+  with connect(args.server, args.model, rest=args.rest, deadline_s=args.deadline,
+               retries=args.retries) as client:
+    # Records on a terminal show progress themselves; piped, a counter on stderr does.
+    counts = predict_to(paths, client, config, sys.stdout, csv_path=args.csv or "",
+                        progress=not sys.stdout.isatty())
+  print(f"{counts['predicted']} predicted, {counts['rejected']} rejected of {len(paths)}"
+        + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr)
+  return 0
+
+
+def _score(args) -> int:
+  from histopipe.components.beam_flags import merge_beam_args
+  from histopipe.serving.batch_scoring import score_slides
+  from histopipe.serving.slide_predictions import find_slides
+  config = _config(args, args.format)
+  paths = find_slides([args.data])
+  start = time.time()
+  counts = score_slides(args.model_dir, paths, config, args.out, csv_path=args.csv or "",
+                        beam_args=merge_beam_args(config.beam_pipeline_args, args.beam_arg or []),
+                        progress=True)
+  print(f"{counts['predicted']} scored, {counts['rejected']} rejected of {len(paths)} in "
+        f"{time.time() - start:.1f} s; records: {args.out}"
+        + (f"; CSV: {args.csv}" if args.csv else ""))
+  return 0
+
+
+def _report(args) -> int:
+  from histopipe.reports.run_report import write_report
+  print(f"report: {write_report(args.run, args.out or '', heatmaps=args.heatmaps)}")
+  return 0
+
+
+def _explain(args) -> int:
+  from histopipe.components.datasets import image_id_from_path
+  from histopipe.reports.explain import explain_slide
+  out = args.out or f"{image_id_from_path(args.slide)}_attention.png"
+  record = explain_slide(args.slide, args.model_dir, _config(args), out)
+  print(json.dumps(record))
+  print(f"heatmap: {out}", file=sys.stderr)
+  return 0
+
+
+def _serve_dev(args) -> int:
+  from histopipe.serving.dev_server import DevServer
+  server = DevServer(args.model_dir, args.model, port=args.port, rest_port=args.rest_port,
+                     host=args.host).start()
+  rest = f", REST on {args.host}:{server.rest_port}" if args.rest_port is not None else ""
+  print(f"development server (not TF Serving): model {args.model!r} version "
+        f"{server.model.version} from {server.model.path}, gRPC on {args.host}:{server.port}"
+        f"{rest}; Ctrl-C stops it", flush=True)
+  try:
+    server.wait()
+  except KeyboardInterrupt:
+    server.stop()
+  return 0
+
+
+def _kubeflow_compile(args) -> int:
+  from histopipe.kubeflow.compile import compile_pipeline, with_beam_args
+  config = with_beam_args(_config(args, args.format), args.beam_preset, args.beam_arg or [])
+  compile_pipeline(config, args.out, image=args.image, pipeline_root=args.pipeline_root,
+                   data_root=args.data_root, serving_model_dir=args.serving_dir)
+  default = f"default {args.data_root}" if args.data_root else "no default: set it per run"
+  print(f"wrote {args.out}: KFP v2 pipeline spec, image {args.image}, "
+        f"Trainer {config.kubeflow.trainer.gpus} x {config.kubeflow.gpu_resource}, "
+        f"parameter data_root ({default})")
+  return 0
+
+
+def _kubeflow_submit(args) -> int:
+  from histopipe.kubeflow.submit import parse_params, submit
+  run = submit(args.host, args.package, experiment=args.experiment,
+               params=parse_params(args.param or []), run_name=args.run_name,
+               timeout_s=args.timeout)
+  print(f"run id: {run.run_id}\nexperiment: {run.experiment}\nurl: {run.url}")
+  return 0
 
 
 def _add_format_argument(parser) -> None:
@@ -100,154 +192,8 @@ def _add_input_format_argument(parser) -> None:
                       help="the inputs are slides (panda) or patches (pcam, idc); default panda")
 
 
-def _tile(args) -> int:
-  from histopipe.components.tile_job import run_tile_job
-  from histopipe.core.configs import load_config
-  config = _with_format(load_config(args.config, preset=args.preset), args.format)
-  summary = run_tile_job(args.data, args.out, config, labels_file=args.labels,
-                         gzip=args.gzip)
-  print(f"{summary['slides_written']} of {summary['slides_total']} slides tiled "
-        f"({summary['tiles_written']} tiles), {summary['slides_rejected']} rejected, "
-        f"in {summary['seconds']:.1f} s")
-  bags = "bags-*.tfrecord.gz" if args.gzip else "bags-*.tfrecord"
-  print(f"bags: {os.path.join(args.out, bags)}; rejects: "
-        f"{os.path.join(args.out, 'rejects.csv')}; previews: {os.path.join(args.out, 'previews')}/")
-  return 0
-
-
-def _predict(args) -> int:
-  from histopipe.core.configs import load_config
-  from histopipe.serving import slide_predictions
-  from histopipe.serving.client import GrpcPredictClient, RestPredictClient, ServingError
-  config = _with_format(load_config(args.config, preset=args.preset), args.format)
-  client_class = RestPredictClient if args.rest else GrpcPredictClient
-  client = client_class(args.server, args.model, deadline_s=args.deadline,
-                        retries=args.retries)
-  paths = slide_predictions.find_slides(args.slides)
-  csv_file = open(args.csv, "w", newline="") if args.csv else None
-  try:
-    if not args.rest:
-      client.signatures()  # a missing model or signature fails before any tiling
-    # Records on a terminal show progress themselves; piped, a counter on stderr does.
-    progress = None if sys.stdout.isatty() else _progress_printer("predicting", stream=sys.stderr)
-    records = slide_predictions.predict_slides(paths, client, config, progress=progress)
-    counts = slide_predictions.write_records(records, sys.stdout, csv_file, config.task)
-  except ServingError as e:
-    print(f"histopipe predict: error: {e}", file=sys.stderr)
-    return 2
-  finally:
-    client.close()
-    if csv_file:
-      csv_file.close()
-  print(f"{counts['predicted']} predicted, {counts['rejected']} rejected "
-        f"of {len(paths)}" + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr)
-  return 0
-
-
-def _score(args) -> int:
-  from histopipe.core.configs import load_config
-  from histopipe.serving.batch_scoring import score_slides
-  from histopipe.serving.slide_predictions import find_slides
-  config = _with_format(load_config(args.config, preset=args.preset), args.format)
-  paths = find_slides([args.data])
-  start = time.time()
-  score_slides(args.model_dir, paths, config, args.out, csv_path=args.csv or "",
-               beam_args=list(config.beam_pipeline_args) + list(args.beam_arg or []))
-  with open(args.out) as f:
-    rejected = sum('"rejected"' in line for line in f)
-  print(f"{len(paths) - rejected} scored, {rejected} rejected of {len(paths)} in "
-        f"{time.time() - start:.1f} s; records: {args.out}"
-        + (f"; CSV: {args.csv}" if args.csv else ""))
-  return 0
-
-
-def _report(args) -> int:
-  from histopipe.reports.run_report import write_report
-  index = write_report(args.run, args.out or "", heatmaps=args.heatmaps)
-  print(f"report: {index}")
-  return 0
-
-
-def _explain(args) -> int:
-  import json
-  from histopipe.components.datasets import image_id_from_path
-  from histopipe.components.slide_reader import SlideError
-  from histopipe.core.configs import load_config
-  from histopipe.reports.explain import explain_slide
-  config = load_config(args.config, preset=args.preset)
-  out = args.out or f"{image_id_from_path(args.slide)}_attention.png"
-  try:
-    record = explain_slide(args.slide, args.model_dir, config, out)
-  except SlideError as e:
-    print(f"histopipe explain: {args.slide}: {e.reason}", file=sys.stderr)
-    return 1
-  print(json.dumps(record))
-  print(f"heatmap: {out}", file=sys.stderr)
-  return 0
-
-
-def _serve_dev(args) -> int:
-  from histopipe.serving.dev_server import DevServer
-  server = DevServer(args.model_dir, args.model, port=args.port, rest_port=args.rest_port,
-                     host=args.host).start()
-  rest = f", REST on {args.host}:{server.rest_port}" if args.rest_port is not None else ""
-  print(f"development server (not TF Serving): model {args.model!r} version "
-        f"{server.model.version} from {server.model.path}, gRPC on {args.host}:{server.port}"
-        f"{rest}; Ctrl-C stops it", flush=True)
-  try:
-    server.wait()
-  except KeyboardInterrupt:
-    server.stop()
-  return 0
-
-
-def _kubeflow_compile(args) -> int:
-  from histopipe.kubeflow.compile import compile_pipeline
-  from histopipe.core.configs import BEAM_PRESETS, load_config
-  config = load_config(args.config, preset=args.preset)
-  if args.format:
-    config = _with_format(config, args.format)
-  beam_args = list(BEAM_PRESETS[args.beam_preset]) if args.beam_preset \
-      else list(config.beam_pipeline_args)
-  beam_args = _last_flag_wins(beam_args + (args.beam_arg or []))
-  placeholders = [a for a in beam_args if "YOUR_" in a]
-  if placeholders:
-    print(f"histopipe kubeflow compile: fill in {placeholders} with --beam-arg "
-          "(e.g. --beam-arg=--project=my-project)", file=sys.stderr)
-    return 2
-  config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
-  compile_pipeline(config, args.out, image=args.image, pipeline_root=args.pipeline_root,
-                   data_root=args.data_root, serving_model_dir=args.serving_dir)
-  default = f"default {args.data_root}" if args.data_root else "no default: set it per run"
-  print(f"wrote {args.out}: KFP v2 pipeline spec, image {args.image}, "
-        f"Trainer {config.kubeflow.trainer.gpus} x {config.kubeflow.gpu_resource}, "
-        f"parameter data_root ({default})")
-  return 0
-
-
-def _last_flag_wins(flags: List[str]) -> List[str]:
-  """Beam flags in order, a later --name=value replacing an earlier --name."""
-  by_name = {}
-  for flag in flags:
-    by_name[flag.split("=", 1)[0]] = flag
-  return list(by_name.values())
-
-
-def _kubeflow_submit(args) -> int:
-  from histopipe.kubeflow.submit import SubmitError, parse_params, submit
-  try:
-    run = submit(args.host, args.package, experiment=args.experiment,
-                 params=parse_params(args.param or []), run_name=args.run_name,
-                 timeout_s=args.timeout)
-  except SubmitError as e:
-    print(f"histopipe kubeflow submit: error: {e}", file=sys.stderr)
-    return 2
-  print(f"run id: {run.run_id}\nexperiment: {run.experiment}\nurl: {run.url}")
-  return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="histopipe",
       description="Whole-slide images to a served MIL model: a TFX pipeline "
       "(SlideExampleGen, Transform, Trainer, Evaluator, Pusher).")
@@ -339,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
   score.add_argument("--csv", help="also write image_id,isup_grade (id,label) here")
   _add_input_format_argument(score)
   _add_config_arguments(score)
-  score.add_argument("--beam-arg", action="append",
-                     help="extra Beam flag, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
+  score.add_argument("--beam-arg", action="append", metavar="FLAG",
+                     help="Beam flag, repeatable (e.g. --beam-arg=--runner=DataflowRunner): "
+                     "replaces the config's value of a single-valued flag, adds to a list "
+                     "flag such as --experiments")
   score.set_defaults(handler=_score)
 
   report = commands.add_parser(
@@ -397,8 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
   compile_.add_argument("--beam-preset", choices=["direct", "dataflow", "flink", "spark"],
                         help="Beam flags for SlideExampleGen, StatisticsGen, Transform and "
                         "Evaluator (default: the config's beam_pipeline_args)")
-  compile_.add_argument("--beam-arg", action="append",
-                        help="extra or overriding Beam flag, repeatable")
+  compile_.add_argument("--beam-arg", action="append", metavar="FLAG",
+                        help="Beam flag, repeatable (--beam-arg=--project=p or "
+                        "--beam-arg='--project p'): replaces the preset's value of a "
+                        "single-valued flag, adds to a list flag such as --experiments")
   compile_.set_defaults(handler=_kubeflow_compile)
   submit = kubeflow_commands.add_parser(
       "submit", help="start a run of a compiled pipeline on a KFP API server",
@@ -435,7 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
   args = build_parser().parse_args(argv)
-  return args.handler(args)
+  try:
+    return args.handler(args)
+  except UserError as e:
+    command = " ".join(filter(None, [args.command, getattr(args, "kubeflow_command", None)]))
+    print(f"histopipe {command}: error: {e}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

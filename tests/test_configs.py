@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from histopipe.core.configs import PipelineConfig, demo_config, full_config, load_config
+from histopipe.core.configs import (ConfigError, PipelineConfig, demo_config, full_config,
+                                    load_config)
+from histopipe.core.errors import UserError
 
 
 def test_full_preset_is_panda_sized():
@@ -30,14 +32,45 @@ def test_file_overrides_fields_of_its_preset(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"tiling": {"tile_sise": 3}}, r"config.tiling: unknown field\(s\) tile_sise"),
+    ({"tiling": {"tile_sise": 3}},
+     r"^config.tiling.tile_sise: unknown field; known: jpeg_quality, level, "),
+    ({"training": {"epochs": "ten"}},
+     r"^config.training.epochs: Input should be a valid integer \(got 'ten'\)$"),
+    ({"training": {"epochs": 2.5}}, r"^config.training.epochs: Input should be a valid integer"),
+    ({"tiling": {"tile_format": "gif"}},
+     r"^config.tiling.tile_format: Input should be 'png' or 'jpeg' \(got 'gif'\)$"),
+    ({"kubeflow": {"trainer": {"gpus": "1"}}}, r"^config.kubeflow.trainer.gpus: "),
+    ({"training": {"epochs": "ten"}, "model": {"dropout": "high"}},
+     r"config.model.dropout: .*; config.training.epochs: |"
+     r"config.training.epochs: .*; config.model.dropout: "),
     ({"preset": "huge"}, "unknown preset 'huge'"),
 ])
 def test_bad_config_files_say_what_is_wrong(tmp_path, overrides, message):
+  """Wrong types, unknown fields and unknown choices fail at load, one line naming the field."""
   path = tmp_path / "c.json"
   path.write_text(json.dumps(overrides))
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ConfigError, match=message) as raised:
     load_config(str(path))
+  assert isinstance(raised.value, UserError) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "holds a JSON object, not list"),
+])
+def test_unreadable_config_files_name_the_file(tmp_path, text, message):
+  path = tmp_path / "c.json"
+  path.write_text(text)
+  with pytest.raises(ConfigError, match=message):
+    load_config(str(path))
+  with pytest.raises(ConfigError, match="cannot read the config file"):
+    load_config(str(tmp_path / "missing.json"))
+
+
+def test_replacing_a_field_is_checked_too():
+  import dataclasses
+  with pytest.raises(ValueError, match="valid integer"):
+    dataclasses.replace(demo_config().training, epochs="ten")
 
 
 def test_tuned_values_land_in_their_config_fields():

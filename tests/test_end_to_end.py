@@ -172,7 +172,7 @@ def test_report_shows_the_gate_the_figures_and_tfma_agrees_with_its_numbers(
     pipeline_run, capsys):
   """After the failing-gate run: the report is of that run (latest model)."""
   from histopipe.reports import run_summary
-  from histopipe.pipeline.local_runner import RunPaths
+  from histopipe.core.layout import RunPaths
   from histopipe.reports import run_report
   out, slides, _ = pipeline_run
   assert cli.main(["report", "--run", str(out)]) == 0

@@ -124,7 +124,7 @@ def test_png_tiles_equal_openslide_read_region(tiny_dataset, level, tile_size):
   for info in slides:
     with openslide.OpenSlide(info.path) as slide:
       grid = _grid(slide, level, tile_size)
-      bag = tile_slide(info.path, _config(level, tile_size, "png", len(grid)))
+      bag = tile_slide(info.path, _config(level, tile_size, "png", len(grid))).bag
       assert bag.level == level and bag.tile_size == tile_size
       assert bag.level_downsample == slide.level_downsamples[level]
       valid = _valid_tiles(bag)
@@ -147,7 +147,7 @@ def test_jpeg_tiles_match_openslide_within_jpeg_error(tiny_dataset, level, tile_
     with openslide.OpenSlide(info.path) as slide:
       downsample = int(slide.level_downsamples[level])
       grid = _grid(slide, level, tile_size)
-      bag = tile_slide(info.path, _config(level, tile_size, "jpeg", len(grid)))
+      bag = tile_slide(info.path, _config(level, tile_size, "jpeg", len(grid))).bag
       valid = _valid_tiles(bag)
       assert {(bag.tile_x[i], bag.tile_y[i]) for i in valid} == grid
       for i in valid:
@@ -192,7 +192,7 @@ def test_level0_png_tiles_equal_openslide_on_unaligned_slide(unaligned_slide, ti
   with openslide.OpenSlide(unaligned_slide.path) as slide:
     assert slide.dimensions == (1000, 750)
     grid = _grid(slide, 0, tile_size)
-    bag = tile_slide(unaligned_slide.path, _config(0, tile_size, "png", len(grid)))
+    bag = tile_slide(unaligned_slide.path, _config(0, tile_size, "png", len(grid))).bag
     valid = _valid_tiles(bag)
     assert {(bag.tile_x[i], bag.tile_y[i]) for i in valid} == grid
     for i in valid:

@@ -6,6 +6,7 @@ import tensorflow_model_analysis as tfma
 
 from histopipe.pipeline import pipeline as pipeline_dag
 from histopipe.core.configs import demo_config
+from histopipe.trainer import metrics
 
 EXPECTED_UPSTREAM = {
     "SlideExampleGen": set(),
@@ -61,7 +62,7 @@ def test_gate_thresholds_come_from_the_config():
            if m.class_name == "QuadraticWeightedKappa"][0]
   assert kappa.module == "histopipe.trainer.metrics"
   cancer_auc = [m for m in eval_config.metrics_specs[0].metrics if m.class_name == "CancerAUC"][0]
-  assert json.loads(cancer_auc.config)["name"] == pipeline_dag.CANCER_AUC_METRIC
+  assert json.loads(cancer_auc.config)["name"] == metrics.CANCER_AUC
   assert not cancer_auc.per_slice_thresholds  # reported, not gated
   (per_slice,) = kappa.per_slice_thresholds
   assert list(per_slice.slicing_specs) == [tfma.SlicingSpec()]  # overall slice only
@@ -77,10 +78,10 @@ def test_binary_datasets_are_gated_on_auc():
   config = dataclasses.replace(config, data=dataclasses.replace(config.data, format="pcam"))
   assert config.task == "binary" and config.num_classes == 2 and config.tiles_per_bag == 1
   eval_config = pipeline_dag.eval_config(config)
-  metrics = {m.class_name: m for m in eval_config.metrics_specs[0].metrics}
-  assert "QuadraticWeightedKappa" not in metrics and "BinaryAccuracy" in metrics
-  assert json.loads(metrics["AUC"].config)["name"] == pipeline_dag.AUC_METRIC
-  threshold = metrics["AUC"].per_slice_thresholds[0].threshold
+  by_class = {m.class_name: m for m in eval_config.metrics_specs[0].metrics}
+  assert "QuadraticWeightedKappa" not in by_class and "BinaryAccuracy" in by_class
+  assert json.loads(by_class["AUC"].config)["name"] == metrics.AUC
+  threshold = by_class["AUC"].per_slice_thresholds[0].threshold
   assert threshold.value_threshold.lower_bound.value == config.evaluation.min_auc
   assert threshold.change_threshold.absolute.value == -config.evaluation.max_auc_drop
   assert pipeline_dag.gate_metric(config) == "auc"

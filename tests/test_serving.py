@@ -172,7 +172,7 @@ def test_predict_command_prints_json_lines_and_a_submission_csv(
   assert set(predicted) == {s.image_id for s in slides}
   tiling = load_config(config_file).tiling
   for slide in slides[:3]:  # the client tiles exactly as SlideExampleGen does
-    bag = cut_bag(slide.path, "slide", tiling)
+    bag = cut_bag(slide.path, "slide", tiling).bag
     record = predicted[slide.image_id]
     assert record["grade"] == sum(bag.tile_valid) % 6
     assert [(t["x"], t["y"]) for t in record["attention"]] == [

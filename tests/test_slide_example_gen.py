@@ -12,7 +12,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from histopipe.components import bag_features
 from histopipe.components.labels import LabelFileError
 from histopipe.components.datasets import plan_panda as plan_slides
-from histopipe.components.slide_stages import REJECTS_FILE, TileSlides, WriteSlideReport
+from histopipe.components.slide_stages import TileSlides, WriteSlideReport
+from histopipe.core.layout import REJECTS_FILE
 from histopipe.core.configs import TilingConfig
 
 TINY = TilingConfig(tiles_per_slide=4, tile_size=32, level=1, min_tissue_fraction=0.5)

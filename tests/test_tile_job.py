@@ -61,7 +61,7 @@ def test_tile_command_writes_bags_rejects_summary_and_previews(tiny_dataset, tmp
 def test_preview_outlines_each_chosen_tile(tiny_dataset):
   _, slides = tiny_dataset
   config = TilingConfig(tiles_per_slide=3, tile_size=32, level=1, min_tissue_fraction=0.5)
-  bag = tile_slide(slides[2].path, config)
+  bag = tile_slide(slides[2].path, config).bag
   with TiffSlide(slides[2].path) as slide:
     thumbnail = slide.read_level(2)
   preview = draw_preview(thumbnail, bag, thumbnail_downsample=16.0, min_width=512)

@@ -22,7 +22,7 @@ def _decode(png: bytes) -> np.ndarray:
 
 def test_bag_holds_best_tiles_with_level0_coordinates(tiny_dataset):
   _, slides = tiny_dataset
-  bag = tile_slide(slides[0].path, TINY)
+  bag = tile_slide(slides[0].path, TINY).bag
   assert len(bag.tiles) == len(bag.tile_valid) == len(bag.tile_x) == 6
   assert bag.level == 1 and bag.level_downsample == 4.0 and bag.tile_size == 32
   assert (bag.slide_width, bag.slide_height) == (1024, 768)
@@ -38,7 +38,7 @@ def test_bag_holds_best_tiles_with_level0_coordinates(tiny_dataset):
 
 def test_bag_is_padded_with_marked_white_tiles(tiny_dataset):
   _, slides = tiny_dataset
-  bag = tile_slide(slides[0].path, dataclasses.replace(TINY, tiles_per_slide=40))
+  bag = tile_slide(slides[0].path, dataclasses.replace(TINY, tiles_per_slide=40)).bag
   padding = [i for i, v in enumerate(bag.tile_valid) if not v]
   assert len(bag.tiles) == 40 and padding
   for i in padding:
@@ -48,13 +48,13 @@ def test_bag_is_padded_with_marked_white_tiles(tiny_dataset):
 
 def test_same_slide_and_config_give_the_same_bag_byte_for_byte(tiny_dataset):
   _, slides = tiny_dataset
-  assert tile_slide(slides[5].path, TINY) == tile_slide(slides[5].path, TINY)
+  assert tile_slide(slides[5].path, TINY).bag == tile_slide(slides[5].path, TINY).bag
 
 
 def test_jpeg_tiles_and_resizing(tiny_dataset):
   _, slides = tiny_dataset
   config = dataclasses.replace(TINY, tile_format="jpeg", resize_to=16)
-  bag = tile_slide(slides[1].path, config)
+  bag = tile_slide(slides[1].path, config).bag
   assert bag.tiles[0][:2] == b"\xff\xd8"  # JPEG magic
   assert _decode(bag.tiles[0]).shape == (16, 16, 3)
   assert bag.tile_size == 32  # the size cut at the level, before resizing

@@ -24,6 +24,7 @@ import re
 from typing import List, NamedTuple, Optional
 
 from histopipe.components.labels import SlideLabel, read_binary_labels, read_panda_labels
+from histopipe.core.errors import UserError
 
 FORMATS = ("panda", "pcam", "idc")
 PANDA_LABELS = "train.csv"
@@ -46,14 +47,24 @@ def image_id_from_path(path: str) -> str:
   return os.path.basename(path).split(".", 1)[0]
 
 
+class DatasetError(UserError, ValueError):
+  """A data folder that is missing, or whose layout cannot be told."""
+
+
+def _require_folder(data_dir: str) -> None:
+  if not os.path.isdir(data_dir):
+    raise DatasetError(f"{data_dir}: no such data folder")
+
+
 def detect_format(data_dir: str) -> str:
+  _require_folder(data_dir)
   if os.path.exists(os.path.join(data_dir, PANDA_LABELS)):
     return "panda"
   if os.path.exists(os.path.join(data_dir, PCAM_LABELS)):
     return "pcam"
   if glob.glob(os.path.join(data_dir, "*", "[01]", "*_idx5_*_class[01].png")):
     return "idc"
-  raise ValueError(f"{data_dir}: cannot tell the dataset format: no {PANDA_LABELS} "
+  raise DatasetError(f"{data_dir}: cannot tell the dataset format: no {PANDA_LABELS} "
                    f"(panda), no {PCAM_LABELS} (pcam), no <patient>/<0|1>/*_idx5_*.png "
                    "(idc); name it with --format")
 
@@ -119,6 +130,7 @@ def plan_idc(data_dir: str) -> List[SlideTask]:
 def plan(data_dir: str, data_format: str, slide_pattern: str,
          labels_file: str = "") -> List[SlideTask]:
   """Every item of the folder; raises LabelFileError on a bad label file."""
+  _require_folder(data_dir)
   if data_format == "auto":
     data_format = detect_format(data_dir)
   if data_format == "panda":
@@ -127,4 +139,4 @@ def plan(data_dir: str, data_format: str, slide_pattern: str,
     return plan_pcam(data_dir, labels_file or PCAM_LABELS)
   if data_format == "idc":
     return plan_idc(data_dir)
-  raise ValueError(f"unknown format {data_format!r}; choose from auto, {', '.join(FORMATS)}")
+  raise DatasetError(f"unknown format {data_format!r}; choose from auto, {', '.join(FORMATS)}")

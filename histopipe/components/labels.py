@@ -13,11 +13,12 @@ import re
 from typing import Dict, Optional
 
 from histopipe.core.configs import ISUP_GRADES
+from histopipe.core.errors import UserError
 
 PANDA_COLUMNS = ("image_id", "data_provider", "isup_grade", "gleason_score")
 
 
-class LabelFileError(ValueError):
+class LabelFileError(UserError, ValueError):
   """The label file cannot be used; names the file, row and reason."""
 
 

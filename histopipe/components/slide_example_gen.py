@@ -26,10 +26,10 @@ from tfx.types import artifact_utils
 from tfx.utils import proto_utils
 
 from histopipe.components import bag_features, datasets
-from histopipe.components.slide_stages import TileSlides, WriteSlideReport, read_outcomes, summarize_outcomes
+from histopipe.components.slide_stages import (TileSlides, WriteSlideReport, read_outcomes,
+                                               summarize_outcomes)
 from histopipe.core.configs import PipelineConfig
-
-REPORT_DIR = "slide_report"
+from histopipe.core.layout import SLIDE_REPORT_DIR
 # exec_properties key the executor adds for its own PTransform.
 _REPORT_DIR_KEY = "_slide_report_dir"
 
@@ -65,7 +65,7 @@ class SlideExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
   def Do(self, input_dict, output_dict, exec_properties) -> None:
     examples = artifact_utils.get_single_instance(output_dict["examples"])
-    report_dir = os.path.join(examples.uri, REPORT_DIR)
+    report_dir = os.path.join(examples.uri, SLIDE_REPORT_DIR)
     exec_properties = dict(exec_properties, **{_REPORT_DIR_KEY: report_dir})
     super().Do(input_dict, output_dict, exec_properties)
     for key, value in summarize_outcomes(read_outcomes(report_dir)).items():

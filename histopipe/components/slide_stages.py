@@ -12,21 +12,20 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sys
-import time
-from typing import Any, Dict, Iterator, List, NamedTuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from histopipe.components import bag_features
+from histopipe.components import bag_features, previews
 from histopipe.components.datasets import SlideTask
 from histopipe.components.slide_reader import SlideError
 from histopipe.components.tiling import cut_bag
 from histopipe.core.configs import TilingConfig
+from histopipe.core.layout import OUTCOMES_FILE, REJECTS_FILE
+from histopipe.core.progress import progress_bar
 
-REJECTS_FILE = "rejects.csv"
-OUTCOMES_FILE = "slides.csv"
 REJECTS_HEADER = "image_id,path,reason"
 OUTCOMES_HEADER = "image_id,path,status,reason,tiles"
 COUNTERS_NAMESPACE = "SlideExampleGen"
@@ -40,42 +39,66 @@ class SlideOutcome(NamedTuple):
   tiles: int
 
 
-class ProgressCounter:
-  """"<label>: done/total (rate/s)" on stderr, redrawn at most once a second.
-  Made in a DoFn's setup(): each Beam worker counts the slides it handled."""
+def single_worker(options: PipelineOptions) -> bool:
+  """Whether a Beam job runs its DoFns in one worker (the DirectRunner in
+  memory with one worker): only then is a worker's count the whole job's."""
+  runner = options.view_as(StandardOptions).runner
+  direct = options.view_as(DirectOptions)
+  return (runner in (None, "DirectRunner", "BundleBasedDirectRunner") and
+          direct.direct_num_workers == 1 and direct.direct_running_mode == "in_memory")
 
-  def __init__(self, label: str, total: int):
-    self._label, self._total = label, total
-    self._done, self._start, self._last_print = 0, time.time(), 0.0
+
+class ItemProgress:
+  """A DoFn's progress counter: made in setup(), one step per item, shown at
+  the end of each bundle and when the worker stops. `total` 0: no counter;
+  `shared` (several workers): each counts its own share, with no total."""
+
+  def __init__(self, label: str, total: int, shared: bool):
+    self._label, self._total, self._shared = label, total, shared
+    self._bar = None
+
+  def setup(self) -> None:
+    if self._total:
+      self._bar = progress_bar(self._label, self._total, worker_share=self._shared)
 
   def step(self) -> None:
-    self._done += 1
-    now = time.time()
-    if not self._total or (now - self._last_print < 1.0 and self._done < self._total):
-      return
-    self._last_print = now
-    rate = self._done / max(now - self._start, 1e-9)
-    print(f"{self._label}: {self._done}/{self._total} ({rate:.1f} slides/s)", file=sys.stderr,
-          end="\n" if self._done >= self._total else "\r", flush=True)
+    if self._bar is not None:
+      self._bar.update()
+
+  def flush(self) -> None:
+    if self._bar is not None:
+      self._bar.refresh()
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
 
 
 class TileSlideFn(beam.DoFn):
   """One slide -> one serialized bag; any failure becomes an outcome with its reason.
 
-  With `preview_dir`, writes `<image_id>.png` there for every tiled slide.
-  With `progress_total`, prints a counter with rate to stderr (per worker).
+  With `preview_dir`, writes `<image_id>.png` there for every tiled slide:
+  the thumbnail the tiling returned, with the chosen tiles outlined.
   """
 
-  def __init__(self, tiling: TilingConfig, preview_dir: str = "", progress_total: int = 0):
+  def __init__(self, tiling: TilingConfig, preview_dir: str = "",
+               progress: Optional[ItemProgress] = None):
     self._tiling = tiling
     self._preview_dir = preview_dir
-    self._progress_total = progress_total
+    self._progress = progress or ItemProgress("", 0, shared=False)
     self._written = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "slides_written")
     self._rejected = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "slides_rejected")
     self._tiles = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "tiles_written")
 
   def setup(self):
-    self._progress = ProgressCounter("tiling slides", self._progress_total)
+    self._progress.setup()
+
+  def finish_bundle(self):
+    self._progress.flush()
+
+  def teardown(self):
+    self._progress.close()
 
   def _reject(self, task: SlideTask, reason: str):
     self._rejected.inc()
@@ -91,15 +114,17 @@ class TileSlideFn(beam.DoFn):
       yield self._reject(task, task.problem)
       return
     try:
-      preview = (os.path.join(self._preview_dir, f"{task.image_id}.png")
-                 if self._preview_dir and task.kind == "slide" else "")
-      bag = cut_bag(task.path, task.kind, self._tiling, task.tile_x, task.tile_y, preview)
+      tiled = cut_bag(task.path, task.kind, self._tiling, task.tile_x, task.tile_y)
     except SlideError as e:
       yield self._reject(task, e.reason)
       return
     except Exception as e:  # an item must never take the run down with it
       yield self._reject(task, f"unexpected {type(e).__name__}: {e}")
       return
+    bag = tiled.bag
+    if self._preview_dir and task.kind == "slide":
+      previews.write_png(os.path.join(self._preview_dir, f"{task.image_id}.png"),
+                         previews.draw_preview(tiled.thumbnail, bag, tiled.thumbnail_downsample))
     label = task.label
     example = bag_features.serialize_bag(
         bag, image_id=label.image_id, patient_id=label.patient_id,
@@ -113,7 +138,8 @@ class TileSlideFn(beam.DoFn):
         "outcomes", SlideOutcome(task.image_id, task.path, "written", "", tiles))
 
 
-def _csv_line(values) -> str:
+def csv_line(values: Iterable[Any]) -> str:
+  """One CSV row without its line end, quoted as the csv module quotes."""
   buffer = io.StringIO()
   csv.writer(buffer, lineterminator="").writerow(values)
   return buffer.getvalue()
@@ -121,11 +147,11 @@ def _csv_line(values) -> str:
 
 @beam.ptransform_fn
 def TileSlides(tasks, tiling: TilingConfig, preview_dir: str = "",  # pylint: disable=invalid-name
-               progress_total: int = 0):
+               progress: Optional[ItemProgress] = None):
   """PCollection[SlideTask] -> (examples: serialized tf.Example bags, outcomes)."""
   return (tasks
           | "Reshuffle" >> beam.Reshuffle()  # spread slides over workers
-          | "Tile" >> beam.ParDo(TileSlideFn(tiling, preview_dir, progress_total)).with_outputs(
+          | "Tile" >> beam.ParDo(TileSlideFn(tiling, preview_dir, progress)).with_outputs(
               "outcomes", main="examples"))
 
 
@@ -133,13 +159,13 @@ def TileSlides(tasks, tiling: TilingConfig, preview_dir: str = "",  # pylint: di
 def WriteSlideReport(outcomes, report_dir: str):  # pylint: disable=invalid-name
   """`slides.csv` (every slide and what happened) and `rejects.csv`."""
   (outcomes
-   | "FormatOutcomes" >> beam.Map(_csv_line)
+   | "FormatOutcomes" >> beam.Map(csv_line)
    | "WriteOutcomes" >> beam.io.WriteToText(
        os.path.join(report_dir, OUTCOMES_FILE), shard_name_template="",
        header=OUTCOMES_HEADER))
   return (outcomes
           | "OnlyRejects" >> beam.Filter(lambda o: o.status == "rejected")
-          | "FormatRejects" >> beam.Map(lambda o: _csv_line((o.image_id, o.path, o.reason)))
+          | "FormatRejects" >> beam.Map(lambda o: csv_line((o.image_id, o.path, o.reason)))
           | "WriteRejects" >> beam.io.WriteToText(
               os.path.join(report_dir, REJECTS_FILE), shard_name_template="",
               header=REJECTS_HEADER))

@@ -22,13 +22,15 @@ import csv
 import dataclasses
 import hashlib
 import os
-from typing import Callable, Iterator, List, Optional
+from typing import Iterator, List
 
 import cv2
 import numpy as np
 import tifffile
 
 from histopipe.components.labels import PANDA_COLUMNS
+from histopipe.core.errors import make_output_dir
+from histopipe.core.progress import progress_bar
 
 # The pyramid of a PANDA file: level k has downsample PANDA_DOWNSAMPLES[k].
 PANDA_DOWNSAMPLES = (1, 4, 16)
@@ -283,8 +285,7 @@ def _image_id(seed: int, index: int) -> str:
 
 
 def write_dataset(out_dir: str, slides: int, seed: int = 0,
-                  level0_size: tuple = (3072, 2048),
-                  progress: Optional[Callable[[int, int], None]] = None
+                  level0_size: tuple = (3072, 2048), progress: bool = False
                   ) -> List[SyntheticSlide]:
   """Writes `slides` TIFFs under `out_dir/train_images/` and `out_dir/train.csv`.
 
@@ -297,9 +298,9 @@ def write_dataset(out_dir: str, slides: int, seed: int = 0,
   width, height = level0_size
   rng = np.random.default_rng(seed)
   grades = _balanced_labels(rng, slides, classes=6)
-  images_dir = os.path.join(out_dir, "train_images")
-  os.makedirs(images_dir, exist_ok=True)
+  images_dir = make_output_dir(os.path.join(out_dir, "train_images"))
   written = []
+  counter = progress_bar("synthesizing slides", slides, enabled=progress)
   for index, grade in enumerate(grades):
     grade = int(grade)
     slide_rng = np.random.default_rng([seed, index])
@@ -317,8 +318,8 @@ def write_dataset(out_dir: str, slides: int, seed: int = 0,
                            tumour_fraction=tumour_fraction, stain_scale=stain)
     write_pyramidal_tiff(path, pyramid(level0))
     written.append(SyntheticSlide(image_id, path, provider, grade, gleason))
-    if progress:
-      progress(index + 1, slides)
+    counter.update()
+  counter.close()
   write_labels(os.path.join(out_dir, "train.csv"), written)
   return written
 
@@ -348,8 +349,7 @@ class SyntheticPatch:
   label: int
 
 
-def write_patch_dataset(out_dir: str, patches: int, seed: int = 0,
-                        progress: Optional[Callable[[int, int], None]] = None
+def write_patch_dataset(out_dir: str, patches: int, seed: int = 0, progress: bool = False
                         ) -> List[SyntheticPatch]:
   """PatchCamelyon's Kaggle layout: `out_dir/train/<id>.tif` (96 x 96 RGB)
   and `out_dir/train_labels.csv` (`id,label`), labels balanced."""
@@ -357,9 +357,9 @@ def write_patch_dataset(out_dir: str, patches: int, seed: int = 0,
     raise ValueError("patches must be >= 1")
   rng = np.random.default_rng(seed)
   labels = _balanced_labels(rng, patches, classes=2)
-  train_dir = os.path.join(out_dir, "train")
-  os.makedirs(train_dir, exist_ok=True)
+  train_dir = make_output_dir(os.path.join(out_dir, "train"))
   written = []
+  counter = progress_bar("synthesizing patches", patches, unit="patches", enabled=progress)
   for index, label in enumerate(labels):
     label = int(label)
     patch_rng = np.random.default_rng([seed, index, 96])
@@ -372,8 +372,8 @@ def write_patch_dataset(out_dir: str, patches: int, seed: int = 0,
     tifffile.imwrite(path, render_patch(patch_rng, PCAM_PATCH_SIZE, morph, stain),
                      photometric="rgb")
     written.append(SyntheticPatch(patch_id, path, label))
-    if progress:
-      progress(index + 1, patches)
+    counter.update()
+  counter.close()
   with open(os.path.join(out_dir, "train_labels.csv"), "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["id", "label"])

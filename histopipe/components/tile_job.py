@@ -12,19 +12,21 @@ tiling the slide (bench/tiling.py, 12 slides).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
-import glob
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from histopipe.components import datasets
-from histopipe.components.slide_stages import (TileSlides, WriteSlideReport, read_outcomes,
-                                     summarize_outcomes)
+from histopipe.components.slide_stages import (ItemProgress, TileSlides, WriteSlideReport,
+                                               read_outcomes, single_worker, summarize_outcomes)
 from histopipe.core.configs import PipelineConfig
+from histopipe.core.errors import make_output_dir
+from histopipe.core.layout import REJECTS_FILE
 
 BAGS_PREFIX = "bags"
 SUMMARY_FILE = "summary.json"
@@ -44,16 +46,16 @@ def run_tile_job(data_dir: str, out_dir: str, config: PipelineConfig,
   start = time.time()
   tasks = datasets.plan(data_dir, config.data.format, config.data.slide_pattern,
                         labels_file or config.data.labels_file)
-  os.makedirs(out_dir, exist_ok=True)
-  preview_dir = os.path.join(out_dir, PREVIEWS_DIR) if previews else ""
-  if preview_dir:
-    os.makedirs(preview_dir, exist_ok=True)
+  make_output_dir(out_dir)
+  preview_dir = make_output_dir(os.path.join(out_dir, PREVIEWS_DIR)) if previews else ""
   options = PipelineOptions(list(beam_pipeline_args or config.beam_pipeline_args))
+  counter = ItemProgress("tiling slides", len(tasks) if progress else 0,
+                         shared=not single_worker(options))
   with beam.Pipeline(options=options) as pipeline:
     results = (pipeline
                | "ListSlides" >> beam.Create(tasks)
                | "TileSlides" >> TileSlides(config.tiling, preview_dir=preview_dir,
-                                            progress_total=len(tasks) if progress else 0))
+                                            progress=counter))
     _ = (results.examples
          | "WriteBags" >> beam.io.WriteToTFRecord(
              os.path.join(out_dir, BAGS_PREFIX),
@@ -65,6 +67,16 @@ def run_tile_job(data_dir: str, out_dir: str, config: PipelineConfig,
   with open(os.path.join(out_dir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=2)
   return summary
+
+
+def describe(summary: Dict[str, float], out_dir: str, gzip: bool = False) -> str:
+  """What a tile job did and where its outputs are, for people."""
+  bags = f"{BAGS_PREFIX}-*.tfrecord" + (".gz" if gzip else "")
+  return (f"{summary['slides_written']} of {summary['slides_total']} slides tiled "
+          f"({summary['tiles_written']} tiles), {summary['slides_rejected']} rejected, "
+          f"in {summary['seconds']:.1f} s\n"
+          f"bags: {os.path.join(out_dir, bags)}; rejects: {os.path.join(out_dir, REJECTS_FILE)}; "
+          f"previews: {os.path.join(out_dir, PREVIEWS_DIR)}/")
 
 
 def bag_files(out_dir: str) -> Tuple[List[str], str]:

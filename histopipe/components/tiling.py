@@ -1,7 +1,9 @@
 """Cuts one slide into a bag: tissue mask, tile grid, best N tiles, encoding.
 
 The same function serves the SlideExampleGen and clients that tile slides
-themselves, so training and serving see identical tiles.
+themselves, so training and serving see identical tiles. It returns data
+only: the bag, and the thumbnail the tissue mask was computed on, so a caller
+that draws the slide (previews, attention heatmaps) need not open it again.
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import List
+from typing import List, NamedTuple
 
 import cv2
 import numpy as np
 
-from histopipe.components import previews, tissue
+from histopipe.components import tissue
 from histopipe.components.bag_features import SlideBag
 from histopipe.components.slide_reader import Level, SlideError, TiffSlide
 from histopipe.core.configs import TilingConfig
@@ -58,11 +60,15 @@ def choose_level(slide: TiffSlide, tiling: TilingConfig) -> Level:
   return slide.levels[tiling.level]
 
 
-def tile_slide(path: str, tiling: TilingConfig, preview_path: str = "") -> SlideBag:
-  """The bag of one slide; raises SlideError with the reason when unusable.
+class TiledSlide(NamedTuple):
+  """A slide's bag, and the thumbnail its tissue mask was computed on."""
+  bag: SlideBag
+  thumbnail: np.ndarray  # RGB; a patch's own pixels
+  thumbnail_downsample: float  # level-0 pixels per thumbnail pixel
 
-  With `preview_path`, also writes the thumbnail with the chosen tiles drawn.
-  """
+
+def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
+  """The bag of one slide; raises SlideError with the reason when unusable."""
   with TiffSlide(path) as slide:
     level = choose_level(slide, tiling)
     if level.width < tiling.tile_size or level.height < tiling.tile_size:
@@ -106,10 +112,7 @@ def tile_slide(path: str, tiling: TilingConfig, preview_path: str = "") -> Slide
         slide_width=slide.levels[0].width,
         slide_height=slide.levels[0].height,
     )
-  if preview_path:
-    previews.write_png(preview_path, previews.draw_preview(
-        thumbnail, bag, thumbnail_downsample))
-  return bag
+  return TiledSlide(bag, thumbnail, thumbnail_downsample)
 
 
 def _read_patch(path: str) -> np.ndarray:
@@ -126,7 +129,7 @@ def _read_patch(path: str) -> np.ndarray:
   return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def tile_patch(path: str, tiling: TilingConfig, tile_x: int = 0, tile_y: int = 0) -> SlideBag:
+def tile_patch(path: str, tiling: TilingConfig, tile_x: int = 0, tile_y: int = 0) -> TiledSlide:
   """A patch dataset item (PCam, IDC): the whole image is the bag's one tile.
 
   Patches were cut around tissue by the dataset's authors, so no tissue
@@ -134,21 +137,23 @@ def tile_patch(path: str, tiling: TilingConfig, tile_x: int = 0, tile_y: int = 0
   """
   if not os.path.exists(path):
     raise SlideError(path, "file not found")
-  pixels = _read_patch(path)
-  height, width = pixels.shape[:2]
+  original = _read_patch(path)
+  height, width = original.shape[:2]
+  pixels = original
   if tiling.resize_to:
     pixels = cv2.resize(pixels, (tiling.resize_to, tiling.resize_to),
                         interpolation=cv2.INTER_AREA)
-  return SlideBag(tiles=[encode_tile(pixels, tiling)], tile_valid=[1], tile_x=[tile_x],
-                  tile_y=[tile_y], tile_tissue=[1.0], level=0, level_downsample=1.0,
-                  tile_size=max(height, width), mpp=0.0, slide_width=width,
-                  slide_height=height)
+  bag = SlideBag(tiles=[encode_tile(pixels, tiling)], tile_valid=[1], tile_x=[tile_x],
+                 tile_y=[tile_y], tile_tissue=[1.0], level=0, level_downsample=1.0,
+                 tile_size=max(height, width), mpp=0.0, slide_width=width,
+                 slide_height=height)
+  return TiledSlide(bag, original, 1.0)
 
 
-def cut_bag(path: str, kind: str, tiling: TilingConfig, tile_x: int = 0, tile_y: int = 0,
-            preview_path: str = "") -> SlideBag:
+def cut_bag(path: str, kind: str, tiling: TilingConfig, tile_x: int = 0,
+            tile_y: int = 0) -> TiledSlide:
   """The bag of one input item: a slide is tiled, a patch is its own one tile.
-  SlideExampleGen, `histopipe predict` and `histopipe score` all cut bags here."""
+  SlideExampleGen, `histopipe predict`, `score` and `explain` all cut bags here."""
   if kind == "patch":
     return tile_patch(path, tiling, tile_x, tile_y)
-  return tile_slide(path, tiling, preview_path=preview_path)
+  return tile_slide(path, tiling)

@@ -1,26 +1,52 @@
-"""Every setting of the pipeline, in one typed place.
+"""Every setting of the pipeline, in one typed place, at the bottom of the package.
 
 The CLI, the local runner, the Kubeflow compiler, the SlideExampleGen executor
 and the trainer module all read these dataclasses; nothing is copied between
-files. Presets: `demo` (fits `make demo` on a 2-core CPU) and `full`
-(PANDA-like: 36 tiles of 256 px from the middle level, 224 px model input).
-A JSON file given with `--config` overrides any field of a preset:
+files, and this module imports no other part of histopipe. Presets: `demo`
+(fits `make demo` on a 2-core CPU) and `full` (PANDA-like: 36 tiles of 256 px
+from the middle level, 224 px model input). A JSON file given with `--config`
+overrides any field of a preset:
 
     {"preset": "demo", "training": {"epochs": 30}, "tiling": {"tiles_per_slide": 12}}
+
+The classes are pydantic dataclasses in strict mode: a value of the wrong type
+(`"epochs": "ten"`, `"epochs": 2.5`), an unknown field or an unknown choice
+fails when the config is loaded, with the field's path, instead of deep inside
+a Beam worker or the Trainer. They stay standard dataclasses otherwise
+(`dataclasses.replace`, `asdict`, frozen, hashable), and `replace` validates too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple
+
+import pydantic
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from histopipe.core.errors import UserError
 
 ISUP_GRADES = 6  # ISUP grade group 0 (benign) .. 5
 # Datasets of small patches with a 0/1 label: each patch is a bag of one tile.
 PATCH_FORMATS = ("pcam", "idc")
+DATA_FORMATS = ("panda",) + PATCH_FORMATS
 
 
-@dataclasses.dataclass(frozen=True)
+class ConfigError(UserError, ValueError):
+  """A config that cannot be used; the message names the field and what is wrong."""
+
+
+# Strict: no silent coercion ("10" is not 10); unknown fields are errors.
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _settings(cls):
+  """A frozen dataclass whose fields pydantic checks on every construction."""
+  return pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)(cls)
+
+
+@_settings
 class TilingConfig:
   """How SlideExampleGen cuts a slide into a bag of tiles."""
   tiles_per_slide: int = 16
@@ -33,17 +59,17 @@ class TilingConfig:
   level_downsample: float = 0.0
   level: int = 1
   min_tissue_fraction: float = 0.25  # tiles with less tissue are not taken
-  tile_format: str = "png"  # "png" (lossless) or "jpeg"
+  tile_format: Literal["png", "jpeg"] = "png"  # PNG is lossless
   jpeg_quality: int = 90
   resize_to: int = 0  # 0 keeps tile_size; otherwise tiles are resized to this
 
 
-@dataclasses.dataclass(frozen=True)
+@_settings
 class DataConfig:
   """Where slides and labels are inside the data folder."""
   # panda, pcam, idc, or auto (detected from the folder when the pipeline is
   # built, so only for local folders): see components/datasets.py.
-  format: str = "panda"
+  format: Literal["auto", "panda", "pcam", "idc"] = "panda"
   slide_pattern: str = "train_images/*.tif*"  # PANDA slides, relative to the data folder
   labels_file: str = ""  # "" = the format's own (train.csv, train_labels.csv)
   # Hash buckets per split (by patient): the Trainer early-stops on "valid",
@@ -53,7 +79,7 @@ class DataConfig:
   eval_buckets: int = 3
 
 
-@dataclasses.dataclass(frozen=True)
+@_settings
 class ModelConfig:
   """The MIL model: a shared backbone over the tiles of a bag, then pooling."""
   backbone: str = "resnet50"
@@ -74,7 +100,7 @@ class ModelConfig:
   tiles_used: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@_settings
 class TrainingConfig:
   batch_size: int = 8  # bags per batch
   epochs: int = 30
@@ -91,13 +117,13 @@ class TrainingConfig:
   # (loss weight total / (classes * count)), "balanced_sampling" (every
   # class equally often per epoch) or "none". Counts come from a TFT analyzer
   # over the training split.
-  class_balance: str = "class_weights"
+  class_balance: Literal["class_weights", "balanced_sampling", "none"] = "class_weights"
   # With GPUs: mixed float16 compute (float32 outputs), and MirroredStrategy
   # over all of a node's GPUs. Ignored on CPU.
   mixed_precision: bool = True
 
 
-@dataclasses.dataclass(frozen=True)
+@_settings
 class AugmentationConfig:
   """Training-batch augmentation (trainer/augmentation.py); never at eval or serving."""
   flips_and_rotations: bool = True
@@ -110,7 +136,7 @@ class AugmentationConfig:
   hed_sigma: float = 0.03  # HED stain scale 1 +- sigma and shift +- sigma; 0 = off
 
 
-@dataclasses.dataclass(frozen=True)
+@_settings
 class EvaluationConfig:
   """The Evaluator's gate: quadratic weighted kappa for the ISUP task, ROC
   AUC for binary tasks; a floor, and a largest drop vs the last blessed model."""
@@ -120,7 +146,7 @@ class EvaluationConfig:
   max_auc_drop: float = 0.02
 
 
-@dataclasses.dataclass(frozen=True)
+@_settings
 class TuningConfig:
   """Optional TFX Tuner before the Trainer: a random search (keras-tuner's
   oracle) over these choices, each trial trained for `epochs` and scored on
@@ -135,7 +161,7 @@ class TuningConfig:
   tiles_used: Tuple[int, ...] = (0,)  # see ModelConfig.tiles_used; 0 = all
 
 
-@dataclasses.dataclass(frozen=True)
+@_settings
 class StepResources:
   """Container limits of one pipeline step on Kubeflow (0 = none set)."""
   cpu: float = 0.0  # cores
@@ -143,7 +169,7 @@ class StepResources:
   gpus: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@_settings
 class KubeflowConfig:
   """What the compiled Kubeflow pipeline asks of the cluster. Beam-based steps
   (SlideExampleGen, StatisticsGen, Transform, Evaluator) run with
@@ -159,7 +185,7 @@ class KubeflowConfig:
   light_step: StepResources = StepResources(cpu=1, memory_gb=4)  # SchemaGen, Pusher, ...
 
 
-@dataclasses.dataclass(frozen=True)
+@_settings
 class PipelineConfig:
   name: str = "histopipe"
   preset: str = "full"
@@ -202,33 +228,37 @@ class PipelineConfig:
 
   @classmethod
   def from_dict(cls, values: Dict[str, Any]) -> "PipelineConfig":
-    return _build(cls, values, path="config")
+    return cls.from_json(json.dumps(values))
 
   @classmethod
   def from_json(cls, text: str) -> "PipelineConfig":
-    return cls.from_dict(json.loads(text))
+    """Parses and checks a config; raises ConfigError naming every bad field."""
+    try:
+      return TypeAdapter(cls).validate_json(text)
+    except ValidationError as e:
+      raise ConfigError(_describe(e)) from None
 
 
-def _build(cls, values: Dict[str, Any], path: str):
-  """Builds a (nested) dataclass from a dict, rejecting unknown keys."""
-  if not isinstance(values, dict):
-    raise ValueError(f"{path} must be a JSON object")
-  fields = {f.name: f for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - set(fields))
-  if unknown:
-    raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; "
-                     f"known: {', '.join(sorted(fields))}")
-  defaults = cls()  # every config class has a default for every field
-  kwargs = {}
-  for name, value in values.items():
-    default = getattr(defaults, name)
-    if dataclasses.is_dataclass(default):
-      kwargs[name] = _build(type(default), value, f"{path}.{name}")
-    elif isinstance(default, tuple):
-      kwargs[name] = tuple(value)
+def _describe(error: ValidationError) -> str:
+  """pydantic's findings as one line: `config.training.epochs: Input should be
+  a valid integer (got 'ten'); ...`, unknown fields with the known ones."""
+  problems = []
+  for problem in error.errors():
+    where = ".".join(["config", *(str(part) for part in problem["loc"])])
+    if problem["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+      known = _field_names(problem["loc"][:-1])
+      problems.append(f"{where}: unknown field; known: {', '.join(known)}")
     else:
-      kwargs[name] = value
-  return cls(**kwargs)
+      problems.append(f"{where}: {problem['msg']} (got {problem['input']!r})")
+  return "; ".join(problems)
+
+
+def _field_names(location) -> list:
+  """The field names of the config section at `location` (a path of field names)."""
+  section: Any = PipelineConfig
+  for name in location:
+    section = type(getattr(section(), name))
+  return sorted(f.name for f in dataclasses.fields(section))
 
 
 # Beam flags for the Beam-based steps, by where they run. The user code reaches
@@ -262,7 +292,7 @@ def with_tuned_values(config: PipelineConfig, values: Dict[str, Any]) -> Pipelin
   """`config` with the Tuner's values in their places (unknown names raise)."""
   unknown = sorted(set(values) - set(TUNED_FIELDS))
   if unknown:
-    raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {sorted(TUNED_FIELDS)}")
+    raise ConfigError(f"unknown hyperparameter(s) {unknown}; known: {sorted(TUNED_FIELDS)}")
   for name, value in values.items():
     section, field, _ = TUNED_FIELDS[name]
     replaced = dataclasses.replace(getattr(config, section), **{field: value})
@@ -309,11 +339,18 @@ def load_config(path: Optional[str] = None, preset: str = "demo") -> PipelineCon
   """A preset, optionally overridden by a JSON file (which may name its preset)."""
   overrides: Dict[str, Any] = {}
   if path:
-    with open(path) as f:
-      overrides = json.load(f)
+    try:
+      with open(path) as f:
+        overrides = json.load(f)
+    except OSError as e:
+      raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(overrides, dict):
+      raise ConfigError(f"{path}: a config file holds a JSON object, not {type(overrides).__name__}")
     preset = overrides.pop("preset", preset)
   if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
   merged = _merge(PRESETS[preset]().to_dict(), overrides)
   return PipelineConfig.from_dict(merged)
 

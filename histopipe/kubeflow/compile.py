@@ -12,18 +12,21 @@ this package (kubeflow/Dockerfile): Transform, Tuner and Trainer load
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
+from histopipe.components.beam_flags import merge_beam_args, require_filled
+from histopipe.core.configs import BEAM_PRESETS, KubeflowConfig, PipelineConfig, StepResources
+from histopipe.core.errors import UserError, make_output_dir
 from histopipe.pipeline import pipeline as pipeline_dag
-from histopipe.core.configs import KubeflowConfig, PipelineConfig, StepResources
 
 DATA_ROOT_PARAMETER = "data_root"
 # Steps that run Beam (the DirectRunner inside their container by default).
@@ -62,6 +65,16 @@ def _set_resources(spec: dict, kubeflow: KubeflowConfig) -> None:
         resource_spec(resources, kubeflow.gpu_resource))
 
 
+def with_beam_args(config: PipelineConfig, beam_preset: Optional[str] = None,
+                   extra_beam_args: Sequence[str] = ()) -> PipelineConfig:
+  """`config` with the Beam flags of the Beam steps: a preset's (or the
+  config's own), then `extra_beam_args` merged in; placeholders refused."""
+  base = BEAM_PRESETS[beam_preset] if beam_preset else config.beam_pipeline_args
+  beam_args = merge_beam_args(base, extra_beam_args)
+  require_filled(beam_args)
+  return dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
+
+
 def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
                      pipeline_root: str, data_root: Optional[str] = None,
                      serving_model_dir: Optional[str] = None) -> str:
@@ -72,7 +85,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
   """
   serving_model_dir = serving_model_dir or pipeline_root.rstrip("/") + "/serving_model"
   if config.data.format == "auto":
-    raise ValueError("data.format must be named (panda, pcam or idc) for Kubeflow: "
+    raise UserError("data.format must be named (panda, pcam or idc) for Kubeflow: "
                      "the data folder is not readable when compiling")
   data_root_parameter = tfx.dsl.experimental.RuntimeParameter(
       name=DATA_ROOT_PARAMETER, ptype=str, default=data_root)
@@ -94,7 +107,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     parameters[DATA_ROOT_PARAMETER]["defaultValue"] = data_root
   _set_resources(spec, config.kubeflow)
-  os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+  make_output_dir(os.path.dirname(os.path.abspath(output_file)))
   with open(output_file, "w") as f:
     yaml.safe_dump(spec, f, sort_keys=False)
   return output_file

@@ -14,11 +14,13 @@ from typing import Dict, List, NamedTuple, Optional
 import requests
 import yaml
 
+from histopipe.core.errors import UserError
+
 HEALTHZ_PATH = "/apis/v2beta1/healthz"
 
 
-class SubmitError(Exception):
-  pass
+class SubmitError(UserError):
+  """The package, a parameter or the host is not right; says which."""
 
 
 class SubmittedRun(NamedTuple):
@@ -42,8 +44,13 @@ def parse_params(pairs: List[str]) -> Dict[str, object]:
 
 
 def declared_parameters(package: str) -> Dict[str, dict]:
-  with open(package) as f:
-    spec = yaml.safe_load(f)
+  try:
+    with open(package) as f:
+      spec = yaml.safe_load(f)
+  except OSError as e:
+    raise SubmitError(f"{package}: cannot read the pipeline package ({e.strerror})") from None
+  except yaml.YAMLError as e:
+    raise SubmitError(f"{package}: not YAML ({e})") from None
   if not isinstance(spec, dict) or "root" not in spec or "deploymentSpec" not in spec:
     raise SubmitError(f"{package} is not a KFP v2 pipeline spec (compile it with "
                       "`histopipe kubeflow compile`)")

@@ -18,12 +18,11 @@ from tfx.types import standard_artifacts
 from histopipe.components import bag_features
 from histopipe.components.datasets import with_detected_format
 from histopipe.components.slide_example_gen import SlideExampleGen
+from histopipe.core import signatures
 from histopipe.core.configs import PipelineConfig
-from histopipe.trainer import features
+from histopipe.trainer import features, metrics
 
-KAPPA_METRIC = "kappa"
-AUC_METRIC = "auc"
-CANCER_AUC_METRIC = "cancer_auc"  # ISUP: grade >= 1 vs benign
+METRICS_MODULE = metrics.__name__  # TFMA loads the custom metrics by module path
 PREPROCESSING_FN = "histopipe.trainer.preprocessing.preprocessing_fn"
 RUN_FN = "histopipe.trainer.task.run_fn"
 TUNER_FN = "histopipe.trainer.tuning.tuner_fn"
@@ -44,7 +43,7 @@ def _gate(floor: float, largest_drop: float) -> list:
 
 def gate_metric(config: PipelineConfig) -> str:
   """The metric the Evaluator gates on: kappa (ISUP) or AUC (binary)."""
-  return AUC_METRIC if config.task == "binary" else KAPPA_METRIC
+  return metrics.AUC if config.task == "binary" else metrics.KAPPA
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
@@ -54,32 +53,33 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
   P(label = 1). Overall and per data provider."""
   gate = config.evaluation
   if config.task == "binary":
-    metrics = [
-        tfma.MetricConfig(class_name="BinaryAccuracy", config=json.dumps({"name": "accuracy"})),
-        tfma.MetricConfig(class_name="AUC", config=json.dumps({"name": AUC_METRIC}),
+    metric_configs = [
+        tfma.MetricConfig(class_name="BinaryAccuracy",
+                          config=json.dumps({"name": metrics.ACCURACY})),
+        tfma.MetricConfig(class_name="AUC", config=json.dumps({"name": metrics.AUC}),
                           per_slice_thresholds=_gate(gate.min_auc, gate.max_auc_drop)),
     ]
   else:
-    metrics = [
+    metric_configs = [
         # The served grade is the ordinal median, not the argmax: score that.
-        tfma.MetricConfig(class_name="GradeAccuracy", module="histopipe.trainer.metrics",
+        tfma.MetricConfig(class_name="GradeAccuracy", module=METRICS_MODULE,
                           config=json.dumps({"num_classes": config.num_classes,
-                                             "name": "accuracy"})),
+                                             "name": metrics.ACCURACY})),
         tfma.MetricConfig(
-            class_name="QuadraticWeightedKappa", module="histopipe.trainer.metrics",
-            config=json.dumps({"num_classes": config.num_classes, "name": KAPPA_METRIC}),
+            class_name="QuadraticWeightedKappa", module=METRICS_MODULE,
+            config=json.dumps({"num_classes": config.num_classes, "name": metrics.KAPPA}),
             per_slice_thresholds=_gate(gate.min_kappa, gate.max_kappa_drop)),
-        tfma.MetricConfig(class_name="CancerAUC", module="histopipe.trainer.metrics",
-                          config=json.dumps({"name": CANCER_AUC_METRIC})),
+        tfma.MetricConfig(class_name="CancerAUC", module=METRICS_MODULE,
+                          config=json.dumps({"name": metrics.CANCER_AUC})),
     ]
   return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(signature_name="serving_default",
+      model_specs=[tfma.ModelSpec(signature_name=signatures.SERVING_DEFAULT,
                                   label_key=features.LABEL_KEY,
-                                  prediction_key=features.PROBABILITIES)],
+                                  prediction_key=signatures.PROBABILITIES)],
       slicing_specs=[tfma.SlicingSpec(),
                      tfma.SlicingSpec(feature_keys=[bag_features.DATA_PROVIDER])],
       metrics_specs=[tfma.MetricsSpec(
-          metrics=[tfma.MetricConfig(class_name="ExampleCount")] + metrics)])
+          metrics=[tfma.MetricConfig(class_name="ExampleCount")] + metric_configs)])
 
 
 def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,

@@ -1,32 +1,46 @@
 """`histopipe explain SLIDE --model-dir DIR`: the attention heatmap of one slide.
 
-The slide is tiled as SlideExampleGen tiles it, scored by the SavedModel's
-`serving_default` in this process, and drawn: its thumbnail with each chosen
+The slide is opened once: tiled as SlideExampleGen tiles it (which also gives
+the thumbnail the tissue mask was found on), scored by the SavedModel's
+`serving_default` in this process, and drawn on that thumbnail, each chosen
 tile coloured by the attention the model gave it.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from histopipe.components import bag_features
 from histopipe.components.datasets import image_id_from_path
+from histopipe.components.slide_reader import SlideError
 from histopipe.components.tiling import cut_bag
-from histopipe.core.configs import PipelineConfig
-from histopipe.reports.run_report import write_heatmap
-from histopipe.serving.dev_server import DEFAULT_SIGNATURE, LoadedModel
+from histopipe.core import signatures
+from histopipe.core.configs import PATCH_FORMATS, PipelineConfig
+from histopipe.core.errors import UserError
+from histopipe.reports import figures
+from histopipe.serving.saved_model import LoadedModel
 from histopipe.serving.slide_predictions import prediction_record
 
 
 def explain_slide(slide_path: str, model_dir: str, config: PipelineConfig, out_png: str) -> dict:
   """Writes the heatmap PNG; returns the slide's prediction record (as `predict` prints it)."""
+  if not os.path.isfile(slide_path):
+    raise UserError(f"{slide_path}: no such slide file")
+  model = LoadedModel(model_dir)  # a SavedModel or a serving base's latest version
   image_id = image_id_from_path(slide_path)
-  bag = cut_bag(slide_path, "slide", config.tiling)
-  model = LoadedModel("explain", model_dir)  # a SavedModel or a serving base's latest
-  outputs = model.run(DEFAULT_SIGNATURE, {"examples": np.array(
-      [bag_features.serialize_request(bag, image_id)], dtype=object)})
-  record = prediction_record(image_id, bag, outputs)
+  kind = "patch" if config.data.format in PATCH_FORMATS else "slide"
+  try:
+    tiled = cut_bag(slide_path, kind, config.tiling)
+  except SlideError as e:
+    raise UserError(f"{slide_path}: cannot be tiled: {e.reason}") from None
+  outputs = model.run(signatures.SERVING_DEFAULT, {signatures.EXAMPLES: np.array(
+      [bag_features.serialize_request(tiled.bag, image_id)], dtype=object)})
+  record = prediction_record(image_id, tiled.bag, outputs)
   probabilities = np.round(record["probabilities"], 2).tolist()
-  write_heatmap(slide_path, bag, outputs["attention"][0], out_png,
-                f"{image_id}: predicted {record['grade']} (probabilities {probabilities})")
+  figures.attention_heatmap_png(
+      tiled.thumbnail, tiled.thumbnail_downsample, tiled.bag,
+      outputs[signatures.ATTENTION][0], out_png,
+      f"{image_id}: predicted {record['grade']} (probabilities {probabilities})")
   return record

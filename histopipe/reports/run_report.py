@@ -17,17 +17,16 @@ from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import cohen_kappa_score, roc_auc_score, roc_curve
 
 from histopipe.components import bag_features
 from histopipe.components.slide_reader import SlideError, TiffSlide
 from histopipe.components.slide_stages import read_outcomes
-from histopipe.components.slide_example_gen import REPORT_DIR
-from histopipe.reports import run_summary
-from histopipe.pipeline.local_runner import RunPaths
-from histopipe.reports import figures
-from histopipe.trainer import features
-from histopipe.trainer.metrics import quadratic_weighted_kappa
+from histopipe.core import signatures
+from histopipe.core.errors import UserError, make_output_dir
+from histopipe.core.layout import SLIDE_REPORT_DIR, RunPaths
+from histopipe.reports import figures, run_summary
+from histopipe.serving.saved_model import LoadedModel
 
 THUMBNAIL_MAX_SIDE = 768
 
@@ -67,13 +66,14 @@ def predict_eval_split(model_dir: str, examples_uri: str, batch_size: int = 16
   files = sorted(glob.glob(os.path.join(examples_uri, "Split-eval", "*")))
   if not files:
     raise FileNotFoundError(f"no eval split under {examples_uri}")
-  model = tf.saved_model.load(model_dir).signatures["serving_default"]
+  model = LoadedModel(model_dir)
   outputs: Dict[str, List[np.ndarray]] = {}
   features_of_bags = []  # metadata only: the tiles are not kept (a PANDA eval split is GBs)
   batches = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
   for batch in batches:
-    for key, value in model(examples=batch).items():
-      outputs.setdefault(key, []).append(value.numpy())
+    for key, value in model.run(signatures.SERVING_DEFAULT,
+                                {signatures.EXAMPLES: batch.numpy()}).items():
+      outputs.setdefault(key, []).append(value)
     for record in batch.numpy():
       example = tf.train.Example.FromString(record)
       del example.features.feature[bag_features.TILES]
@@ -84,9 +84,9 @@ def predict_eval_split(model_dir: str, examples_uri: str, batch_size: int = 16
       providers=[f[bag_features.DATA_PROVIDER].bytes_list.value[0].decode()
                  for f in features_of_bags],
       labels=np.array([f[bag_features.LABEL].int64_list.value[0] for f in features_of_bags]),
-      grades=np.concatenate(outputs[features.GRADE]).astype(int),
-      probabilities=np.concatenate(outputs[features.PROBABILITIES]),
-      attention=np.concatenate(outputs[features.ATTENTION]),
+      grades=np.concatenate(outputs[signatures.GRADE]).astype(int),
+      probabilities=np.concatenate(outputs[signatures.PROBABILITIES]),
+      attention=np.concatenate(outputs[signatures.ATTENTION]),
       bags=[_bag_from_features(f) for f in features_of_bags])
 
 
@@ -114,14 +114,21 @@ def slice_metrics(predictions: EvalPredictions, num_classes: int) -> Dict[str, D
     labels, grades = predictions.labels[rows], predictions.grades[rows]
     values = {"bags": int(rows.sum()), "accuracy": float((labels == grades).mean())}
     if num_classes > 2:
-      confusion = np.zeros((num_classes, num_classes))
-      np.add.at(confusion, (labels, grades), 1)
-      values["kappa"] = quadratic_weighted_kappa(confusion)
+      values["kappa"] = quadratic_weighted_kappa(labels, grades, num_classes)
     auc = _auc(positive[rows], score[rows])
     if auc is not None:
       values["auc"] = auc
     table[name] = values
   return table
+
+
+def quadratic_weighted_kappa(labels: np.ndarray, grades: np.ndarray, num_classes: int) -> float:
+  """scikit-learn's kappa; 0 where it is undefined (labels and grades all one
+  class), the value TFMA's metric reports there, so the two can be compared."""
+  with np.errstate(divide="ignore", invalid="ignore"):
+    kappa = cohen_kappa_score(labels, grades, labels=list(range(num_classes)),
+                              weights="quadratic")
+  return 0.0 if np.isnan(kappa) else float(kappa)
 
 
 def _heatmap_sample(predictions: EvalPredictions, count: int) -> List[int]:
@@ -153,11 +160,11 @@ def _table(rows: List[List[str]], header: List[str]) -> str:
 
 def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
   """Writes `<out_dir>/index.html` and its PNGs (default `<run_dir>/report`); returns the path."""
-  summary = run_summary.summarize(RunPaths(os.path.abspath(run_dir)))
+  paths = RunPaths(os.path.abspath(run_dir))
+  summary = run_summary.summarize(paths)
   if not summary.model_uri or not summary.examples_uri:
-    raise FileNotFoundError(f"{run_dir}: no trained model or examples in its ML Metadata")
-  out_dir = out_dir or os.path.join(run_dir, "report")
-  os.makedirs(out_dir, exist_ok=True)
+    raise UserError(f"{run_dir}: no trained model or examples in its ML Metadata")
+  out_dir = make_output_dir(out_dir or paths.report_dir)
   model_dir = os.path.join(summary.model_uri, "Format-Serving")
   predictions = predict_eval_split(model_dir, summary.examples_uri)
   num_classes = 2 if predictions.probabilities.shape[1] == 1 else predictions.probabilities.shape[1]
@@ -182,7 +189,7 @@ def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
     figures.roc_curves_png(curves, os.path.join(out_dir, "roc.png"), f"ROC: {roc_title}")
 
   slide_paths = {o.image_id: o.path for o in read_outcomes(
-      os.path.join(summary.examples_uri, REPORT_DIR))}
+      os.path.join(summary.examples_uri, SLIDE_REPORT_DIR))}
   heatmap_files = []
   for i in _heatmap_sample(predictions, heatmaps):
     image_id = predictions.image_ids[i]

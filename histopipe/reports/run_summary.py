@@ -11,10 +11,9 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from tfx.orchestration import metadata
 
-from histopipe.components.slide_example_gen import REPORT_DIR
-from histopipe.components.slide_stages import REJECTS_FILE
-from histopipe.pipeline.local_runner import RunPaths
-from histopipe.pipeline.pipeline import AUC_METRIC, CANCER_AUC_METRIC, KAPPA_METRIC
+from histopipe.core.errors import UserError
+from histopipe.core.layout import REJECTS_FILE, SLIDE_REPORT_DIR, RunPaths
+from histopipe.trainer.metrics import AUC, CANCER_AUC, KAPPA
 
 TUNER_RESULTS_FILE = "tuner_results.json"  # what TFX's Tuner executor writes
 
@@ -76,6 +75,9 @@ def _describe_failure(failure) -> str:
 
 
 def summarize(paths: RunPaths) -> RunSummary:
+  if not os.path.exists(paths.metadata_path):  # MLMD would create an empty store
+    raise UserError(f"{paths.out_dir}: no {os.path.basename(paths.metadata_path)}: "
+                    "not the --out folder of `histopipe run`")
   summary = RunSummary(pipeline_root=paths.pipeline_root, metadata_path=paths.metadata_path)
   config = metadata.sqlite_metadata_connection_config(paths.metadata_path)
   store = metadata_store.MetadataStore(config)
@@ -83,7 +85,7 @@ def summarize(paths: RunPaths) -> RunSummary:
   if examples is not None:
     for key in ("slides_total", "slides_written", "slides_rejected", "tiles_written"):
       setattr(summary, key, _custom(examples, key) or 0)
-    summary.rejects_file = os.path.join(examples.uri, REPORT_DIR, REJECTS_FILE)
+    summary.rejects_file = os.path.join(examples.uri, SLIDE_REPORT_DIR, REJECTS_FILE)
     summary.examples_uri = examples.uri
   model = _latest(store, "Model")
   if model is not None:
@@ -119,7 +121,7 @@ def summarize(paths: RunPaths) -> RunSummary:
   return summary
 
 
-GATE_METRIC_NAMES = {KAPPA_METRIC: "quadratic weighted kappa", AUC_METRIC: "ROC AUC"}
+GATE_METRIC_NAMES = {KAPPA: "quadratic weighted kappa", AUC: "ROC AUC"}
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -136,8 +138,8 @@ def format_summary(summary: RunSummary) -> str:
       lines.append(f"eval {name}: {metrics[key]:.3f} "
                    f"(accuracy {metrics.get('accuracy', float('nan')):.3f}, "
                    f"{int(metrics.get('example_count', 0))} eval bags)")
-      if CANCER_AUC_METRIC in metrics:
-        lines.append(f"eval cancer vs benign ROC AUC: {metrics[CANCER_AUC_METRIC]:.3f}")
+      if CANCER_AUC in metrics:
+        lines.append(f"eval cancer vs benign ROC AUC: {metrics[CANCER_AUC]:.3f}")
       for provider, values in sorted(summary.eval_metrics_by_provider.items()):
         if key in values:
           lines.append(f"  {provider}: {key} {values[key]:.3f}")

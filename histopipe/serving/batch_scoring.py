@@ -19,21 +19,29 @@ import numpy as np
 from apache_beam.ml.inference import base as inference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from histopipe.components.slide_stages import ProgressCounter
+from histopipe.components.slide_stages import ItemProgress, csv_line, single_worker
+from histopipe.core import signatures
 from histopipe.core.configs import PipelineConfig
-from histopipe.serving.dev_server import DEFAULT_SIGNATURE, resolve_version_dir
-from histopipe.serving.slide_predictions import CSV_HEADER, SlideRequest, cut_request, prediction_record
+from histopipe.serving.saved_model import LoadedModel, resolve_version_dir
+from histopipe.serving.slide_predictions import (CSV_HEADER, SlideRequest, cut_request,
+                                                 prediction_record)
 
 
 class CutRequestFn(beam.DoFn):
   """A path -> a SlideRequest, or a rejected record (tagged "rejected")."""
 
-  def __init__(self, config: PipelineConfig, progress_total: int = 0):
+  def __init__(self, config: PipelineConfig, progress: ItemProgress):
     self._config = config
-    self._progress_total = progress_total
+    self._progress = progress
 
   def setup(self):
-    self._progress = ProgressCounter("tiling slides for scoring", self._progress_total)
+    self._progress.setup()
+
+  def finish_bundle(self):
+    self._progress.flush()
+
+  def teardown(self):
+    self._progress.close()
 
   def process(self, path: str):
     request = cut_request(path, self._config)
@@ -45,23 +53,21 @@ class CutRequestFn(beam.DoFn):
 class SavedModelHandler(inference.ModelHandler[SlideRequest, Dict[str, np.ndarray], Any]):
   """RunInference over a SavedModel signature that takes serialized bags."""
 
-  def __init__(self, model_dir: str, signature: str = DEFAULT_SIGNATURE,
+  def __init__(self, model_dir: str, signature: str = signatures.SERVING_DEFAULT,
                max_batch_size: int = 8):
     super().__init__()
-    self._path, _ = resolve_version_dir(model_dir)
+    self._path, _ = resolve_version_dir(model_dir)  # a missing model fails here, not on a worker
     self._signature = signature
     self._max_batch_size = max_batch_size
 
-  def load_model(self):
-    import tensorflow as tf  # on the worker, once per model load
-    return tf.saved_model.load(self._path).signatures[self._signature]
+  def load_model(self) -> LoadedModel:
+    return LoadedModel(self._path)  # on the worker, once per model load
 
-  def run_inference(self, batch: Sequence[SlideRequest], model,
+  def run_inference(self, batch: Sequence[SlideRequest], model: LoadedModel,
                     inference_args: Optional[Dict[str, Any]] = None
                     ) -> Iterable[inference.PredictionResult]:
-    import tensorflow as tf
-    outputs = model(examples=tf.constant([request.example for request in batch]))
-    outputs = {key: value.numpy() for key, value in outputs.items()}
+    examples = np.array([request.example for request in batch], dtype=object)
+    outputs = model.run(self._signature, {signatures.EXAMPLES: examples})
     for row, request in enumerate(batch):
       yield inference.PredictionResult(
           request, {key: value[row:row + 1] for key, value in outputs.items()})
@@ -73,28 +79,49 @@ class SavedModelHandler(inference.ModelHandler[SlideRequest, Dict[str, np.ndarra
     return sum(len(request.example) for request in batch)
 
 
+_COUNTERS = "histopipe.score"
+
+
 def _record(result: inference.PredictionResult) -> dict:
   request = result.example
+  beam.metrics.Metrics.counter(_COUNTERS, "predicted").inc()
   return prediction_record(request.image_id, request.bag, result.inference)
 
 
+def _rejected(record: dict) -> dict:
+  beam.metrics.Metrics.counter(_COUNTERS, "rejected").inc()
+  return record
+
+
 def score_slides(model_dir: str, paths: List[str], config: PipelineConfig, out_path: str,
-                 csv_path: str = "", beam_args: Sequence[str] = ()) -> None:
-  """Writes `out_path` (JSON lines, one per path) and, if asked, `csv_path`."""
+                 csv_path: str = "", beam_args: Sequence[str] = (),
+                 progress: bool = False) -> Dict[str, int]:
+  """Writes `out_path` (JSON lines, one per path) and, if asked, `csv_path`;
+  returns counts of predicted and rejected slides."""
   options = PipelineOptions(list(beam_args))
-  with beam.Pipeline(options=options) as pipeline:
-    requests = (pipeline | "Paths" >> beam.Create(paths)
-                | "Reshuffle" >> beam.Reshuffle()  # spread slides over workers
-                | "CutBags" >> beam.ParDo(CutRequestFn(config, len(paths))).with_outputs(
-                    "rejected", main="requests"))
-    predicted = (requests.requests
-                 | "Predict" >> inference.RunInference(SavedModelHandler(model_dir))
-                 | "ToRecords" >> beam.Map(_record))
-    records = (predicted, requests.rejected) | "AllRecords" >> beam.Flatten()
-    _ = (records | "ToJson" >> beam.Map(json.dumps)
-         | "WriteRecords" >> beam.io.WriteToText(out_path, shard_name_template=""))
-    if csv_path:
-      _ = (predicted
-           | "ToCsv" >> beam.Map(lambda r: f"{r['image_id']},{r['grade']}")
-           | "WriteCsv" >> beam.io.WriteToText(csv_path, shard_name_template="",
-                                               header=",".join(CSV_HEADER[config.task])))
+  counter = ItemProgress("tiling slides for scoring", len(paths) if progress else 0,
+                         shared=not single_worker(options))
+  pipeline = beam.Pipeline(options=options)
+  requests = (pipeline | "Paths" >> beam.Create(paths)
+              | "Reshuffle" >> beam.Reshuffle()  # spread slides over workers
+              | "CutBags" >> beam.ParDo(CutRequestFn(config, counter)).with_outputs(
+                  "rejected", main="requests"))
+  predicted = (requests.requests
+               | "Predict" >> inference.RunInference(SavedModelHandler(model_dir))
+               | "ToRecords" >> beam.Map(_record))
+  rejected = requests.rejected | "CountRejected" >> beam.Map(_rejected)
+  records = (predicted, rejected) | "AllRecords" >> beam.Flatten()
+  _ = (records | "ToJson" >> beam.Map(json.dumps)
+       | "WriteRecords" >> beam.io.WriteToText(out_path, shard_name_template=""))
+  if csv_path:
+    _ = (predicted
+         | "ToCsv" >> beam.Map(lambda r: csv_line((r["image_id"], r["grade"])))
+         | "WriteCsv" >> beam.io.WriteToText(csv_path, shard_name_template="",
+                                             header=csv_line(CSV_HEADER[config.task])))
+  result = pipeline.run()
+  result.wait_until_finish()
+  counts = {"predicted": 0, "rejected": 0}
+  for metric in result.metrics().query(
+      beam.metrics.MetricsFilter().with_namespace(_COUNTERS))["counters"]:
+    counts[metric.key.metric.name] += metric.committed
+  return counts

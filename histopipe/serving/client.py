@@ -20,7 +20,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from histopipe.serving.dev_server import DEFAULT_SIGNATURE
+from histopipe.core.errors import UserError
+from histopipe.core.signatures import SERVING_DEFAULT
 
 RETRYABLE_GRPC = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                   grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -28,7 +29,7 @@ RETRYABLE_HTTP = (429, 502, 503, 504)
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a 36-tile PNG bag is ~4 MB; TF Serving's cap is 2 GB
 
 
-class ServingError(Exception):
+class ServingError(UserError):
   """The server could not be reached, or refused the request; says which."""
 
 
@@ -57,7 +58,7 @@ def call_with_retries(call: Callable[[], T], what: str, retries: int, backoff_s:
 class GrpcPredictClient:
   """`PredictionService/Predict` over gRPC (TF Serving's port 8500)."""
 
-  def __init__(self, target: str, model: str, signature: str = DEFAULT_SIGNATURE,
+  def __init__(self, target: str, model: str, signature: str = SERVING_DEFAULT,
                deadline_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5):
     self.target, self.model, self.signature = target, model, signature
     self._deadline_s, self._retries, self._backoff_s = deadline_s, retries, backoff_s
@@ -103,6 +104,12 @@ class GrpcPredictClient:
   def close(self) -> None:
     self._channel.close()
 
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
 
 def _to_json(value: np.ndarray):
   if value.dtype == object or value.dtype.kind == "S":
@@ -111,36 +118,62 @@ def _to_json(value: np.ndarray):
 
 
 class RestPredictClient:
-  """TF Serving's REST predict (port 8501), row format."""
+  """TF Serving's REST API (port 8501): predict in row format, and model metadata."""
 
-  def __init__(self, target: str, model: str, signature: str = DEFAULT_SIGNATURE,
+  def __init__(self, target: str, model: str, signature: str = SERVING_DEFAULT,
                deadline_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5):
     base = target if "://" in target else f"http://{target}"
-    self.url = f"{base}/v1/models/{model}:predict"
+    self.model_url = f"{base}/v1/models/{model}"
     self.target, self.model, self.signature = target, model, signature
     self._deadline_s, self._retries, self._backoff_s = deadline_s, retries, backoff_s
     self._session = requests.Session()
 
-  def predict(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    if len(inputs) != 1:
-      raise ValueError("the REST client sends one named input (row format)")
-    (values,) = inputs.values()
-    body = {"signature_name": self.signature, "instances": _to_json(np.asarray(values))}
-    what = f"predict on model {self.model!r} at {self.url}"
-
+  def _call(self, method: str, url: str, what: str, **kwargs) -> dict:
     def once():
       try:
-        response = self._session.post(self.url, json=body, timeout=self._deadline_s)
+        response = self._session.request(method, url, timeout=self._deadline_s, **kwargs)
       except (requests.ConnectionError, requests.Timeout) as e:
         raise _Retryable(f"{type(e).__name__}: {e}") from None
       if response.status_code in RETRYABLE_HTTP:
         raise _Retryable(f"HTTP {response.status_code}: {response.text[:200]}")
       if response.status_code != 200:
         raise ServingError(f"{what}: HTTP {response.status_code}: {response.text[:500]}")
-      return response.json()["predictions"]
+      return response.json()
+    return call_with_retries(once, what, self._retries, self._backoff_s)
 
-    predictions = call_with_retries(once, what, self._retries, self._backoff_s)
+  def signatures(self) -> Dict[str, dict]:
+    """The model's signature defs (REST model metadata, as JSON); raises if the
+    model is not served or lacks this client's signature."""
+    url = f"{self.model_url}/metadata"
+    body = self._call("GET", url, f"model {self.model!r} metadata at {url}")
+    signature_defs = body["metadata"]["signature_def"]["signature_def"]
+    if self.signature not in signature_defs:
+      raise ServingError(f"model {self.model!r} at {self.target} has no signature "
+                         f"{self.signature!r}; it has {sorted(signature_defs)}")
+    return signature_defs
+
+  def predict(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    if len(inputs) != 1:
+      raise ValueError("the REST client sends one named input (row format)")
+    (values,) = inputs.values()
+    url = f"{self.model_url}:predict"
+    body = {"signature_name": self.signature, "instances": _to_json(np.asarray(values))}
+    predictions = self._call("POST", url, f"predict on model {self.model!r} at {url}",
+                             json=body)["predictions"]
     return {key: np.array([row[key] for row in predictions]) for key in predictions[0]}
 
   def close(self) -> None:
     self._session.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def connect(server: str, model: str, rest: bool = False, deadline_s: float = 30.0,
+            retries: int = 3):
+  """A Predict client for `server` (HOST:PORT): gRPC, or REST with `rest`."""
+  client_class = RestPredictClient if rest else GrpcPredictClient
+  return client_class(server, model, deadline_s=deadline_s, retries=retries)

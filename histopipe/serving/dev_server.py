@@ -13,34 +13,20 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import threading
 from concurrent import futures
 from http import server as http_server
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.tools import saved_model_utils
+from google.protobuf import json_format
 from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-DEFAULT_SIGNATURE = "serving_default"
-
-
-def resolve_version_dir(model_dir: str) -> Tuple[str, int]:
-  """A SavedModel dir, or a serving base of numbered versions (the Pusher's
-  layout): the latest version, as TF Serving's default policy picks it."""
-  if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
-    name = os.path.basename(os.path.normpath(model_dir))
-    return model_dir, int(name) if name.isdigit() else 1
-  versions = sorted(int(v) for v in os.listdir(model_dir) if v.isdigit() and
-                    os.path.exists(os.path.join(model_dir, v, "saved_model.pb")))
-  if not versions:
-    raise FileNotFoundError(f"{model_dir}: no saved_model.pb, and no <version>/saved_model.pb")
-  return os.path.join(model_dir, str(versions[-1])), versions[-1]
-
+from histopipe.core.signatures import SERVING_DEFAULT
+from histopipe.serving.saved_model import BadModelInput, LoadedModel
 
 class RequestRefused(Exception):
   """A request TF Serving would refuse, with the status code it would use."""
@@ -50,51 +36,43 @@ class RequestRefused(Exception):
     self.code = code
 
 
-class LoadedModel:
-  """One SavedModel version: its signatures, callable with numpy inputs."""
+class ServedModel:
+  """One loaded model under a name and version, refusing requests as TF Serving does."""
 
   def __init__(self, name: str, model_dir: str):
     self.name = name
-    self.path, self.version = resolve_version_dir(model_dir)
-    self._model = tf.saved_model.load(self.path)
-    meta_graph = saved_model_utils.get_meta_graph_def(self.path, "serve")
-    self.signature_defs = dict(meta_graph.signature_def)
+    self.loaded = LoadedModel(model_dir)
+    self.path, self.version = self.loaded.path, self.loaded.version
+    self.signature_defs = self.loaded.signature_defs
 
-  def check(self, name: str, version: Optional[int], signature: str):
+  def check(self, name: str, version: Optional[int], signature: str) -> None:
     if name != self.name or (version and version != self.version):
       wanted = f"Specific({name}, {version})" if version else f"Latest({name})"
       raise RequestRefused(grpc.StatusCode.NOT_FOUND,
-                         f"Servable not found for request: {wanted}")
-    if signature not in self._model.signatures:
+                           f"Servable not found for request: {wanted}")
+    if not self.loaded.has_signature(signature):
       raise RequestRefused(grpc.StatusCode.FAILED_PRECONDITION,
-                         f"Serving signature key \"{signature}\" not found.")
+                           f"Serving signature key \"{signature}\" not found.")
 
   def input_names(self, signature: str):
-    return sorted(self._model.signatures[signature].structured_input_signature[1])
+    return self.loaded.input_names(signature)
 
   def run(self, signature: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    function = self._model.signatures[signature]
-    expected = set(self.input_names(signature))
-    if set(inputs) != expected:
-      raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"signature {signature} takes inputs {sorted(expected)}, "
-                         f"got {sorted(inputs)}")
     try:
-      outputs = function(**{key: tf.constant(value) for key, value in inputs.items()})
-    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
+      return self.loaded.run(signature, inputs)
+    except BadModelInput as e:
       raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
-    return {key: value.numpy() for key, value in outputs.items()}
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-  """gRPC Predict and GetModelMetadata over a LoadedModel."""
+  """gRPC Predict and GetModelMetadata over a ServedModel."""
 
-  def __init__(self, model: LoadedModel):
+  def __init__(self, model: ServedModel):
     self._model = model
 
   def Predict(self, request, context):  # noqa: N802 (gRPC method name)
     spec = request.model_spec
-    signature = spec.signature_name or DEFAULT_SIGNATURE
+    signature = spec.signature_name or SERVING_DEFAULT
     try:
       self._model.check(spec.name, spec.version.value if spec.HasField("version") else None,
                         signature)
@@ -116,7 +94,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     spec = request.model_spec
     try:
       self._model.check(spec.name, spec.version.value if spec.HasField("version") else None,
-                        DEFAULT_SIGNATURE)
+                        SERVING_DEFAULT)
     except RequestRefused as e:
       context.abort(e.code, str(e))
     if list(request.metadata_field) != ["signature_def"]:
@@ -125,11 +103,37 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.name = self._model.name
     response.model_spec.version.value = self._model.version
-    signature_map = get_model_metadata_pb2.SignatureDefMap()
-    for key, signature_def in self._model.signature_defs.items():
-      signature_map.signature_def[key].CopyFrom(signature_def)
-    response.metadata["signature_def"].Pack(signature_map)
+    response.metadata["signature_def"].Pack(_signature_map(self._model))
     return response
+
+
+def _signature_map(model: ServedModel) -> get_model_metadata_pb2.SignatureDefMap:
+  signature_map = get_model_metadata_pb2.SignatureDefMap()
+  for key, signature_def in model.signature_defs.items():
+    signature_map.signature_def[key].CopyFrom(signature_def)
+  return signature_map
+
+
+def _model_path(path: str, verb: str):
+  """(name, version or None) of `/v1/models/NAME[/versions/V]<verb>`."""
+  parts = path.strip("/").split("/")
+  if len(parts) < 3 or parts[:2] != ["v1", "models"] or not path.endswith(verb):
+    raise RequestRefused(grpc.StatusCode.NOT_FOUND, f"no such endpoint: {path}")
+  parts[-1] = parts[-1][:-len(verb)]
+  if verb == "/metadata":
+    parts = parts[:-1]
+  version = int(parts[4]) if len(parts) == 5 and parts[3] == "versions" else None
+  return parts[2], version
+
+
+def rest_metadata(model: ServedModel, path: str) -> dict:
+  """TF Serving's REST model metadata: the signature defs, as its JSON mapping of the protos."""
+  name, version = _model_path(path, "/metadata")
+  model.check(name, version, SERVING_DEFAULT)
+  return {"model_spec": {"name": model.name, "signature_name": "",
+                         "version": str(model.version)},
+          "metadata": {"signature_def": json_format.MessageToDict(
+              _signature_map(model), preserving_proto_field_name=True)}}
 
 
 def _json_ready(value: np.ndarray):
@@ -147,15 +151,10 @@ def _decode_instance(value):
   return value
 
 
-def rest_predict(model: LoadedModel, path: str, body: dict) -> dict:
+def rest_predict(model: ServedModel, path: str, body: dict) -> dict:
   """TF Serving's REST predict, row format ("instances") or columnar ("inputs")."""
-  parts = path.strip("/").split("/")  # v1 models NAME [versions V]:predict
-  if len(parts) < 3 or parts[:2] != ["v1", "models"] or not path.endswith(":predict"):
-    raise RequestRefused(grpc.StatusCode.NOT_FOUND, f"no such endpoint: {path}")
-  parts[-1] = parts[-1][:-len(":predict")]
-  name = parts[2]
-  version = int(parts[4]) if len(parts) == 5 and parts[3] == "versions" else None
-  signature = body.get("signature_name", DEFAULT_SIGNATURE)
+  name, version = _model_path(path, ":predict")
+  signature = body.get("signature_name", SERVING_DEFAULT)
   model.check(name, version, signature)
   input_names = model.input_names(signature)
   if "instances" in body:
@@ -183,16 +182,24 @@ _HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT
                 grpc.StatusCode.FAILED_PRECONDITION: 400}
 
 
-def _rest_handler(model: LoadedModel):
+def _rest_handler(model: ServedModel):
   class Handler(http_server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
       try:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        status, answer = 200, rest_predict(model, self.path, body)
+        self._answer(200, rest_predict(model, self.path, body))
       except RequestRefused as e:
-        status, answer = _HTTP_STATUS.get(e.code, 500), {"error": str(e)}
+        self._answer(_HTTP_STATUS.get(e.code, 500), {"error": str(e)})
       except json.JSONDecodeError as e:
-        status, answer = 400, {"error": f"JSON parse error: {e}"}
+        self._answer(400, {"error": f"JSON parse error: {e}"})
+
+    def do_GET(self):  # noqa: N802
+      try:
+        self._answer(200, rest_metadata(model, self.path))
+      except RequestRefused as e:
+        self._answer(_HTTP_STATUS.get(e.code, 500), {"error": str(e)})
+
+    def _answer(self, status: int, answer: dict) -> None:
       data = json.dumps(answer).encode()
       self.send_response(status)
       self.send_header("Content-Type", "application/json")
@@ -211,7 +218,7 @@ class DevServer:
 
   def __init__(self, model_dir: str, model_name: str, port: int = 0,
                rest_port: Optional[int] = None, host: str = "localhost", workers: int = 4):
-    self.model = LoadedModel(model_name, model_dir)
+    self.model = ServedModel(model_name, model_dir)
     self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(self.model), self._grpc)

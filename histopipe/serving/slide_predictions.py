@@ -1,4 +1,4 @@
-"""Slides in, one prediction record per slide out, through any PredictClient.
+"""Slides in, one prediction record per slide out, through any Predict client.
 
 Tiling is `components.tiling.cut_bag`, the code SlideExampleGen runs, with
 the pipeline's TilingConfig, so the served model sees the tiles it was
@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Union
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Union
 
 import numpy as np
 
@@ -20,8 +20,10 @@ from histopipe.components.bag_features import SlideBag
 from histopipe.components.datasets import image_id_from_path
 from histopipe.components.slide_reader import SlideError
 from histopipe.components.tiling import cut_bag
+from histopipe.core import signatures
 from histopipe.core.configs import PATCH_FORMATS, PipelineConfig
-from histopipe.trainer import features
+from histopipe.core.errors import UserError
+from histopipe.core.progress import progress_bar
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".png")
 # Submission-style CSV headers: PANDA's and PCam's (Kaggle) column names.
@@ -29,9 +31,12 @@ CSV_HEADER = {"isup": ("image_id", "isup_grade"), "binary": ("id", "label")}
 
 
 def find_slides(paths: Iterable[str]) -> List[str]:
-  """Files as given; folders searched recursively for slide/patch files."""
+  """Files as given; folders searched recursively for slide/patch files.
+  A path that does not exist is the user's mistake: UserError."""
   found = []
   for path in paths:
+    if not os.path.exists(path):
+      raise UserError(f"{path}: no such slide file or folder")
     if os.path.isdir(path):
       for root, _, names in sorted(os.walk(path)):
         found.extend(os.path.join(root, n) for n in sorted(names)
@@ -44,14 +49,14 @@ def find_slides(paths: Iterable[str]) -> List[str]:
 def prediction_record(image_id: str, bag: SlideBag, outputs: Dict[str, np.ndarray]) -> dict:
   """One slide's outputs (batch of one) as a JSON-ready record; attention per
   real tile with its level-0 position and size."""
-  attention = np.asarray(outputs[features.ATTENTION]).reshape(-1)
+  attention = np.asarray(outputs[signatures.ATTENTION]).reshape(-1)
   side = round(bag.tile_size * bag.level_downsample)
   tiles = [{"x": int(x), "y": int(y), "size": side, "weight": round(float(w), 6)}
            for x, y, valid, w in zip(bag.tile_x, bag.tile_y, bag.tile_valid, attention) if valid]
   return {"image_id": image_id,
-          "grade": int(np.asarray(outputs[features.GRADE]).reshape(-1)[0]),
+          "grade": int(np.asarray(outputs[signatures.GRADE]).reshape(-1)[0]),
           "probabilities": [round(float(p), 6) for p in
-                            np.asarray(outputs[features.PROBABILITIES]).reshape(-1)],
+                            np.asarray(outputs[signatures.PROBABILITIES]).reshape(-1)],
           "attention": tiles}
 
 
@@ -67,7 +72,7 @@ def cut_request(path: str, config: PipelineConfig) -> Union[SlideRequest, dict]:
   image_id = image_id_from_path(path)
   kind = "patch" if config.data.format in PATCH_FORMATS else "slide"
   try:
-    bag = cut_bag(path, kind, config.tiling)
+    bag = cut_bag(path, kind, config.tiling).bag
   except SlideError as e:
     return {"image_id": image_id, "path": path, "rejected": e.reason}
   except Exception as e:  # one unreadable slide must not end the run
@@ -77,17 +82,18 @@ def cut_request(path: str, config: PipelineConfig) -> Union[SlideRequest, dict]:
 
 
 def predict_slides(paths: List[str], client, config: PipelineConfig,
-                   progress: Optional[Callable[[int, int], None]] = None) -> Iterator[dict]:
+                   progress: bool = False) -> Iterator[dict]:
   """A record per path: a prediction, or {"image_id", "path", "rejected": reason}."""
-  for done, path in enumerate(paths, 1):
+  counter = progress_bar("predicting", len(paths), enabled=progress)
+  for path in paths:
     request = cut_request(path, config)
     if isinstance(request, SlideRequest):
-      outputs = client.predict({"examples": np.array([request.example], dtype=object)})
+      outputs = client.predict({signatures.EXAMPLES: np.array([request.example], dtype=object)})
       yield prediction_record(request.image_id, request.bag, outputs)
     else:
       yield request
-    if progress:
-      progress(done, len(paths))
+    counter.update()
+  counter.close()
 
 
 def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextIO],
@@ -108,3 +114,16 @@ def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextI
     if writer:
       writer.writerow([record["image_id"], record["grade"]])
   return counts
+
+
+def predict_to(paths: List[str], client, config: PipelineConfig, out: TextIO,
+               csv_path: str = "", progress: bool = False) -> Dict[str, int]:
+  """`histopipe predict`: checks that the server has the model and signature
+  before tiling anything, then writes a JSON line per slide to `out` (and the
+  submission CSV to `csv_path`). Returns counts of predicted and rejected."""
+  client.signatures()
+  records = predict_slides(paths, client, config, progress=progress)
+  if not csv_path:
+    return write_records(records, out, None, config.task)
+  with open(csv_path, "w", newline="") as csv_file:
+    return write_records(records, out, csv_file, config.task)

@@ -1,6 +1,7 @@
 """Names the trainer module uses, derived from the bag's feature keys."""
 
 from histopipe.components import bag_features
+from histopipe.core.signatures import ATTENTION, GRADE, PROBABILITIES  # noqa: F401 (model outputs)
 
 LABEL_KEY = bag_features.LABEL
 # Raw features the model needs at serving time; everything else in a bag is
@@ -21,8 +22,5 @@ CHANNEL_STD_XF = "channel_std_xf"  # float [3]
 # TFT vocabulary asset of the training split's labels with their counts.
 LABEL_COUNTS_VOCABULARY = "label_counts"
 
-# Model outputs (serving signature keys).
-GRADE = "grade"
-PROBABILITIES = "probabilities"
-ATTENTION = "attention"
+# The training-only output (the serving outputs are named in core/signatures.py).
 ORDINAL_LOGITS = "ordinal_logits"

@@ -1,4 +1,6 @@
-"""Quadratic weighted kappa, the PANDA metric, as a tf_keras metric.
+"""The Evaluator's metrics: quadratic weighted kappa (the PANDA metric), the
+ROC AUC of cancer vs benign, and the accuracy of the served grade, as tf_keras
+metrics, and the names the Evaluator reports them under.
 
 TFMA has no kappa; TFMA accepts any Keras metric by module and class name, so
 the same class serves training (early stopping) and the Evaluator's gate.
@@ -6,9 +8,15 @@ the same class serves training (early stopping) and the Evaluator's gate.
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+
+# Names in the Evaluator's results (the gate, the run summary and the report read them).
+KAPPA = "kappa"
+AUC = "auc"  # binary tasks: P(label 1)
+CANCER_AUC = "cancer_auc"  # ISUP: grade >= 1 vs benign
+ACCURACY = "accuracy"  # of the served grade (ISUP), or of the 0/1 label
 
 
 def ordinal_grade_from_probabilities(probabilities: tf.Tensor) -> tf.Tensor:
@@ -20,27 +28,11 @@ def ordinal_grade_from_probabilities(probabilities: tf.Tensor) -> tf.Tensor:
   return tf.reduce_sum(tf.cast(at_least > 0.5, tf.int32), axis=-1)
 
 
-def quadratic_weighted_kappa(confusion: np.ndarray) -> float:
-  """Cohen's kappa with quadratic weights from a [K, K] confusion matrix."""
-  confusion = np.asarray(confusion, np.float64)
-  classes = confusion.shape[0]
-  total = confusion.sum()
-  if total == 0:
-    return 0.0
-  index = np.arange(classes)
-  weights = (index[:, None] - index[None, :]) ** 2 / (classes - 1) ** 2
-  expected = np.outer(confusion.sum(1), confusion.sum(0)) / total
-  denominator = (weights * expected).sum()
-  if denominator == 0:  # undefined when everything is one class: report 0
-    return 0.0
-  return float(1.0 - (weights * confusion).sum() / denominator)
-
-
 @keras.utils.register_keras_serializable(package="histopipe")
 class QuadraticWeightedKappa(keras.metrics.Metric):
   """Kappa between integer labels and the ordinal grade of class probabilities."""
 
-  def __init__(self, num_classes: int = 6, name: str = "kappa", **kwargs):
+  def __init__(self, num_classes: int = 6, name: str = KAPPA, **kwargs):
     super().__init__(name=name, **kwargs)
     self.num_classes = num_classes
     self.confusion = self.add_weight(
@@ -86,7 +78,7 @@ class CancerAUC(keras.metrics.AUC):
   """ROC AUC of "cancer vs benign" (ISUP grade >= 1) for the ISUP model:
   label > 0, scored by 1 - P(grade 0) from the class probabilities."""
 
-  def __init__(self, name: str = "cancer_auc", **kwargs):
+  def __init__(self, name: str = CANCER_AUC, **kwargs):
     kwargs.pop("curve", None)  # always ROC
     super().__init__(name=name, curve="ROC", **kwargs)
 
@@ -102,7 +94,7 @@ class GradeAccuracy(keras.metrics.Mean):
   `grade` output and the kappa metric use) equals the label. Not the argmax of
   the class probabilities, which can differ for an ordinal model."""
 
-  def __init__(self, num_classes: int = 6, name: str = "accuracy", **kwargs):
+  def __init__(self, num_classes: int = 6, name: str = ACCURACY, **kwargs):
     super().__init__(name=name, **kwargs)
     self.num_classes = num_classes
 

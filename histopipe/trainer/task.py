@@ -21,6 +21,7 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from histopipe.components import bag_features
+from histopipe.core import signatures
 from histopipe.core.configs import PipelineConfig, TrainingConfig, with_tuned_values
 from histopipe.trainer import features
 from histopipe.trainer.augmentation import BagAugmenter
@@ -148,16 +149,15 @@ def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransform
     outputs = model({features.TILES_XF: transformed[features.TILES_XF],
                      features.TILE_VALID_XF: transformed[features.TILE_VALID_XF]},
                     training=False)
-    return {key: outputs[key] for key in
-            (features.GRADE, features.PROBABILITIES, features.ATTENTION)}
+    return {key: outputs[key] for key in signatures.OUTPUTS}
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.EXAMPLES)])
   def serve_tf_examples(serialized):
     return predict(tf.io.parse_example(serialized, serving_spec))
 
   tiles_per_slide = serving_spec[bag_features.TILES].shape[0]
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="tiles")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.TILES)])
   def predict_tiles(encoded_tiles):
     """One bag of up to N encoded tiles, for clients that tile slides themselves."""
     count = tf.minimum(tf.shape(encoded_tiles)[0], tiles_per_slide)
@@ -170,12 +170,13 @@ def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransform
                0)[None]}
     return predict(bag)
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.EXAMPLES)])
   def transform_features(serialized):
     return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
 
-  return {"serving_default": serve_tf_examples, "predict_tiles": predict_tiles,
-          "transform_features": transform_features}
+  return {signatures.SERVING_DEFAULT: serve_tf_examples,
+          signatures.PREDICT_TILES: predict_tiles,
+          signatures.TRANSFORM_FEATURES: transform_features}
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:

@@ -1,0 +1,37 @@
+"""Where things are, for the module that writes them and the ones that read them.
+
+A local run's folder (`histopipe run --out`), and the slide report inside a
+SlideExampleGen's Examples artifact (or a `histopipe tile` output folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+# Inside the Examples artifact: every slide and what happened to it.
+SLIDE_REPORT_DIR = "slide_report"
+OUTCOMES_FILE = "slides.csv"  # image_id,path,status,reason,tiles
+REJECTS_FILE = "rejects.csv"  # image_id,path,reason
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+  """Where a local run keeps its artifacts, metadata, pushed models and report."""
+  out_dir: str
+
+  @property
+  def pipeline_root(self) -> str:
+    return os.path.join(self.out_dir, "pipeline_root")
+
+  @property
+  def metadata_path(self) -> str:
+    return os.path.join(self.out_dir, "metadata.sqlite")
+
+  @property
+  def serving_model_dir(self) -> str:
+    return os.path.join(self.out_dir, "serving_model")
+
+  @property
+  def report_dir(self) -> str:
+    return os.path.join(self.out_dir, "report")

@@ -1,0 +1,20 @@
+"""The exported model's interface, named once.
+
+The trainer writes these signatures and outputs into the SavedModel; the
+serving client, the development server, batch scoring and the reports read
+them. Neither side imports the other: both import this module.
+"""
+
+SERVING_DEFAULT = "serving_default"  # serialized tf.Example bags in
+PREDICT_TILES = "predict_tiles"  # the encoded tiles of one bag in
+TRANSFORM_FEATURES = "transform_features"  # for the Evaluator
+
+# Inputs.
+EXAMPLES = "examples"  # serialized tf.Example bags, DT_STRING [B]
+TILES = "tiles"  # encoded PNG/JPEG tiles of one bag, DT_STRING [N]
+
+# Outputs of serving_default and predict_tiles.
+GRADE = "grade"  # int64 [B]: ISUP grade (ordinal median), or the 0/1 label
+PROBABILITIES = "probabilities"  # float [B, 6], or [B, 1] = P(label 1) for binary tasks
+ATTENTION = "attention"  # float [B, N]: MIL attention per tile of the bag
+OUTPUTS = (GRADE, PROBABILITIES, ATTENTION)

@@ -1,0 +1,75 @@
+"""Loads an exported model: the one place that turns a model folder into callable signatures.
+
+The development server, `histopipe score`, `explain` and the report all load
+models here, so "which version" and "call a signature with numpy inputs"
+mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.tools import saved_model_utils
+
+from histopipe.core.errors import UserError
+
+
+class ModelNotFound(UserError):
+  """No SavedModel at the path the user gave."""
+
+
+class SignatureNotFound(KeyError):
+  """The model has no signature of that name."""
+
+
+class BadModelInput(ValueError):
+  """Inputs the signature does not take (names, types or shapes)."""
+
+
+def resolve_version_dir(model_dir: str) -> Tuple[str, int]:
+  """A SavedModel dir, or a serving base of numbered versions (the Pusher's
+  layout): the latest version, as TF Serving's default policy picks it."""
+  if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
+    name = os.path.basename(os.path.normpath(model_dir))
+    return model_dir, int(name) if name.isdigit() else 1
+  if not os.path.isdir(model_dir):
+    raise ModelNotFound(f"{model_dir}: no such model folder")
+  versions = sorted(int(v) for v in os.listdir(model_dir) if v.isdigit() and
+                    os.path.exists(os.path.join(model_dir, v, "saved_model.pb")))
+  if not versions:
+    raise ModelNotFound(f"{model_dir}: no saved_model.pb, and no <version>/saved_model.pb")
+  return os.path.join(model_dir, str(versions[-1])), versions[-1]
+
+
+class LoadedModel:
+  """One SavedModel version: its signature defs, and its signatures callable with numpy."""
+
+  def __init__(self, model_dir: str):
+    self.path, self.version = resolve_version_dir(model_dir)
+    self._model = tf.saved_model.load(self.path)
+    meta_graph = saved_model_utils.get_meta_graph_def(self.path, "serve")
+    self.signature_defs = dict(meta_graph.signature_def)
+
+  def has_signature(self, signature: str) -> bool:
+    return signature in self._model.signatures
+
+  def input_names(self, signature: str) -> List[str]:
+    if not self.has_signature(signature):
+      raise SignatureNotFound(signature)
+    return sorted(self._model.signatures[signature].structured_input_signature[1])
+
+  def run(self, signature: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The signature's outputs as numpy arrays; raises SignatureNotFound or BadModelInput."""
+    expected = set(self.input_names(signature))
+    if set(inputs) != expected:
+      raise BadModelInput(f"signature {signature} takes inputs {sorted(expected)}, "
+                          f"got {sorted(inputs)}")
+    function = self._model.signatures[signature]
+    try:
+      outputs = function(**{key: tf.constant(value) for key, value in inputs.items()})
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
+      raise BadModelInput(str(e)) from e
+    return {key: value.numpy() for key, value in outputs.items()}
