@@ -26,8 +26,9 @@ install: $(INSTALLED)
 $(DEMO_DATA)/train.csv: $(INSTALLED)
 	$(BIN)/histopipe synth --out $(DEMO_DATA) --slides $(DEMO_SLIDES) --seed $(DEMO_SEED)
 
+# Runs again on the same output reuse every unchanged step (see README, Re-running);
+# `make clean demo` starts from scratch.
 demo: $(DEMO_DATA)/train.csv
-	rm -rf $(DEMO_OUT)
 	$(BIN)/histopipe run --data $(DEMO_DATA) --out $(DEMO_OUT) --preset demo
 	$(BIN)/histopipe report --run $(DEMO_OUT)
 

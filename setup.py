@@ -27,8 +27,15 @@ setup(
         "imagecodecs",
         "opencv-python-headless",
         "matplotlib",
+        "pydantic>=2",
+        "tqdm",
+        # Data folders, labels and slides in local folders or buckets (gs://).
+        "fsspec",
+        "gcsfs",
     ],
-    # OpenSlide is a test-only dependency: an independent reader to check tiles against.
-    extras_require={"test": ["pytest", "openslide-python", "openslide-bin"]},
+    # OpenSlide is a test-only dependency: an independent reader to check tiles
+    # against; the GCS emulator is a real GCS API server for the bucket tests.
+    extras_require={"test": ["pytest", "openslide-python", "openslide-bin",
+                             "gcp-storage-emulator"]},
     entry_points={"console_scripts": ["histopipe=histopipe.cli:main"]},
 )

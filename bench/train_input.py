@@ -115,7 +115,7 @@ def analyze(bags: List[Dict[str, np.ndarray]], spec, config: PipelineConfig,
             out_dir: str) -> tft.TFTransformOutput:
   """The Transform's analysis over `bags`: the transform graph the Trainer loads."""
   shutil.rmtree(out_dir, ignore_errors=True)
-  custom_config = {"config": config.to_json()}
+  custom_config = {"input_size": config.model.input_size}
   metadata = dataset_metadata.DatasetMetadata.from_feature_spec(spec)
   with beam.Pipeline() as pipeline:
     with tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp")):

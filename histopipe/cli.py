@@ -70,11 +70,16 @@ def _synth(args) -> int:
 
 
 def _run(args) -> int:
-  from histopipe.pipeline.local_runner import run_local
+  from histopipe.pipeline.local_runner import PipelineFailed, run_local
   from histopipe.reports import run_summary
   config = _config(args, args.format)
   start = time.time()
-  summary = run_summary.summarize(run_local(config, args.data, args.out))
+  try:
+    paths = run_local(config, args.data, args.out, enable_cache=not args.no_cache)
+  except PipelineFailed as e:
+    print(f"histopipe run: {e}", file=sys.stderr)
+    return 1
+  summary = run_summary.summarize(paths)
   summary.seconds = time.time() - start
   print(run_summary.format_summary(summary))
   return 0
@@ -88,13 +93,20 @@ def _tile(args) -> int:
   return 0
 
 
+def _model_settings(args, contract):
+  """The model's own settings; --preset/--config/--format only where they agree."""
+  from histopipe.core.model_contract import flag_settings, settings_for
+  config, stated = flag_settings(args.config, args.preset, args.format)
+  return settings_for(contract, config, stated)
+
+
 def _predict(args) -> int:
   from histopipe.serving.client import connect
   from histopipe.serving.slide_predictions import find_slides, predict_to
-  config = _config(args, args.format)
   paths = find_slides(args.slides)
   with connect(args.server, args.model, rest=args.rest, deadline_s=args.deadline,
                retries=args.retries) as client:
+    config = _model_settings(args, client.contract())
     # Records on a terminal show progress themselves; piped, a counter on stderr does.
     counts = predict_to(paths, client, config, sys.stdout, csv_path=args.csv or "",
                         progress=not sys.stdout.isatty())
@@ -106,9 +118,10 @@ def _predict(args) -> int:
 def _score(args) -> int:
   from histopipe.components.beam_flags import merge_beam_args
   from histopipe.serving.batch_scoring import score_slides
+  from histopipe.serving.saved_model import read_contract
   from histopipe.serving.slide_predictions import find_slides
-  config = _config(args, args.format)
   paths = find_slides([args.data])
+  config = _model_settings(args, read_contract(args.model_dir))
   start = time.time()
   counts = score_slides(args.model_dir, paths, config, args.out, csv_path=args.csv or "",
                         beam_args=merge_beam_args(config.beam_pipeline_args, args.beam_arg or []),
@@ -127,9 +140,14 @@ def _report(args) -> int:
 
 def _explain(args) -> int:
   from histopipe.components.datasets import image_id_from_path
-  from histopipe.reports.explain import explain_slide
+  from histopipe.reports.explain import explain_slide, run_model_dir
   out = args.out or f"{image_id_from_path(args.slide)}_attention.png"
-  record = explain_slide(args.slide, args.model_dir, _config(args), out)
+  from histopipe.serving.saved_model import read_contract
+  from histopipe.serving.slide_predictions import find_slides
+  find_slides([args.slide])  # a missing slide is named before the model is looked at
+  model_dir = args.model_dir or run_model_dir(args.run)
+  record = explain_slide(args.slide, model_dir,
+                         _model_settings(args, read_contract(model_dir)), out)
   print(json.dumps(record))
   print(f"heatmap: {out}", file=sys.stderr)
   return 0
@@ -186,10 +204,15 @@ def _add_config_arguments(parser, default_preset: str = "demo") -> None:
   parser.add_argument("--config", help="JSON file overriding fields of the preset")
 
 
-def _add_input_format_argument(parser) -> None:
-  """What a client's inputs are, for commands that read no data folder."""
-  parser.add_argument("--format", default="panda", choices=["panda", "pcam", "idc"],
-                      help="the inputs are slides (panda) or patches (pcam, idc); default panda")
+def _add_model_settings_arguments(parser) -> None:
+  """For commands that query a model: its own settings by default."""
+  parser.add_argument("--preset", choices=["demo", "full"],
+                      help="not needed: the model's own settings are used; given, it must "
+                      "agree with them (for models exported without a contract: default demo)")
+  parser.add_argument("--config", help="JSON file of settings; as --preset, must agree with "
+                      "the model")
+  parser.add_argument("--format", choices=["panda", "pcam", "idc"],
+                      help="slides (panda) or patches (pcam, idc); default: the model's")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,13 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "PCam or IDC folder")
   _add_format_argument(run)
   run.add_argument("--out", required=True, help="output folder")
+  run.add_argument("--no-cache", action="store_true",
+                   help="run every step again, even where the inputs, settings and code "
+                   "are those of an earlier run on this --out (default: reuse its outputs)")
   _add_config_arguments(run)
   run.set_defaults(handler=_run)
 
   predict = commands.add_parser(
       "predict", help="tile slides and ask a TF Serving model for their grade (gRPC or REST)",
-      description="Tile each slide with the SlideExampleGen's code and settings (--config/"
-      "--preset/--format: the ones the model was trained with), call the server's "
+      description="Tile each slide with the SlideExampleGen's code and the settings the "
+      "model was trained with (read from its `metadata` signature), call the server's "
       "Predict, and print one JSON line per slide: image_id, grade, probabilities, "
       "attention (per tile: level-0 x, y, size, weight); a slide that cannot be tiled "
       "prints {image_id, path, rejected}. Exit status 2 when the server cannot be "
@@ -264,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
   predict.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
   predict.add_argument("--csv", help="also write a submission CSV: image_id,isup_grade "
                        "(id,label for binary models)")
-  _add_input_format_argument(predict)
-  _add_config_arguments(predict)
+  _add_model_settings_arguments(predict)
   predict.add_argument("--deadline", type=float, default=30.0,
                        help="seconds per call (default 30)")
   predict.add_argument("--retries", type=int, default=3,
@@ -275,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
   score = commands.add_parser(
       "score", help="score a folder of slides with the exported model, in Beam",
       description="Beam RunInference over the SavedModel (no server): tile every slide "
-      "under DATA with the SlideExampleGen's code and settings, score the bags in "
+      "under DATA with the SlideExampleGen's code and the model's own settings, score the "
+      "bags in "
       "batches, and write predict's JSON lines to OUT (rejected slides included), and "
       "with --csv the submission CSV.")
   score.add_argument("--model-dir", required=True,
@@ -283,8 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
   score.add_argument("--data", required=True, help="folder searched for .tif/.tiff/.png")
   score.add_argument("--out", required=True, help="JSON lines file to write")
   score.add_argument("--csv", help="also write image_id,isup_grade (id,label) here")
-  _add_input_format_argument(score)
-  _add_config_arguments(score)
+  _add_model_settings_arguments(score)
   score.add_argument("--beam-arg", action="append", metavar="FLAG",
                      help="Beam flag, repeatable (e.g. --beam-arg=--runner=DataflowRunner): "
                      "replaces the config's value of a single-valued flag, adds to a list "
@@ -305,14 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
 
   explain = commands.add_parser(
       "explain", help="attention heatmap of one slide under a SavedModel",
-      description="Tile SLIDE as SlideExampleGen does (--preset/--config: the model's "
-      "settings), score it with the SavedModel in this process, write the thumbnail with "
+      description="Tile SLIDE as SlideExampleGen does, with the model's own settings, "
+      "score it with the SavedModel in this process, write the thumbnail with "
       "each chosen tile coloured by its attention weight, and print the prediction record.")
   explain.add_argument("slide", help="a slide file (pyramidal TIFF)")
-  explain.add_argument("--model-dir", required=True,
-                       help="a SavedModel, or the Pusher's serving base (latest version)")
+  explain_model = explain.add_mutually_exclusive_group(required=True)
+  explain_model.add_argument("--model-dir",
+                             help="a SavedModel, or the Pusher's serving base (latest version)")
+  explain_model.add_argument("--run", help="the --out folder of `histopipe run`: the model "
+                             "its latest complete run trained (from ML Metadata)")
   explain.add_argument("--out", help="PNG to write (default <image_id>_attention.png)")
-  _add_config_arguments(explain)
+  _add_model_settings_arguments(explain)
   explain.set_defaults(handler=_explain)
 
   kubeflow = commands.add_parser(

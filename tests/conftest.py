@@ -20,3 +20,40 @@ def tiny_dataset(tmp_path_factory):
   out = tmp_path_factory.mktemp("tiny_panda")
   slides = synthetic.write_dataset(str(out), slides=12, seed=7, level0_size=TINY_LEVEL0)
   return out, slides
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+  """A real GCS API server on localhost (gcp-storage-emulator, in memory),
+  found by every client through the standard STORAGE_EMULATOR_HOST; yields
+  "gs://<bucket>". Stopped, and the variable restored, at the end."""
+  from gcp_storage_emulator.server import create_server
+  bucket, port = "histopipe-test", _free_port()
+  server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+  server.start()
+  previous = os.environ.get("STORAGE_EMULATOR_HOST")
+  os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+  try:
+    yield f"gs://{bucket}"
+  finally:
+    server.stop()
+    if previous is None:
+      del os.environ["STORAGE_EMULATOR_HOST"]
+    else:
+      os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+def upload(local_dir, url: str) -> str:
+  """Copies a local folder into the bucket (through gcsfs); returns `url`."""
+  import fsspec
+  fs, path = fsspec.core.url_to_fs(url)
+  fs.put(str(local_dir), path, recursive=True)
+  fs.invalidate_cache()
+  return url

@@ -1,58 +1,159 @@
-"""One whole pipeline run on a handful of tiny slides, through the CLI.
+"""Whole pipeline runs on a handful of tiny slides, through the CLI.
 
-The slow test of the suite (about two minutes): LocalDagRunner runs every
-component for real; the pushed SavedModel is then checked with TF's own
-`saved_model_cli` and called on serialized bags.
+The slow tests of the suite. One output folder sees five runs, made once
+(each when a test first needs it, in this order) and shared by the tests:
+
+  fresh          every component runs; the model is blessed and pushed
+  strict_gate    a kappa floor no model reaches: only the Evaluator and the
+                 Pusher run, nothing is pushed
+  unchanged      the same settings again: no component runs
+  epochs_failed  `training.epochs` changed and the Evaluator made to fail:
+                 the tiling, statistics and Transform come from the cache,
+                 the Trainer runs, the run fails
+  label_edited   one label of train.csv changed and the Trainer made to fail:
+                 the SlideExampleGen and every step below it run again
+
+What ran is read from ML Metadata (lineage), never from timings.
 """
 
+import contextlib
+import dataclasses
 import glob
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from typing import Dict, List
+from unittest import mock
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from histopipe.components import bag_features
 from histopipe import cli
+from histopipe.components import bag_features
+from histopipe.core import storage
+from histopipe.core.layout import RunPaths
+from histopipe.reports import lineage
+from tests.conftest import upload
+
+TILING_AND_STATISTICS = ["SlideExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
+                         "Transform"]
+
+
+@dataclasses.dataclass
+class Ran:
+  """One `histopipe run`: what it printed and what ML Metadata says ran."""
+  exit_code: int
+  stdout: str
+  stderr: str
+  run: lineage.Run
+
+
+def _eval_bags(examples_uri: str, split: str = "eval") -> List[tf.Tensor]:
+  """The serialized bags of one split (uncompressed TFRecord files)."""
+  files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+  assert files and not any(f.endswith(".gz") for f in files)
+  return list(tf.data.TFRecordDataset(files))
+
+
+class _Runs:
+  ORDER = ["fresh", "strict_gate", "unchanged", "epochs_failed", "label_edited"]
+
+  def __init__(self, work, data_url, slides):
+    self.work, self.slides = work, slides
+    self.data, self.out = data_url, work / "out"
+    self.config: Dict = {
+        "preset": "demo",
+        "data": {"train_buckets": 2, "valid_buckets": 1, "eval_buckets": 1},
+        "tiling": {"tiles_per_slide": 4, "tile_size": 32},
+        "model": {"input_size": 32, "dense_units": 16, "attention_units": 8},
+        "training": {"epochs": 1, "batch_size": 4, "eval_batch_size": 4},
+        # Bless whatever trains, so the first run exercises the Pusher.
+        "evaluation": {"min_kappa": -1.0, "max_kappa_drop": 2.0},
+    }
+    self.config_path = work / "config.json"
+    self.done: Dict[str, Ran] = {}
+
+  def get(self, name: str) -> Ran:
+    for step in self.ORDER[:self.ORDER.index(name) + 1]:
+      if step not in self.done:
+        self.done[step] = getattr(self, "_" + step)()
+    return self.done[name]
+
+  def _run(self) -> Ran:
+    self.config_path.write_text(json.dumps(self.config))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      code = cli.main(["run", "--data", self.data, "--out", str(self.out),
+                       "--config", str(self.config_path)])
+    return Ran(code, stdout.getvalue(), stderr.getvalue(),
+               lineage.latest_run(RunPaths(str(self.out)).metadata_path))
+
+  def _fresh(self) -> Ran:
+    return self._run()
+
+  def _strict_gate(self) -> Ran:
+    self.config["evaluation"] = {"min_kappa": 2.0, "max_kappa_drop": 2.0}
+    return self._run()
+
+  def _unchanged(self) -> Ran:
+    return self._run()
+
+  def _epochs_failed(self) -> Ran:
+    from tfx.components.evaluator import executor as evaluator_executor
+    self.config["training"]["epochs"] = 2
+    with mock.patch.object(evaluator_executor.Executor, "Do",
+                           side_effect=RuntimeError("injected: the Evaluator fails")):
+      return self._run()
+
+  def _label_edited(self) -> Ran:
+    from tfx.components.trainer import executor as trainer_executor
+    labels_url = f"{self.data}/train.csv"
+    labels = storage.read_bytes(labels_url).decode().splitlines()
+    image_id, provider, grade, gleason = labels[1].split(",")
+    labels[1] = ",".join([image_id, provider, str((int(grade) + 1) % 6), gleason])
+    storage.write_text(labels_url, "\n".join(labels) + "\n")
+    with mock.patch.object(trainer_executor.GenericExecutor, "Do",
+                           side_effect=RuntimeError("injected: the Trainer fails")):
+      return self._run()
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tiny_dataset, tmp_path_factory):
+def runs(tiny_dataset, gcs_bucket, tmp_path_factory):
+  """The slides and labels are in a bucket (a GCS API server on localhost);
+  the run's outputs are local."""
   source, slides = tiny_dataset
   work = tmp_path_factory.mktemp("e2e")
-  data = work / "data"
-  shutil.copytree(source, data)
-  (data / "train_images" / "corrupt.tiff").write_bytes(b"II*\x00garbage")
-  with open(data / "train.csv", "a") as f:
+  shutil.copytree(source, work / "data")
+  (work / "data" / "train_images" / "corrupt.tiff").write_bytes(b"II*\x00garbage")
+  with open(work / "data" / "train.csv", "a") as f:
     f.write("corrupt,radboud,2,3+4\n")
-  config = work / "config.json"
-  config.write_text(json.dumps({
-      "preset": "demo",
-      "data": {"train_buckets": 2, "valid_buckets": 1, "eval_buckets": 1},
-      "tiling": {"tiles_per_slide": 4, "tile_size": 32},
-      "model": {"input_size": 32, "dense_units": 16, "attention_units": 8},
-      "training": {"epochs": 1, "batch_size": 4, "eval_batch_size": 4},
-      # Bless whatever trains, so this run exercises the Pusher.
-      "evaluation": {"min_kappa": -1.0, "max_kappa_drop": 2.0},
-  }))
-  out = work / "out"
-  argv = ["run", "--data", str(data), "--out", str(out), "--config", str(config)]
-  return out, slides, argv
+  return _Runs(work, upload(work / "data", f"{gcs_bucket}/e2e-data"), slides)
 
 
-def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, capsys):
-  out, slides, argv = pipeline_run
-  assert cli.main(argv) == 0
-  printed = capsys.readouterr().out
+def _in_bucket(runs, slide) -> str:
+  return f"{runs.data}/train_images/{os.path.basename(slide.path)}"
+
+
+def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(runs):
+  fresh = runs.get("fresh")
+  assert fresh.exit_code == 0, fresh.stderr
+  printed, slides, out = fresh.stdout, runs.slides, runs.out
   assert f"slides: {len(slides)} tiled, 1 rejected of {len(slides) + 1}" in printed
   assert "eval quadratic weighted kappa:" in printed
   assert "eval cancer vs benign ROC AUC:" in printed
   assert "blessed: yes" in printed
+  assert "from the cache" not in printed
+  assert fresh.run.complete and not fresh.run.cached_steps
+  # A person sees one line per component; the libraries' logs are in run.log.
+  progress = fresh.stderr.splitlines()
+  assert progress[0] == "[1/9] SlideExampleGen ..." and "[1/9] SlideExampleGen: done in" in progress[1]
+  assert all(line.startswith("[") for line in progress), progress
+  assert "Trainer" in (out / "run.log").read_text()
 
   pushed = glob.glob(str(out / "serving_model" / "*" / "saved_model.pb"))
   assert len(pushed) == 1, "TF Serving layout: <base>/<version>/saved_model.pb"
@@ -60,9 +161,9 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
   assert f"pushed to: {model_dir}" in printed
   assert os.path.basename(model_dir).isdigit()
 
-  rejects = glob.glob(str(out / "pipeline_root" / "SlideExampleGen" / "examples" / "*" /
-                          "slide_report" / "rejects.csv"))
-  assert "corrupt," in open(rejects[0]).read()
+  examples_uri = fresh.run.output("SlideExampleGen", "examples").uri
+  rejects = os.path.join(examples_uri, "slide_report", "rejects.csv")
+  assert "corrupt," in open(rejects).read()
 
   cli_show = subprocess.run(
       [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show",
@@ -72,9 +173,7 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
   for output in ("grade", "probabilities", "attention"):
     assert f"outputs['{output}']" in cli_show
 
-  eval_files = glob.glob(str(out / "pipeline_root" / "SlideExampleGen" / "examples" / "*" /
-                             "Split-eval" / "*.gz"))
-  serialized = list(tf.data.TFRecordDataset(eval_files, compression_type="GZIP").take(2))
+  serialized = _eval_bags(examples_uri)[:2]
   loaded = tf.saved_model.load(model_dir)
   outputs = loaded.signatures["serving_default"](examples=tf.stack(serialized))
   probabilities = outputs["probabilities"].numpy()
@@ -87,11 +186,9 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
   np.testing.assert_array_equal(repeat["probabilities"].numpy(), probabilities)
 
   # predict_tiles: a client sends the valid tiles of one bag, no tf.Example.
-  valid_tiles = [t for t, v in zip(
-      tf.train.Example.FromString(serialized[0].numpy()).features.feature[
-          bag_features.TILES].bytes_list.value,
-      tf.train.Example.FromString(serialized[0].numpy()).features.feature[
-          bag_features.TILE_VALID].int64_list.value) if v]
+  features = tf.train.Example.FromString(serialized[0].numpy()).features.feature
+  valid_tiles = [t for t, v in zip(features[bag_features.TILES].bytes_list.value,
+                                   features[bag_features.TILE_VALID].int64_list.value) if v]
   by_tiles = loaded.signatures["predict_tiles"](tiles=tf.constant(valid_tiles))
   np.testing.assert_allclose(by_tiles["probabilities"].numpy()[0], probabilities[0],
                              atol=1e-5)
@@ -107,10 +204,9 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
          "--inputs", f"{key}={inputs}[{key}]"],
         capture_output=True, text=True, check=True).stdout
     assert "Result for output key probabilities:" in ran
+  os.remove(inputs)
 
   # Serving needs only the tiles: a client's bag without label or metadata works.
-  example = tf.train.Example.FromString(serialized[0].numpy())
-  features = example.features.feature
   bare = tf.train.Example()
   for key in (bag_features.TILES, bag_features.TILE_VALID):
     bare.features.feature[key].CopyFrom(features[key])
@@ -119,24 +215,39 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(pipeline_run, caps
   np.testing.assert_allclose(again["probabilities"].numpy()[0], probabilities[0], atol=1e-5)
 
 
-def test_predict_against_the_pushed_model_on_the_dev_server(pipeline_run, capsys):
+def test_predict_against_the_pushed_model_on_the_dev_server(runs, capsys):
   """`histopipe predict` tiles the slides itself and gets what the model gives
   for the SlideExampleGen's bag of the same slide."""
   from histopipe.serving.dev_server import DevServer
-  out, slides, argv = pipeline_run
-  config_path = argv[argv.index("--config") + 1]
-  eval_files = glob.glob(str(out / "pipeline_root" / "SlideExampleGen" / "examples" / "*" /
-                             "Split-*" / "*.gz"))
+  fresh = runs.get("fresh")
   bags = {}
-  for record in tf.data.TFRecordDataset(eval_files, compression_type="GZIP"):
-    example = tf.train.Example.FromString(record.numpy())
-    bags[example.features.feature[bag_features.IMAGE_ID].bytes_list.value[0].decode()] = record
-  chosen = [s for s in slides if s.image_id in bags][:3]
-  with DevServer(str(out / "serving_model"), "histopipe") as server:
-    assert cli.main(["predict", "--server", f"localhost:{server.port}", "--config", config_path,
-                     *[s.path for s in chosen]]) == 0
+  examples_uri = fresh.run.output("SlideExampleGen", "examples").uri
+  for split in ("train", "valid", "eval"):
+    for record in _eval_bags(examples_uri, split):
+      example = tf.train.Example.FromString(record.numpy())
+      bags[example.features.feature[bag_features.IMAGE_ID].bytes_list.value[0].decode()] = record
+  chosen = [s for s in runs.slides if s.image_id in bags][:3]
+  with DevServer(str(runs.out / "serving_model"), "histopipe", rest_port=0) as server:
+    # No --preset/--config/--format: the model says how it was trained.
+    assert cli.main(["predict", "--server", f"localhost:{server.port}",
+                     *[_in_bucket(runs, s) for s in chosen]]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # A flag that contradicts the model stops the command, saying why.
+    assert cli.main(["predict", "--server", f"localhost:{server.port}", "--preset", "full",
+                     chosen[0].path]) == 2
+    error = capsys.readouterr().err
+    assert "tiling.tile_size: the model was trained with 32, the flags give 256" in error
+    # Any TF Serving client reads the contract with one Predict call (gRPC and REST).
+    from histopipe.serving.client import GrpcPredictClient, RestPredictClient
+    with GrpcPredictClient(f"localhost:{server.port}", "histopipe") as grpc_client:
+      served = grpc_client.contract()
+    with RestPredictClient(f"localhost:{server.rest_port}", "histopipe") as rest_client:
+      assert rest_client.contract() == served
     model = tf.saved_model.load(server.model.path)
-  records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert served.tiles_per_bag == 4 and served.tiling.tile_size == 32
+  assert served.format == "panda" and served.task == "isup" and served.input_size == 32
+  from histopipe.serving.saved_model import read_contract
+  assert read_contract(str(runs.out / "serving_model")) == served
   assert [r["image_id"] for r in records] == [s.image_id for s in chosen]
   expected = model.signatures["serving_default"](
       examples=tf.stack([bags[s.image_id] for s in chosen]))
@@ -147,44 +258,103 @@ def test_predict_against_the_pushed_model_on_the_dev_server(pipeline_run, capsys
     assert abs(sum(t["weight"] for t in record["attention"]) - 1.0) < 1e-4
 
 
-def test_a_model_below_the_gate_is_not_pushed_and_the_summary_says_why(pipeline_run, capsys):
-  """Run again, on the same pipeline root, with a kappa floor no model can reach."""
-  out, _, argv = pipeline_run
-  config_path = argv[argv.index("--config") + 1]
-  strict = json.loads(open(config_path).read())
-  strict["evaluation"] = {"min_kappa": 2.0, "max_kappa_drop": 2.0}
-  strict_path = os.path.join(os.path.dirname(config_path), "strict.json")
-  with open(strict_path, "w") as f:
-    json.dump(strict, f)
-  pushed_before = sorted(glob.glob(str(out / "serving_model" / "*")))
-  strict_argv = list(argv)
-  strict_argv[argv.index("--config") + 1] = strict_path
-  assert cli.main(strict_argv) == 0
-  printed = capsys.readouterr().out
+def test_explain_draws_one_slide_and_gives_predicts_record(runs, tmp_path, capsys):
+  runs.get("fresh")
+  png = tmp_path / "heatmap.png"
+  slide = runs.slides[0]
+  assert cli.main(["explain", _in_bucket(runs, slide), "--run", str(runs.out),
+                   "--out", str(png)]) == 0
+  record = json.loads(capsys.readouterr().out)
+  assert record["image_id"] == slide.image_id and 0 <= record["grade"] <= 5
+  assert len(record["attention"]) >= 1
+  import matplotlib.image
+  image = matplotlib.image.imread(str(png))
+  assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_score_reads_the_bucket_and_agrees_with_predict(runs, tmp_path, capsys):
+  """Beam scoring of every slide in the bucket with the pushed model, no flags."""
+  runs.get("fresh")
+  out = tmp_path / "scores.jsonl"
+  assert cli.main(["score", "--model-dir", str(runs.out / "serving_model"),
+                   "--data", f"{runs.data}/train_images", "--out", str(out)]) == 0
+  assert f"{len(runs.slides)} scored, 1 rejected" in capsys.readouterr().out
+  records = {r["image_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+  assert records["corrupt"]["rejected"]  # the reason, as predict gives it
+  from histopipe.serving.dev_server import DevServer
+  with DevServer(str(runs.out / "serving_model"), "histopipe") as server:
+    slide = runs.slides[0]
+    assert cli.main(["predict", "--server", f"localhost:{server.port}",
+                     _in_bucket(runs, slide)]) == 0
+    (predicted,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  np.testing.assert_allclose(records[slide.image_id]["probabilities"],
+                             predicted["probabilities"], atol=1e-5)
+
+
+def test_a_model_below_the_gate_is_not_pushed_and_the_summary_says_why(runs):
+  """Only the gate changed: the Evaluator and the Pusher run, the rest is reused."""
+  pushed_before = sorted(glob.glob(str(runs.out / "serving_model" / "*")))
+  strict = runs.get("strict_gate")
+  assert strict.exit_code == 0, strict.stderr
+  printed = strict.stdout
   assert "blessed: no" in printed
   assert "pushed: no (model not blessed)" in printed
   (gate_line,) = [line for line in printed.splitlines() if line.strip().startswith("gate:")]
   assert "kappa" in gate_line and "below the threshold 2.000" in gate_line
-  assert sorted(glob.glob(str(out / "serving_model" / "*"))) == pushed_before
+  assert sorted(glob.glob(str(runs.out / "serving_model" / "*"))) == pushed_before
+  assert set(strict.run.executed_steps) == {"Evaluator", "Pusher"}
+  assert set(TILING_AND_STATISTICS + ["Trainer"]) <= set(strict.run.cached_steps)
+  assert "from the cache" in printed and "Trainer" in printed
+  # The same model as the first run: the cache hands over the Trainer's artifact.
+  assert (strict.run.output("Trainer", "model").uri ==
+          runs.get("fresh").run.output("Trainer", "model").uri)
 
 
-def test_report_shows_the_gate_the_figures_and_tfma_agrees_with_its_numbers(
-    pipeline_run, capsys):
-  """After the failing-gate run: the report is of that run (latest model)."""
-  from histopipe.reports import run_summary
-  from histopipe.core.layout import RunPaths
-  from histopipe.reports import run_report
-  out, slides, _ = pipeline_run
-  assert cli.main(["report", "--run", str(out)]) == 0
-  index = out / "report" / "index.html"
-  assert f"report: {index}" in capsys.readouterr().out
+def test_an_unchanged_run_executes_no_component(runs):
+  unchanged = runs.get("unchanged")
+  assert unchanged.exit_code == 0, unchanged.stderr
+  assert unchanged.run.complete
+  assert unchanged.run.executed_steps == []
+  assert set(TILING_AND_STATISTICS + ["Trainer", "Evaluator", "Pusher"]) <= set(
+      unchanged.run.cached_steps)
+  assert "SlideExampleGen: cached" in unchanged.stderr
+  assert "blessed: no" in unchanged.stdout  # the strict gate's verdict, reused
+
+
+def test_changing_epochs_reuses_the_tiling_and_transform_and_reruns_the_trainer(runs):
+  failed = runs.get("epochs_failed")
+  assert failed.exit_code == 1
+  (message,) = failed.stderr.strip().splitlines()[-1:]
+  assert message.startswith("histopipe run: failed in Evaluator: RuntimeError: injected")
+  assert "run.log" in message
+  assert set(TILING_AND_STATISTICS) <= set(failed.run.cached_steps)
+  assert "Trainer" in failed.run.executed_steps
+  assert failed.run.failed_steps == ["Evaluator"] and not failed.run.complete
+
+
+def test_the_report_describes_the_last_complete_run_after_a_failed_one(runs, capsys):
+  """Run `epochs_failed` trained a new model and failed in the Evaluator: the
+  report is still of the `unchanged` run, its model with its examples."""
+  from histopipe.reports import run_report, run_summary
+  runs.get("epochs_failed")
+  unchanged = runs.get("unchanged").run
+  assert cli.main(["report", "--run", str(runs.out)]) == 0
+  printed = capsys.readouterr().out
+  index = runs.out / "report" / "index.html"
+  assert f"report: {index}" in printed
   page = index.read_text()
+  assert unchanged.run_id in page
+  assert runs.get("epochs_failed").run.run_id in page  # named as newer, incomplete
   assert "blessed: no" in page and "below the threshold 2.000" in page
   for figure in ["confusion.png"] + re.findall(r'src="(attention_[^"]+\.png)"', page):
-    assert (out / "report" / figure).stat().st_size > 1000, figure
+    assert (runs.out / "report" / figure).stat().st_size > 1000, figure
   assert re.findall(r'src="(attention_[^"]+\.png)"', page), "attention heatmaps drawn"
+
+  summary = run_summary.summarize(RunPaths(str(runs.out)), complete=True)
+  assert summary.run_id == unchanged.run_id
+  assert summary.model_uri == unchanged.output("Trainer", "model").uri
+  assert summary.model_uri != runs.get("epochs_failed").run.output("Trainer", "model").uri
   # The report's predictions are the ones TFMA judged: same kappa on the same split.
-  summary = run_summary.summarize(RunPaths(str(out)))
   predictions = run_report.predict_eval_split(
       os.path.join(summary.model_uri, "Format-Serving"), summary.examples_uri)
   assert len(predictions.labels) == summary.eval_metrics["example_count"]
@@ -193,18 +363,16 @@ def test_report_shows_the_gate_the_figures_and_tfma_agrees_with_its_numbers(
   assert ours["accuracy"] == pytest.approx(summary.eval_metrics["accuracy"], abs=1e-4)
 
 
-def test_explain_draws_one_slide_and_gives_predicts_record(pipeline_run, tmp_path, capsys):
-  out, slides, argv = pipeline_run
-  config_path = argv[argv.index("--config") + 1]
-  png = tmp_path / "heatmap.png"
-  assert cli.main(["explain", slides[0].path, "--model-dir", str(out / "serving_model"),
-                   "--config", config_path, "--out", str(png)]) == 0
-  record = json.loads(capsys.readouterr().out)
-  assert record["image_id"] == slides[0].image_id and 0 <= record["grade"] <= 5
-  assert len(record["attention"]) >= 1
-  import matplotlib.image
-  image = matplotlib.image.imread(str(png))
-  assert image.ndim == 3 and image.shape[0] > 100
+def test_editing_one_label_reruns_the_example_gen_and_every_step_below(runs):
+  edited = runs.get("label_edited")
+  assert edited.exit_code == 1
+  assert "failed in Trainer" in edited.stderr
+  assert set(TILING_AND_STATISTICS) <= set(edited.run.executed_steps)
+  assert not set(TILING_AND_STATISTICS) & set(edited.run.cached_steps)
+  assert edited.run.failed_steps == ["Trainer"]
+  before = runs.get("unchanged").run.output("SlideExampleGen", "examples")
+  after = edited.run.output("SlideExampleGen", "examples")
+  assert after.uri != before.uri
 
 
 def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
@@ -239,9 +407,8 @@ def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
 
   (model_dir,) = [os.path.dirname(p) for p in
                   glob.glob(str(out / "serving_model" / "*" / "saved_model.pb"))]
-  eval_files = glob.glob(str(out / "pipeline_root" / "SlideExampleGen" / "examples" / "*" /
-                             "Split-eval" / "*.gz"))
-  serialized = list(tf.data.TFRecordDataset(eval_files, compression_type="GZIP").take(3))
+  (examples_uri,) = glob.glob(str(out / "pipeline_root" / "SlideExampleGen" / "examples" / "*"))
+  serialized = _eval_bags(examples_uri)[:3]
   outputs = tf.saved_model.load(model_dir).signatures["serving_default"](
       examples=tf.stack(serialized))
   # The Trainer trained with the Tuner's best values (the pooling is in the model's name).
@@ -261,8 +428,7 @@ def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
   summary_auc = float(re.search(r"eval ROC AUC: ([\d.]+)", printed).group(1))
   predictions = run_report.predict_eval_split(
       os.path.join(glob.glob(str(out / "pipeline_root" / "Trainer" / "model" / "*"))[0],
-                   "Format-Serving"),
-      os.path.dirname(os.path.dirname(eval_files[0])))
+                   "Format-Serving"), examples_uri)
   ours = run_report.slice_metrics(predictions, 2)["overall"]
   # The seeded split holds both classes; TFMA's AUC uses 200 thresholds, ours is exact.
   assert ours["auc"] == pytest.approx(summary_auc, abs=0.02)

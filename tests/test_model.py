@@ -230,3 +230,14 @@ def test_binary_head_gives_one_probability_and_a_0_1_label():
   assert probability.shape == (3, 1) and ((probability > 0) & (probability < 1)).all()
   assert outputs[features.ORDINAL_LOGITS].shape == (3, 1)
   np.testing.assert_array_equal(outputs[features.GRADE].numpy(), (probability[:, 0] > 0.5))
+
+
+def test_imagenet_weights_come_from_the_keras_cache_never_the_network(tmp_path, monkeypatch):
+  from histopipe.trainer.model import cached_imagenet_weights
+  monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    cached_imagenet_weights("resnet50")
+  cached = tmp_path / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+  cached.parent.mkdir()
+  cached.write_bytes(b"")
+  assert cached_imagenet_weights("resnet50") == str(cached)

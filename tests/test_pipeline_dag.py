@@ -2,6 +2,8 @@
 
 import json
 
+from histopipe.core.configs import PipelineConfig
+
 import tensorflow_model_analysis as tfma
 
 from histopipe.pipeline import pipeline as pipeline_dag
@@ -37,7 +39,12 @@ def test_components_get_the_config(tmp_path):
   config = demo_config()
   components = {c.id: c for c in _dag(tmp_path, config).components}
   trainer = components["Trainer"]
-  assert json.loads(trainer.exec_properties["custom_config"])["config"] == config.to_json()
+  trained_with = PipelineConfig.from_json(
+      json.loads(trainer.exec_properties["custom_config"])["config"])
+  assert (trained_with.data, trained_with.tiling, trained_with.model, trained_with.training,
+          trained_with.augmentation, trained_with.tuning) == (
+              config.data, config.tiling, config.model, config.training, config.augmentation,
+              config.tuning)
   assert trainer.exec_properties["run_fn"] == pipeline_dag.RUN_FN
   transform = components["Transform"]
   assert transform.exec_properties["preprocessing_fn"] == pipeline_dag.PREPROCESSING_FN
@@ -45,14 +52,44 @@ def test_components_get_the_config(tmp_path):
   assert not transform.spec.outputs.get("transformed_examples")
   from histopipe.components.slide_example_gen import config_from_exec_properties
   example_gen = components["SlideExampleGen"]
-  assert config_from_exec_properties(
-      {"custom_config": example_gen.exec_properties["custom_config"]}) == config
+  tiling_config = config_from_exec_properties(
+      {"custom_config": example_gen.exec_properties["custom_config"]})
+  assert (tiling_config.data, tiling_config.tiling) == (config.data, config.tiling)
+  assert json.loads(transform.exec_properties["custom_config"])["input_size"] == \
+      config.model.input_size
   output = json.loads(example_gen.exec_properties["output_config"])
   assert output["split_config"]["partition_feature_name"] == "patient_id"
   assert [s["name"] for s in output["split_config"]["splits"]] == ["train", "valid", "eval"]
   assert json.loads(trainer.exec_properties["eval_args"])["splits"] == ["valid"]
   assert components["Evaluator"].exec_properties["example_splits"] == '["eval"]'
   assert list(config.beam_pipeline_args) == _dag(tmp_path, config).beam_pipeline_args
+
+
+def test_each_step_gets_only_the_settings_it_depends_on(tmp_path):
+  """What the cache keys on: a training setting changes the Trainer's execution
+  properties, not the ExampleGen's or the Transform's; a tiling setting changes
+  the ExampleGen's."""
+  import dataclasses
+
+  def properties(config):
+    return {c.id: dict(c.exec_properties) for c in _dag(tmp_path, config).components}
+
+  base = properties(demo_config())
+  longer = properties(dataclasses.replace(demo_config(), training=dataclasses.replace(
+      demo_config().training, epochs=99)))
+  retiled = properties(dataclasses.replace(demo_config(), tiling=dataclasses.replace(
+      demo_config().tiling, tile_size=128)))
+  stricter = properties(dataclasses.replace(demo_config(), evaluation=dataclasses.replace(
+      demo_config().evaluation, min_kappa=0.9)))
+  for step in ("SlideExampleGen", "StatisticsGen", "SchemaGen", "Transform"):
+    assert longer[step] == base[step], step
+  assert longer["Trainer"] != base["Trainer"]
+  # The gate is the Evaluator's alone.
+  for step in ("SlideExampleGen", "Transform", "Trainer"):
+    assert stricter[step] == base[step], step
+  assert stricter["Evaluator"] != base["Evaluator"]
+  assert retiled["SlideExampleGen"] != base["SlideExampleGen"]
+  assert _dag(tmp_path).enable_cache
 
 
 def test_gate_thresholds_come_from_the_config():

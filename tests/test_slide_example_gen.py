@@ -68,9 +68,11 @@ def test_every_slide_is_written_or_rejected_with_its_reason(messy_dataset, tmp_p
   report_dir = str(tmp_path / "report")
   with beam.Pipeline() as pipeline:
     results = (pipeline | beam.Create(tasks) | TileSlides(TINY))
-    image_ids = results.examples | beam.Map(
-        lambda s: tf.train.Example.FromString(s).features.feature[bag_features.IMAGE_ID].bytes_list.value[0].decode())
-    assert_that(image_ids, equal_to([s.image_id for s in good]))
+    # Keyed by patient (here the image id: PANDA has no patient ids).
+    image_ids = results.examples | beam.MapTuple(
+        lambda patient, s: (patient, tf.train.Example.FromString(s).features.feature[
+            bag_features.IMAGE_ID].bytes_list.value[0].decode()))
+    assert_that(image_ids, equal_to([(s.image_id, s.image_id) for s in good]))
     _ = results.outcomes | WriteSlideReport(report_dir)
 
   with open(os.path.join(report_dir, REJECTS_FILE)) as f:
@@ -89,7 +91,7 @@ def test_bag_example_carries_label_and_metadata(tiny_dataset):
            if t.image_id == slides[0].image_id]
   with beam.Pipeline() as pipeline:
     results = pipeline | beam.Create(tasks) | TileSlides(TINY)
-    parsed = results.examples | beam.Map(tf.train.Example.FromString)
+    parsed = results.examples | beam.Values() | beam.Map(tf.train.Example.FromString)
 
     def check(examples):
       (example,) = examples
@@ -104,13 +106,15 @@ def test_bag_example_carries_label_and_metadata(tiny_dataset):
 
 
 def test_split_partition_keeps_each_patient_in_one_split(tmp_path):
-  """The ExampleGen hashes `patient_id`: every bag of a patient lands in one split."""
+  """The ExampleGen hashes `patient_id` as TFX's own ExampleGen partitions on it
+  (checked against TFX's partition function on the parsed bag): every bag of a
+  patient lands in one split."""
   from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
   from tfx.proto import example_gen_pb2
   from tfx.utils import proto_utils
 
   from histopipe.components.bag_features import SlideBag, serialize_bag
-  from histopipe.components.slide_example_gen import SlideExampleGen
+  from histopipe.components.slide_example_gen import SlideExampleGen, split_index
   from histopipe.core.configs import demo_config
 
   component = SlideExampleGen(input_base=str(tmp_path), config=demo_config())
@@ -131,6 +135,7 @@ def test_split_partition_keeps_each_patient_in_one_split(tmp_path):
                                patient_id=f"p{patient}", data_provider="x", label=0,
                                gleason_score=""))
       split = _PartitionFn(example, len(buckets), buckets, split_config)
+      assert split_index(f"p{patient}", buckets) == split
       assert split_of_patient.setdefault(patient, split) == split
       splits_seen.add(split)
   assert splits_seen == {0, 1, 2}  # train, valid and eval all get patients

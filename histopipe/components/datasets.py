@@ -12,23 +12,26 @@ Three layouts, detected from the folder or named with `--format`:
 
 Planning never tiles: it joins labels and files, fails fast on a bad label
 file, and marks each item that cannot be used with its reason (`problem`), so
-the Beam stage can list it as rejected.
+the Beam stage can list it as rejected. Folders may be local or in a bucket
+(core/storage.py); `input_fingerprint` tells when any input file changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
+import hashlib
 import re
 from typing import List, NamedTuple, Optional
 
 from histopipe.components.labels import SlideLabel, read_binary_labels, read_panda_labels
+from histopipe.core import storage
 from histopipe.core.errors import UserError
 
 FORMATS = ("panda", "pcam", "idc")
 PANDA_LABELS = "train.csv"
 PCAM_LABELS = "train_labels.csv"
+PCAM_PATCHES = "train/*.tif"
+IDC_PATCHES = "*/*/*.png"
 IDC_NAME = re.compile(r"(?P<patient>.+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<label>[01])\.png")
 
 
@@ -44,7 +47,7 @@ class SlideTask(NamedTuple):
 
 
 def image_id_from_path(path: str) -> str:
-  return os.path.basename(path).split(".", 1)[0]
+  return storage.basename(path).split(".", 1)[0]
 
 
 class DatasetError(UserError, ValueError):
@@ -52,17 +55,17 @@ class DatasetError(UserError, ValueError):
 
 
 def _require_folder(data_dir: str) -> None:
-  if not os.path.isdir(data_dir):
+  if not storage.isdir(data_dir):
     raise DatasetError(f"{data_dir}: no such data folder")
 
 
 def detect_format(data_dir: str) -> str:
   _require_folder(data_dir)
-  if os.path.exists(os.path.join(data_dir, PANDA_LABELS)):
+  if storage.exists(storage.join(data_dir, PANDA_LABELS)):
     return "panda"
-  if os.path.exists(os.path.join(data_dir, PCAM_LABELS)):
+  if storage.exists(storage.join(data_dir, PCAM_LABELS)):
     return "pcam"
-  if glob.glob(os.path.join(data_dir, "*", "[01]", "*_idx5_*_class[01].png")):
+  if storage.glob(storage.join(data_dir, "*", "[01]", "*_idx5_*_class[01].png")):
     return "idc"
   raise DatasetError(f"{data_dir}: cannot tell the dataset format: no {PANDA_LABELS} "
                    f"(panda), no {PCAM_LABELS} (pcam), no <patient>/<0|1>/*_idx5_*.png "
@@ -88,27 +91,32 @@ def _join(labels, paths, labels_name: str, kind: str) -> List[SlideTask]:
   return tasks
 
 
+def labels_path(data_dir: str, labels_file: str) -> str:
+  """The label file: a path or URL as given, or relative to the data folder."""
+  if storage.is_url(labels_file) or labels_file.startswith("/"):
+    return labels_file
+  return storage.join(data_dir, labels_file)
+
+
 def plan_panda(data_dir: str, slide_pattern: str, labels_file: str) -> List[SlideTask]:
-  labels = read_panda_labels(os.path.join(data_dir, labels_file))
-  paths = {image_id_from_path(p): p
-           for p in sorted(glob.glob(os.path.join(data_dir, slide_pattern)))}
-  return _join(labels, paths, os.path.basename(labels_file), kind="slide")
+  labels = read_panda_labels(labels_path(data_dir, labels_file))
+  paths = {image_id_from_path(p): p for p in storage.glob(storage.join(data_dir, slide_pattern))}
+  return _join(labels, paths, storage.basename(labels_file), kind="slide")
 
 
 def plan_pcam(data_dir: str, labels_file: str = PCAM_LABELS) -> List[SlideTask]:
-  labels = read_binary_labels(os.path.join(data_dir, labels_file), data_provider="pcam")
-  paths = {image_id_from_path(p): p
-           for p in sorted(glob.glob(os.path.join(data_dir, "train", "*.tif")))}
-  return _join(labels, paths, os.path.basename(labels_file), kind="patch")
+  labels = read_binary_labels(labels_path(data_dir, labels_file), data_provider="pcam")
+  paths = {image_id_from_path(p): p for p in storage.glob(storage.join(data_dir, PCAM_PATCHES))}
+  return _join(labels, paths, storage.basename(labels_file), kind="patch")
 
 
 def plan_idc(data_dir: str) -> List[SlideTask]:
   tasks = []
-  for path in sorted(glob.glob(os.path.join(data_dir, "*", "*", "*.png"))):
-    class_folder = os.path.basename(os.path.dirname(path))
-    patient = os.path.basename(os.path.dirname(os.path.dirname(path)))
+  for path in storage.glob(storage.join(data_dir, IDC_PATCHES)):
+    class_folder = storage.basename(storage.dirname(path))
+    patient = storage.basename(storage.dirname(storage.dirname(path)))
     image_id = image_id_from_path(path)
-    match = IDC_NAME.fullmatch(os.path.basename(path))
+    match = IDC_NAME.fullmatch(storage.basename(path))
     if not match:
       tasks.append(SlideTask(image_id, path, None, kind="patch",
                              problem="file name is not <patient>_idx5_x<X>_y<Y>_class<0|1>.png"))
@@ -140,3 +148,39 @@ def plan(data_dir: str, data_format: str, slide_pattern: str,
   if data_format == "idc":
     return plan_idc(data_dir)
   raise DatasetError(f"unknown format {data_format!r}; choose from auto, {', '.join(FORMATS)}")
+
+
+def input_files(data_dir: str, data_format: str, slide_pattern: str,
+                labels_file: str = "") -> List[str]:
+  """Every file a run reads from the folder: the label file and the slides or patches."""
+  if data_format == "auto":
+    data_format = detect_format(data_dir)
+  if data_format == "idc":
+    return storage.glob(storage.join(data_dir, IDC_PATCHES))
+  if data_format == "panda":
+    labels, pattern = labels_file or PANDA_LABELS, slide_pattern
+  elif data_format == "pcam":
+    labels, pattern = labels_file or PCAM_LABELS, PCAM_PATCHES
+  else:
+    raise DatasetError(f"unknown format {data_format!r}; choose from auto, {', '.join(FORMATS)}")
+  return [labels_path(data_dir, labels)] + storage.glob(storage.join(data_dir, pattern))
+
+
+def input_fingerprint(data_dir: str, data_format: str, slide_pattern: str,
+                      labels_file: str = "") -> str:
+  """Changes whenever a label file or an input file is added, removed, resized
+  or rewritten: the label file's bytes (small, and an edit in the same second
+  as the last write still counts), and the size and modification time or
+  object generation of each slide (slides are not read)."""
+  if data_format == "auto":
+    data_format = detect_format(data_dir)
+  digest = hashlib.sha256()
+  files = input_files(data_dir, data_format, slide_pattern, labels_file)
+  total = 0
+  for index, path in enumerate(files):
+    described = storage.info(path) if storage.exists(path) else storage.FileInfo(path, -1, "")
+    total += max(described.size, 0)
+    digest.update(f"{path}\t{described.size}\t{described.modified}\n".encode())
+    if index == 0 and data_format != "idc" and described.size >= 0:  # the label file
+      digest.update(hashlib.sha256(storage.read_bytes(path)).digest())
+  return f"files:{len(files)},bytes:{total},sha256:{digest.hexdigest()}"

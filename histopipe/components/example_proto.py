@@ -60,6 +60,11 @@ def _feature(kind: str, values: FeatureValues) -> bytes:
   raise ValueError(f"feature kind must be bytes, int64 or float, got {kind!r}")
 
 
+def serialize_feature(kind: str, values: FeatureValues) -> bytes:
+  """One serialized `tf.train.Feature` (what TFX's ExampleGen hashes to split)."""
+  return _feature(kind, values)
+
+
 def serialize_example(features: Dict[str, tuple]) -> bytes:
   """`{name: (kind, values)}` -> the serialized `tf.train.Example`.
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
 import re
 from typing import Dict, Optional
 
 from histopipe.core.configs import ISUP_GRADES
+from histopipe.core import storage
 from histopipe.core.errors import UserError
 
 PANDA_COLUMNS = ("image_id", "data_provider", "isup_grade", "gleason_score")
@@ -51,19 +53,24 @@ def isup_from_gleason(gleason_score: str) -> Optional[int]:
 def _open_csv(path: str, required: tuple):
   """(rows with their line numbers, header) of a CSV; raises on missing columns."""
   try:
-    f = open(path, newline="")
-  except OSError as e:
-    raise LabelFileError(f"{path}: cannot open label file ({e.strerror})") from e
-  with f:
+    raw = storage.open_file(path, "rb")
+  except (OSError, ValueError) as e:  # fsspec: FileNotFoundError; a bad URL: ValueError
+    raise LabelFileError(f"{path}: cannot open label file "
+                         f"({getattr(e, 'strerror', None) or e})") from None
+  with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
     reader = csv.DictReader(f)
-    header = [name.strip() for name in (reader.fieldnames or [])]
-    missing = [c for c in required if c not in header]
-    if missing:
-      raise LabelFileError(f"{path}: missing column(s) {', '.join(missing)} "
-                           f"(header is {','.join(header) or 'empty'})")
-    # Line 1 is the header, so data rows start at line 2.
-    return [(number, {k.strip(): (v or "").strip() for k, v in row.items() if k})
-            for number, row in enumerate(reader, start=2)]
+    try:
+      header = [name.strip() for name in (reader.fieldnames or [])]
+      missing = [c for c in required if c not in header]
+      if missing:
+        raise LabelFileError(f"{path}: missing column(s) {', '.join(missing)} "
+                             f"(header is {','.join(header) or 'empty'})")
+      # Line 1 is the header, so data rows start at line 2.
+      return [(number, {k.strip(): (v or "").strip() for k, v in row.items() if k})
+              for number, row in enumerate(reader, start=2)]
+    except UnicodeDecodeError as e:
+      raise LabelFileError(f"{path}: not UTF-8 text (byte {e.start} of a line after "
+                           f"row {reader.line_num})") from None
 
 
 def _integer_label(where: str, column: str, text: str, allowed: range) -> int:

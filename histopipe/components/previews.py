@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from histopipe.components.bag_features import SlideBag
+from histopipe.core import storage
 
 _OUTLINE_RGB = (0, 160, 60)
 _TEXT_RGB = (20, 20, 20)
@@ -49,5 +50,4 @@ def write_png(path: str, image_rgb: np.ndarray) -> None:
   ok, buffer = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
   if not ok:
     raise RuntimeError(f"cannot encode preview {path}")
-  with open(path, "wb") as f:
-    f.write(buffer.tobytes())
+  storage.write_bytes(path, buffer.tobytes())

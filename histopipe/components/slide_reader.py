@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import tifffile
 
+from histopipe.core import storage
+
 
 class SlideError(Exception):
   """A slide that cannot be used; the message names the file and the reason."""
@@ -53,12 +55,31 @@ class TiffSlide:
   def __init__(self, path: str):
     self.path = path
     self._segment_cache: "collections.OrderedDict" = collections.OrderedDict()
-    if not os.path.exists(path):
+    # In a bucket: a file object that fetches the byte ranges tifffile asks for.
+    self._remote = None
+    if storage.is_url(path):
+      try:
+        self._remote = storage.open_file(path, "rb")
+      except FileNotFoundError:
+        raise SlideError(path, "file not found") from None
+      except OSError as e:
+        raise SlideError(path, f"cannot open ({e})") from None
+    try:
+      self._open()
+    except SlideError:
+      if self._remote is not None:
+        self._remote.close()
+      raise
+
+  def _open(self) -> None:
+    path = self.path
+    if self._remote is None and not os.path.exists(path):
       raise SlideError(path, "file not found")
-    if os.path.getsize(path) == 0:
+    size = self._remote.size if self._remote is not None else os.path.getsize(path)
+    if size == 0:
       raise SlideError(path, "empty file")
     try:
-      self._tiff = tifffile.TiffFile(path)
+      self._tiff = tifffile.TiffFile(self._remote if self._remote is not None else path)
     except Exception as e:  # tifffile raises several types for bad headers
       raise SlideError(path, f"not a readable TIFF ({e})") from e
     try:
@@ -127,6 +148,8 @@ class TiffSlide:
 
   def close(self) -> None:
     self._tiff.close()
+    if self._remote is not None:
+      self._remote.close()
 
   def __enter__(self) -> "TiffSlide":
     return self

@@ -1,21 +1,20 @@
 """The Beam stages that tile slides, shared by the SlideExampleGen executor
 and `histopipe tile`.
 
-TileSlides: one serialized `tf.Example` bag per slide, or a reject with its
-reason; WriteSlideReport: `slides.csv` (every slide and what happened) and
-`rejects.csv`. Nothing here imports TensorFlow or TFX, so Beam worker
-processes that run these stages start in about a second and stay small.
+TileSlides: one serialized `tf.Example` bag per slide, keyed by its patient
+(the ExampleGen splits on it), or a reject with its reason; WriteSlideReport:
+`slides.csv` (every slide and what happened) and `rejects.csv`. Nothing here
+imports TensorFlow or TFX, so Beam worker processes that run these stages
+start in about a second and stay small.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from histopipe.components import bag_features, previews
@@ -24,6 +23,7 @@ from histopipe.components.slide_reader import SlideError
 from histopipe.components.tiling import cut_bag
 from histopipe.core.configs import TilingConfig
 from histopipe.core.layout import OUTCOMES_FILE, REJECTS_FILE
+from histopipe.core import storage
 from histopipe.core.progress import progress_bar
 
 REJECTS_HEADER = "image_id,path,reason"
@@ -123,7 +123,7 @@ class TileSlideFn(beam.DoFn):
       return
     bag = tiled.bag
     if self._preview_dir and task.kind == "slide":
-      previews.write_png(os.path.join(self._preview_dir, f"{task.image_id}.png"),
+      previews.write_png(storage.join(self._preview_dir, f"{task.image_id}.png"),
                          previews.draw_preview(tiled.thumbnail, bag, tiled.thumbnail_downsample))
     label = task.label
     example = bag_features.serialize_bag(
@@ -133,7 +133,7 @@ class TileSlideFn(beam.DoFn):
     tiles = sum(bag.tile_valid)
     self._written.inc()
     self._tiles.inc(tiles)
-    yield example
+    yield label.patient_id or label.image_id, example
     yield beam.pvalue.TaggedOutput(
         "outcomes", SlideOutcome(task.image_id, task.path, "written", "", tiles))
 
@@ -148,35 +148,44 @@ def csv_line(values: Iterable[Any]) -> str:
 @beam.ptransform_fn
 def TileSlides(tasks, tiling: TilingConfig, preview_dir: str = "",  # pylint: disable=invalid-name
                progress: Optional[ItemProgress] = None):
-  """PCollection[SlideTask] -> (examples: serialized tf.Example bags, outcomes)."""
+  """PCollection[SlideTask] -> (examples: (patient_id, serialized tf.Example bag), outcomes)."""
   return (tasks
           | "Reshuffle" >> beam.Reshuffle()  # spread slides over workers
           | "Tile" >> beam.ParDo(TileSlideFn(tiling, preview_dir, progress)).with_outputs(
               "outcomes", main="examples"))
 
 
+def write_slide_report(outcomes: Iterable[SlideOutcome], report_dir: str,
+                       write_text: Callable[[str, str], None] = storage.write_text) -> None:
+  """`slides.csv` (every slide and what happened) and `rejects.csv`, sorted by
+  image id; `write_text(path, text)` writes a file (fsspec for our own output
+  folders, TFX's fileio inside an artifact)."""
+  ordered = sorted(outcomes)
+  rows = [csv_line(outcome) for outcome in ordered]
+  write_text(storage.join(report_dir, OUTCOMES_FILE),
+             "\n".join([OUTCOMES_HEADER] + rows) + "\n")
+  rejects = [csv_line((o.image_id, o.path, o.reason)) for o in ordered if o.status == "rejected"]
+  write_text(storage.join(report_dir, REJECTS_FILE),
+             "\n".join([REJECTS_HEADER] + rejects) + "\n")
+
+
 @beam.ptransform_fn
-def WriteSlideReport(outcomes, report_dir: str):  # pylint: disable=invalid-name
-  """`slides.csv` (every slide and what happened) and `rejects.csv`."""
-  (outcomes
-   | "FormatOutcomes" >> beam.Map(csv_line)
-   | "WriteOutcomes" >> beam.io.WriteToText(
-       os.path.join(report_dir, OUTCOMES_FILE), shard_name_template="",
-       header=OUTCOMES_HEADER))
+def WriteSlideReport(outcomes, report_dir: str,  # pylint: disable=invalid-name
+                     write_text: Callable[[str, str], None] = storage.write_text):
+  """The slide report of a job, written once all slides are done: one row a
+  slide, so even 100,000 slides make a few MB in one place."""
   return (outcomes
-          | "OnlyRejects" >> beam.Filter(lambda o: o.status == "rejected")
-          | "FormatRejects" >> beam.Map(lambda o: csv_line((o.image_id, o.path, o.reason)))
-          | "WriteRejects" >> beam.io.WriteToText(
-              os.path.join(report_dir, REJECTS_FILE), shard_name_template="",
-              header=REJECTS_HEADER))
+          | "AllOutcomes" >> beam.combiners.ToList()
+          | "WriteReport" >> beam.Map(write_slide_report, report_dir, write_text))
 
 
-def read_outcomes(report_dir: str) -> List[SlideOutcome]:
-  # Beam's file systems read local paths and the pipeline's object stores alike.
-  with FileSystems.open(os.path.join(report_dir, OUTCOMES_FILE)) as raw:
-    f = io.TextIOWrapper(raw, encoding="utf-8")
-    return [SlideOutcome(r["image_id"], r["path"], r["status"], r["reason"], int(r["tiles"]))
-            for r in csv.DictReader(f)]
+def read_outcomes(report_dir: str,
+                  open_file: Callable[[str, str], IO] = storage.open_file) -> List[SlideOutcome]:
+  """The rows of `slides.csv`; `open_file(path, mode)` as the report was written."""
+  with open_file(storage.join(report_dir, OUTCOMES_FILE), "rb") as f:
+    text = f.read().decode("utf-8")
+  return [SlideOutcome(r["image_id"], r["path"], r["status"], r["reason"], int(r["tiles"]))
+          for r in csv.DictReader(io.StringIO(text))]
 
 
 def summarize_outcomes(outcomes: List[SlideOutcome]) -> Dict[str, int]:

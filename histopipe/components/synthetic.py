@@ -29,7 +29,7 @@ import numpy as np
 import tifffile
 
 from histopipe.components.labels import PANDA_COLUMNS
-from histopipe.core.errors import make_output_dir
+from histopipe.core.storage import make_output_dir
 from histopipe.core.progress import progress_bar
 
 # The pyramid of a PANDA file: level k has downsample PANDA_DOWNSAMPLES[k].

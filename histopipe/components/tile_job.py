@@ -12,9 +12,7 @@ tiling the slide (bench/tiling.py, 12 slides).
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -22,10 +20,12 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from histopipe.components import datasets
+from histopipe.components.beam_gcs import connect_anonymously_to_emulator
 from histopipe.components.slide_stages import (ItemProgress, TileSlides, WriteSlideReport,
                                                read_outcomes, single_worker, summarize_outcomes)
 from histopipe.core.configs import PipelineConfig
-from histopipe.core.errors import make_output_dir
+from histopipe.core import storage
+from histopipe.core.storage import make_output_dir
 from histopipe.core.layout import REJECTS_FILE
 
 BAGS_PREFIX = "bags"
@@ -47,8 +47,9 @@ def run_tile_job(data_dir: str, out_dir: str, config: PipelineConfig,
   tasks = datasets.plan(data_dir, config.data.format, config.data.slide_pattern,
                         labels_file or config.data.labels_file)
   make_output_dir(out_dir)
-  preview_dir = make_output_dir(os.path.join(out_dir, PREVIEWS_DIR)) if previews else ""
+  preview_dir = make_output_dir(storage.join(out_dir, PREVIEWS_DIR)) if previews else ""
   options = PipelineOptions(list(beam_pipeline_args or config.beam_pipeline_args))
+  connect_anonymously_to_emulator()
   counter = ItemProgress("tiling slides", len(tasks) if progress else 0,
                          shared=not single_worker(options))
   with beam.Pipeline(options=options) as pipeline:
@@ -57,15 +58,15 @@ def run_tile_job(data_dir: str, out_dir: str, config: PipelineConfig,
                | "TileSlides" >> TileSlides(config.tiling, preview_dir=preview_dir,
                                             progress=counter))
     _ = (results.examples
+         | "DropPatientKeys" >> beam.Values()
          | "WriteBags" >> beam.io.WriteToTFRecord(
-             os.path.join(out_dir, BAGS_PREFIX),
+             storage.join(out_dir, BAGS_PREFIX),
              file_name_suffix=".tfrecord.gz" if gzip else ".tfrecord"))
     _ = results.outcomes | "WriteSlideReport" >> WriteSlideReport(out_dir)
 
   summary = {**summarize_outcomes(read_outcomes(out_dir)),
              "seconds": round(time.time() - start, 3)}
-  with open(os.path.join(out_dir, SUMMARY_FILE), "w") as f:
-    json.dump(summary, f, indent=2)
+  storage.write_text(storage.join(out_dir, SUMMARY_FILE), json.dumps(summary, indent=2))
   return summary
 
 
@@ -75,14 +76,14 @@ def describe(summary: Dict[str, float], out_dir: str, gzip: bool = False) -> str
   return (f"{summary['slides_written']} of {summary['slides_total']} slides tiled "
           f"({summary['tiles_written']} tiles), {summary['slides_rejected']} rejected, "
           f"in {summary['seconds']:.1f} s\n"
-          f"bags: {os.path.join(out_dir, bags)}; rejects: {os.path.join(out_dir, REJECTS_FILE)}; "
-          f"previews: {os.path.join(out_dir, PREVIEWS_DIR)}/")
+          f"bags: {storage.join(out_dir, bags)}; rejects: {storage.join(out_dir, REJECTS_FILE)}; "
+          f"previews: {storage.join(out_dir, PREVIEWS_DIR)}/")
 
 
 def bag_files(out_dir: str) -> Tuple[List[str], str]:
   """The bag files a tile job wrote and their TFRecord compression type
   ("GZIP" or ""), as `tf.data.TFRecordDataset` takes them."""
-  gzipped = sorted(glob.glob(os.path.join(out_dir, f"{BAGS_PREFIX}-*.tfrecord.gz")))
+  gzipped = storage.glob(storage.join(out_dir, f"{BAGS_PREFIX}-*.tfrecord.gz"))
   if gzipped:
     return gzipped, "GZIP"
-  return sorted(glob.glob(os.path.join(out_dir, f"{BAGS_PREFIX}-*.tfrecord"))), ""
+  return storage.glob(storage.join(out_dir, f"{BAGS_PREFIX}-*.tfrecord")), ""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import List, NamedTuple
 
 import cv2
@@ -19,6 +18,7 @@ import numpy as np
 from histopipe.components import tissue
 from histopipe.components.bag_features import SlideBag
 from histopipe.components.slide_reader import Level, SlideError, TiffSlide
+from histopipe.core import storage
 from histopipe.core.configs import TilingConfig
 
 
@@ -120,7 +120,7 @@ def _read_patch(path: str) -> np.ndarray:
   if path.lower().endswith((".tif", ".tiff")):
     with TiffSlide(path) as slide:
       return slide.read_level(0)
-  data = np.fromfile(path, np.uint8) if os.path.getsize(path) else np.empty(0, np.uint8)
+  data = np.frombuffer(storage.read_bytes(path), np.uint8)
   if data.size == 0:
     raise SlideError(path, "empty file")
   image = cv2.imdecode(data, cv2.IMREAD_COLOR)
@@ -135,7 +135,7 @@ def tile_patch(path: str, tiling: TilingConfig, tile_x: int = 0, tile_y: int = 0
   Patches were cut around tissue by the dataset's authors, so no tissue
   check; `tile_x`/`tile_y` are the patch's position in its slide when known.
   """
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise SlideError(path, "file not found")
   original = _read_patch(path)
   height, width = original.shape[:2]

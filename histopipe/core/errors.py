@@ -8,18 +8,6 @@ status 2. Any other exception is a bug in histopipe and keeps its traceback.
 
 from __future__ import annotations
 
-import os
-
 
 class UserError(Exception):
   """Something the user can fix; the message says what and where."""
-
-
-def make_output_dir(path: str) -> str:
-  """Creates the folder `path` (and its parents) for a command's output;
-  a path that cannot be a folder is the user's to fix."""
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise UserError(f"{path}: cannot create the output folder ({e.strerror})") from None
-  return path

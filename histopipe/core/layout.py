@@ -35,3 +35,6 @@ class RunPaths:
   @property
   def report_dir(self) -> str:
     return os.path.join(self.out_dir, "report")
+
+# Where TFX's Trainer puts the SavedModel inside its Model artifact.
+TRAINER_SERVING_SUBDIR = "Format-Serving"

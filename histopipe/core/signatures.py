@@ -8,6 +8,12 @@ them. Neither side imports the other: both import this module.
 SERVING_DEFAULT = "serving_default"  # serialized tf.Example bags in
 PREDICT_TILES = "predict_tiles"  # the encoded tiles of one bag in
 TRANSFORM_FEATURES = "transform_features"  # for the Evaluator
+# The model's contract (core/model_contract) as one JSON string. It takes one
+# input it ignores because TF Serving's REST API refuses a signature without
+# inputs ("Failed to get input map", tensorflow/serving#1676).
+METADATA = "metadata"
+METADATA_REQUEST = "request"  # DT_STRING [None], any value, ignored
+CONTRACT = "contract"  # DT_STRING []: ModelContract.to_json()
 
 # Inputs.
 EXAMPLES = "examples"  # serialized tf.Example bags, DT_STRING [B]

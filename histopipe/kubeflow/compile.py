@@ -25,7 +25,8 @@ from tfx import v1 as tfx
 
 from histopipe.components.beam_flags import merge_beam_args, require_filled
 from histopipe.core.configs import BEAM_PRESETS, KubeflowConfig, PipelineConfig, StepResources
-from histopipe.core.errors import UserError, make_output_dir
+from histopipe.core.errors import UserError
+from histopipe.core.storage import make_output_dir
 from histopipe.pipeline import pipeline as pipeline_dag
 
 DATA_ROOT_PARAMETER = "data_root"

@@ -8,15 +8,20 @@ The local runner and the Kubeflow compiler both call `create_pipeline`.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 from typing import Optional
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_artifacts
 
 from histopipe.components import bag_features
 from histopipe.components.datasets import with_detected_format
+from histopipe.components.pusher import IdempotentPusherExecutor
 from histopipe.components.slide_example_gen import SlideExampleGen
 from histopipe.core import signatures
 from histopipe.core.configs import PipelineConfig
@@ -82,16 +87,50 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
           metrics=[tfma.MetricConfig(class_name="ExampleCount")] + metric_configs)])
 
 
+def code_fingerprint(*subpackages: str) -> str:
+  """A hash of the source of these histopipe subpackages. It goes into the
+  execution properties of the steps that run that code, so a cached step is
+  reused only with the code that made it: TFX caches on module paths, not on
+  what the modules say."""
+  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  digest = hashlib.sha256()
+  for subpackage in sorted(subpackages):
+    for folder, _, names in sorted(os.walk(os.path.join(package, subpackage))):
+      for name in sorted(n for n in names if n.endswith(".py")):
+        path = os.path.join(folder, name)
+        digest.update(os.path.relpath(path, package).encode())
+        with open(path, "rb") as f:
+          digest.update(f.read())
+  return digest.hexdigest()[:16]
+
+
+def trainer_settings(config: PipelineConfig) -> PipelineConfig:
+  """The config as the Trainer and Tuner get it: the gate, the Kubeflow
+  resources and the Beam flags (which they do not read) at their defaults, so
+  changing the gate re-runs the Evaluator, not the training."""
+  defaults = PipelineConfig()
+  return dataclasses.replace(config, evaluation=defaults.evaluation,
+                             kubeflow=defaults.kubeflow,
+                             beam_pipeline_args=defaults.beam_pipeline_args)
+
+
 def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                     serving_model_dir: str,
-                    metadata_connection_config: Optional[object] = None
-                    ) -> tfx.dsl.Pipeline:
+                    metadata_connection_config: Optional[object] = None,
+                    enable_cache: bool = True) -> tfx.dsl.Pipeline:
+  """The DAG. With `enable_cache`, a step whose inputs, settings and code are
+  those of an earlier execution reuses its outputs: each step gets only the
+  settings it depends on, so changing `training.epochs` re-runs the Trainer
+  and what follows, not the tiling or the Transform."""
   # "auto" becomes the data folder's format here, once, so every component
   # (and the Trainer's choice of task) sees the same one.
   if isinstance(data_root, str):  # a Kubeflow RuntimeParameter is resolved at run time
     config = with_detected_format(config, data_root)
-  config_json = {"config": config.to_json()}
-  example_gen = SlideExampleGen(input_base=data_root, config=config)
+  tiling_code = code_fingerprint("core", "components")
+  model_code = code_fingerprint("core", "components", "trainer")
+  config_json = {"config": trainer_settings(config).to_json(), "code": model_code}
+  example_gen = SlideExampleGen(input_base=data_root, config=config,
+                                code_fingerprint=tiling_code)
   statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
   schema_gen = tfx.components.SchemaGen(
       statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
@@ -105,7 +144,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       # Decoded float tiles would be ~2.3 TB for PANDA: keep bags encoded and
       # apply the transform graph in the Trainer's input pipeline instead.
       materialize=False,
-      custom_config=config_json)
+      custom_config={"input_size": config.model.input_size, "code": model_code})
   training_inputs = dict(
       examples=example_gen.outputs["examples"],
       transform_graph=transform.outputs["transform_graph"],
@@ -134,6 +173,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       eval_config=eval_config(config))
   pusher = tfx.components.Pusher(
       model=trainer.outputs["model"],
+      custom_executor_spec=executor_spec.ExecutorClassSpec(IdempotentPusherExecutor),
       model_blessing=evaluator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
@@ -144,6 +184,6 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       components=[example_gen, statistics_gen, schema_gen, example_validator,
                   transform] + ([tuner] if tuner else []) +
                  [trainer, baseline_resolver, evaluator, pusher],
-      enable_cache=False,
+      enable_cache=enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(config.beam_pipeline_args))

@@ -19,14 +19,26 @@ from histopipe.components.tiling import cut_bag
 from histopipe.core import signatures
 from histopipe.core.configs import PATCH_FORMATS, PipelineConfig
 from histopipe.core.errors import UserError
-from histopipe.reports import figures
+from histopipe.core import storage
+from histopipe.core.layout import TRAINER_SERVING_SUBDIR, RunPaths
+from histopipe.reports import figures, lineage
 from histopipe.serving.saved_model import LoadedModel
 from histopipe.serving.slide_predictions import prediction_record
 
 
+def run_model_dir(run_dir: str) -> str:
+  """The model the latest complete run of `histopipe run --out RUN_DIR`
+  trained (its Trainer's output in ML Metadata, blessed or not)."""
+  run = lineage.latest_run(RunPaths(storage.absolute(run_dir)).metadata_path, complete=True)
+  model = run.output("Trainer", "model")
+  if model is None:
+    raise UserError(f"{run_dir}: run {run.run_id} has no Trainer model")
+  return os.path.join(model.uri, TRAINER_SERVING_SUBDIR)
+
+
 def explain_slide(slide_path: str, model_dir: str, config: PipelineConfig, out_png: str) -> dict:
   """Writes the heatmap PNG; returns the slide's prediction record (as `predict` prints it)."""
-  if not os.path.isfile(slide_path):
+  if not storage.isfile(slide_path):
     raise UserError(f"{slide_path}: no such slide file")
   model = LoadedModel(model_dir)  # a SavedModel or a serving base's latest version
   image_id = image_id_from_path(slide_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Dict, List, Sequence, Tuple
 
 import matplotlib
@@ -9,8 +10,18 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from tfx.dsl.io import fileio  # noqa: E402
 
 from histopipe.components.bag_features import SlideBag  # noqa: E402
+
+
+def save_png(figure, path: str) -> None:
+  """The figure as PNG at `path` (local, a bucket, or TF's ram://), then closed."""
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=110)
+  plt.close(figure)
+  with fileio.open(path, "wb") as f:
+    f.write(buffer.getvalue())
 
 
 def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path: str,
@@ -31,8 +42,7 @@ def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path
   axes.set_title(title)
   figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
+  save_png(figure, path)
 
 
 def roc_curves_png(curves: Dict[str, Tuple[np.ndarray, np.ndarray, float]], path: str,
@@ -50,8 +60,7 @@ def roc_curves_png(curves: Dict[str, Tuple[np.ndarray, np.ndarray, float]], path
   axes.set_title(title)
   axes.legend(loc="lower right", fontsize=8)
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
+  save_png(figure, path)
 
 
 def attention_overlay(thumbnail_rgb: np.ndarray, thumbnail_downsample: float, bag: SlideBag,
@@ -88,8 +97,7 @@ def attention_heatmap_png(thumbnail_rgb: np.ndarray, thumbnail_downsample: float
                                    norm=matplotlib.colors.Normalize(0, largest or 1.0))
   figure.colorbar(mappable, ax=axes, fraction=0.04, label="attention weight")
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
+  save_png(figure, path)
 
 
 def class_names(num_classes: int) -> List[str]:

@@ -10,7 +10,6 @@ heatmap over the chosen tiles.
 
 from __future__ import annotations
 
-import glob
 import html
 import os
 from typing import Dict, List, NamedTuple, Optional
@@ -18,14 +17,16 @@ from typing import Dict, List, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 from sklearn.metrics import cohen_kappa_score, roc_auc_score, roc_curve
+from tfx.dsl.io import fileio
 
 from histopipe.components import bag_features
 from histopipe.components.slide_reader import SlideError, TiffSlide
 from histopipe.components.slide_stages import read_outcomes
 from histopipe.core import signatures
-from histopipe.core.errors import UserError, make_output_dir
-from histopipe.core.layout import SLIDE_REPORT_DIR, RunPaths
-from histopipe.reports import figures, run_summary
+from histopipe.core import storage
+from histopipe.core.errors import UserError
+from histopipe.core.layout import SLIDE_REPORT_DIR, TRAINER_SERVING_SUBDIR, RunPaths
+from histopipe.reports import figures, lineage, run_summary
 from histopipe.serving.saved_model import LoadedModel
 
 THUMBNAIL_MAX_SIDE = 768
@@ -63,13 +64,15 @@ def _bag_from_features(feature) -> bag_features.SlideBag:
 def predict_eval_split(model_dir: str, examples_uri: str, batch_size: int = 16
                        ) -> EvalPredictions:
   """The served signature over the eval split's bags, as TFMA sees them."""
-  files = sorted(glob.glob(os.path.join(examples_uri, "Split-eval", "*")))
+  files = sorted(fileio.glob(storage.join(examples_uri, "Split-eval", "*")))
   if not files:
-    raise FileNotFoundError(f"no eval split under {examples_uri}")
+    raise UserError(f"no eval split under {examples_uri}")
   model = LoadedModel(model_dir)
   outputs: Dict[str, List[np.ndarray]] = {}
   features_of_bags = []  # metadata only: the tiles are not kept (a PANDA eval split is GBs)
-  batches = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
+  # TFX's own ExampleGens gzip their records, ours does not: told by the name.
+  compression = "GZIP" if files[0].endswith(".gz") else ""
+  batches = tf.data.TFRecordDataset(files, compression_type=compression).batch(batch_size)
   for batch in batches:
     for key, value in model.run(signatures.SERVING_DEFAULT,
                                 {signatures.EXAMPLES: batch.numpy()}).items():
@@ -161,11 +164,18 @@ def _table(rows: List[List[str]], header: List[str]) -> str:
 def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
   """Writes `<out_dir>/index.html` and its PNGs (default `<run_dir>/report`); returns the path."""
   paths = RunPaths(os.path.abspath(run_dir))
-  summary = run_summary.summarize(paths)
+  # The newest run that went all the way: its model, examples and evaluation belong together.
+  summary = run_summary.summarize(paths, complete=True)
+  newest = lineage.latest_run(paths.metadata_path)
+  later = ("" if newest.run_id == summary.run_id else
+           f"The newest run, {newest.run_id}, did not complete (failed: "
+           f"{', '.join(newest.failed_steps) or 'unknown'}); this report is of run "
+           f"{summary.run_id}, the newest that did.")
   if not summary.model_uri or not summary.examples_uri:
     raise UserError(f"{run_dir}: no trained model or examples in its ML Metadata")
-  out_dir = make_output_dir(out_dir or paths.report_dir)
-  model_dir = os.path.join(summary.model_uri, "Format-Serving")
+  out_dir = out_dir or paths.report_dir
+  fileio.makedirs(out_dir)
+  model_dir = os.path.join(summary.model_uri, TRAINER_SERVING_SUBDIR)
   predictions = predict_eval_split(model_dir, summary.examples_uri)
   num_classes = 2 if predictions.probabilities.shape[1] == 1 else predictions.probabilities.shape[1]
   names = figures.class_names(num_classes)
@@ -173,7 +183,7 @@ def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
   confusion = np.zeros((num_classes, num_classes), int)
   np.add.at(confusion, (predictions.labels, predictions.grades), 1)
   task = "ISUP grade" if num_classes > 2 else "label"
-  figures.confusion_matrix_png(confusion, names, os.path.join(out_dir, "confusion.png"),
+  figures.confusion_matrix_png(confusion, names, storage.join(out_dir, "confusion.png"),
                                f"{task}: eval split, {len(predictions.labels)} bags")
   positive, score = positive_scores(predictions)
   curves = {}
@@ -186,20 +196,20 @@ def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
       curves[name] = (fpr, tpr, auc)
   roc_title = "cancer (grade ≥ 1) vs benign" if num_classes > 2 else "label 1 vs 0"
   if curves:
-    figures.roc_curves_png(curves, os.path.join(out_dir, "roc.png"), f"ROC: {roc_title}")
+    figures.roc_curves_png(curves, storage.join(out_dir, "roc.png"), f"ROC: {roc_title}")
 
   slide_paths = {o.image_id: o.path for o in read_outcomes(
-      os.path.join(summary.examples_uri, SLIDE_REPORT_DIR))}
+      storage.join(summary.examples_uri, SLIDE_REPORT_DIR), fileio.open)}
   heatmap_files = []
   for i in _heatmap_sample(predictions, heatmaps):
     image_id = predictions.image_ids[i]
     path = slide_paths.get(image_id, "")
-    if not path.lower().endswith((".tif", ".tiff")) or not os.path.exists(path):
+    if not path.lower().endswith((".tif", ".tiff")) or not storage.exists(path):
       continue  # moved since the run, or a PNG patch (IDC): no pyramid to draw on
     name = f"attention_{image_id}.png"
     try:
       write_heatmap(path, predictions.bags[i], predictions.attention[i],
-                    os.path.join(out_dir, name),
+                    storage.join(out_dir, name),
                     f"{image_id} ({predictions.providers[i]}): label {predictions.labels[i]}, "
                     f"predicted {predictions.grades[i]}")
     except SlideError:
@@ -225,7 +235,9 @@ def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;
 text-align:right}}figure{{display:inline-block;margin:6px}}img{{max-width:520px}}</style></head>
 <body><h1>histopipe run report</h1>
-<p>run: {html.escape(os.path.abspath(run_dir))}<br>model: {html.escape(model_dir)}</p>
+<p>run: {html.escape(os.path.abspath(run_dir))} ({html.escape(summary.run_id)})<br>
+model: {html.escape(model_dir)}</p>
+{f"<p><b>{html.escape(later)}</b></p>" if later else ""}
 <h2>Gate</h2><p><b>{gate}</b>; {html.escape(pushed)}</p><ul>{gate_lines}</ul>
 <h3>TFMA (what the Evaluator judged, overall slice)</h3>{_table(tfma_rows, ["metric", "value"])}
 <h2>Eval split, from the model's predictions</h2>
@@ -239,7 +251,7 @@ text-align:right}}figure{{display:inline-block;margin:6px}}img{{max-width:520px}
 {images or '<p>no slide files found for the eval bags</p>'}
 </body></html>
 """
-  index = os.path.join(out_dir, "index.html")
-  with open(index, "w") as f:
+  index = storage.join(out_dir, "index.html")
+  with fileio.open(index, "w") as f:
     f.write(page)
   return index

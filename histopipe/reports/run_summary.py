@@ -8,11 +8,10 @@ import os
 from typing import Any, Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
-from ml_metadata.metadata_store import metadata_store
-from tfx.orchestration import metadata
+from tfx.dsl.io import fileio
 
-from histopipe.core.errors import UserError
 from histopipe.core.layout import REJECTS_FILE, SLIDE_REPORT_DIR, RunPaths
+from histopipe.reports import lineage
 from histopipe.trainer.metrics import AUC, CANCER_AUC, KAPPA
 
 TUNER_RESULTS_FILE = "tuner_results.json"  # what TFX's Tuner executor writes
@@ -39,12 +38,11 @@ class RunSummary:
   model_uri: str = ""
   pipeline_root: str = ""
   metadata_path: str = ""
+  run_id: str = ""
+  complete: bool = False
+  cached_steps: List[str] = dataclasses.field(default_factory=list)  # taken from the cache
+  failed_steps: List[str] = dataclasses.field(default_factory=list)
   seconds: float = 0.0
-
-
-def _latest(store, type_name: str):
-  artifacts = store.get_artifacts_by_type(type_name)
-  return max(artifacts, key=lambda a: a.id) if artifacts else None
 
 
 def _custom(artifact, key: str):
@@ -74,31 +72,30 @@ def _describe_failure(failure) -> str:
   return f"{name} {value:.3f} is below the threshold {floor:.3f}"
 
 
-def summarize(paths: RunPaths) -> RunSummary:
-  if not os.path.exists(paths.metadata_path):  # MLMD would create an empty store
-    raise UserError(f"{paths.out_dir}: no {os.path.basename(paths.metadata_path)}: "
-                    "not the --out folder of `histopipe run`")
-  summary = RunSummary(pipeline_root=paths.pipeline_root, metadata_path=paths.metadata_path)
-  config = metadata.sqlite_metadata_connection_config(paths.metadata_path)
-  store = metadata_store.MetadataStore(config)
-  examples = _latest(store, "Examples")
+def summarize(paths: RunPaths, complete: bool = False) -> RunSummary:
+  """The newest run of `paths` (with `complete`, the newest that went all the
+  way), from that run's own executions in ML Metadata."""
+  run = lineage.latest_run(paths.metadata_path, complete=complete)
+  summary = RunSummary(pipeline_root=paths.pipeline_root, metadata_path=paths.metadata_path,
+                       run_id=run.run_id, complete=run.complete,
+                       cached_steps=run.cached_steps, failed_steps=run.failed_steps)
+  examples = run.output("SlideExampleGen", "examples")
   if examples is not None:
     for key in ("slides_total", "slides_written", "slides_rejected", "tiles_written"):
       setattr(summary, key, _custom(examples, key) or 0)
     summary.rejects_file = os.path.join(examples.uri, SLIDE_REPORT_DIR, REJECTS_FILE)
     summary.examples_uri = examples.uri
-  model = _latest(store, "Model")
+  model = run.output("Trainer", "model")
   if model is not None:
     summary.model_uri = model.uri
 
-  tuner_results = _latest(store, "TunerResults")
-  # Only this run's Tuner: a run without one may share the store with one that had it.
-  if tuner_results is not None and (examples is None or tuner_results.id > examples.id):
-    with open(os.path.join(tuner_results.uri, TUNER_RESULTS_FILE)) as f:
+  tuner_results = run.output("Tuner", "tuner_results")
+  if tuner_results is not None:
+    with fileio.open(os.path.join(tuner_results.uri, TUNER_RESULTS_FILE)) as f:
       summary.tuner_trials = json.load(f)
 
-  evaluation = _latest(store, "ModelEvaluation")
-  if evaluation is not None and os.path.isdir(evaluation.uri):
+  evaluation = run.output("Evaluator", "evaluation")
+  if evaluation is not None and fileio.isdir(evaluation.uri):
     result = tfma.load_eval_result(evaluation.uri)
     for slice_key, metrics in result.slicing_metrics:
       values = _metric_values(metrics)
@@ -112,10 +109,10 @@ def summarize(paths: RunPaths) -> RunSummary:
     for per_slice in validation.metric_validations_per_slice:
       summary.gate_failures.extend(_describe_failure(f) for f in per_slice.failures)
 
-  blessing = _latest(store, "ModelBlessing")
+  blessing = run.output("Evaluator", "blessing")
   if blessing is not None:
     summary.blessed = bool(_custom(blessing, "blessed"))
-  pushed = _latest(store, "PushedModel")
+  pushed = run.output("Pusher", "pushed_model")
   if pushed is not None and _custom(pushed, "pushed"):
     summary.pushed_to = _custom(pushed, "pushed_destination") or ""
   return summary
@@ -154,8 +151,11 @@ def format_summary(summary: RunSummary) -> str:
     lines.append(f"  gate: {failure}")
   lines.append(f"pushed to: {summary.pushed_to}" if summary.pushed_to
                else "pushed: no (model not blessed)")
+  if summary.cached_steps:
+    lines.append(f"from the cache ({len(summary.cached_steps)} steps, inputs, settings and code "
+                 f"unchanged): {', '.join(summary.cached_steps)}")
   lines.append(f"artifacts: {summary.pipeline_root}")
-  lines.append(f"ML Metadata: {summary.metadata_path}")
+  lines.append(f"ML Metadata: {summary.metadata_path} (run {summary.run_id})")
   if summary.seconds:
     lines.append(f"pipeline time: {summary.seconds / 60:.1f} min")
   return "\n".join(lines)

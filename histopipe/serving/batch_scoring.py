@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from histopipe.components.slide_stages import ItemProgress, csv_line, single_worker
 from histopipe.core import signatures
+from histopipe.components.beam_gcs import connect_anonymously_to_emulator
 from histopipe.core.configs import PipelineConfig
 from histopipe.serving.saved_model import LoadedModel, resolve_version_dir
 from histopipe.serving.slide_predictions import (CSV_HEADER, SlideRequest, cut_request,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Callable, Dict, TypeVar
+from typing import Callable, Dict, Optional, TypeVar
 
 import grpc
 import numpy as np
@@ -20,7 +20,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from histopipe.core import signatures
 from histopipe.core.errors import UserError
+from histopipe.core.model_contract import ModelContract
 from histopipe.core.signatures import SERVING_DEFAULT
 
 RETRYABLE_GRPC = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -91,10 +93,20 @@ class GrpcPredictClient:
                          f"{self.signature!r}; it has {sorted(signature_map.signature_def)}")
     return dict(signature_map.signature_def)
 
-  def predict(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  def contract(self) -> Optional[ModelContract]:
+    """What the served model was trained with (its `metadata` signature), or
+    None for a model exported without one."""
+    if signatures.METADATA not in self.signatures():
+      return None
+    outputs = self.predict({signatures.METADATA_REQUEST: np.array([b""], dtype=object)},
+                           signature=signatures.METADATA)
+    return ModelContract.from_json(outputs[signatures.CONTRACT].item().decode())
+
+  def predict(self, inputs: Dict[str, np.ndarray],
+              signature: Optional[str] = None) -> Dict[str, np.ndarray]:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = self.model
-    request.model_spec.signature_name = self.signature
+    request.model_spec.signature_name = signature or self.signature
     for key, value in inputs.items():
       request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
     response = self._call(self._stub.Predict, request,
@@ -151,6 +163,21 @@ class RestPredictClient:
       raise ServingError(f"model {self.model!r} at {self.target} has no signature "
                          f"{self.signature!r}; it has {sorted(signature_defs)}")
     return signature_defs
+
+  def contract(self) -> Optional[ModelContract]:
+    """What the served model was trained with (its `metadata` signature, asked
+    in TF Serving's columnar format, which allows a scalar output), or None
+    for a model exported without one."""
+    if signatures.METADATA not in self.signatures():
+      return None
+    url = f"{self.model_url}:predict"
+    body = {"signature_name": signatures.METADATA,
+            "inputs": {signatures.METADATA_REQUEST: [""]}}
+    outputs = self._call("POST", url, f"model {self.model!r} metadata at {url}",
+                         json=body)["outputs"]
+    if isinstance(outputs, dict):  # several outputs come by name, one alone
+      outputs = outputs[signatures.CONTRACT]
+    return ModelContract.from_json(outputs)
 
   def predict(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     if len(inputs) != 1:

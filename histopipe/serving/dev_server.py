@@ -136,9 +136,17 @@ def rest_metadata(model: ServedModel, path: str) -> dict:
               _signature_map(model), preserving_proto_field_name=True)}}
 
 
-def _json_ready(value: np.ndarray):
-  if value.dtype == object:  # strings: TF Serving's REST API returns them base64-wrapped
-    return [{"b64": base64.b64encode(v).decode()} for v in value.tolist()]
+def _json_ready(key: str, value: np.ndarray):
+  """As TF Serving writes an output in JSON: strings as text, or base64-wrapped
+  when the output's name ends in "_bytes"."""
+  value = np.asarray(value, dtype=object if isinstance(value, bytes) else None)
+  if value.dtype == object:
+    if key.endswith("_bytes"):
+      wrap = lambda v: {"b64": base64.b64encode(v).decode()}  # noqa: E731
+    else:
+      wrap = lambda v: v.decode("utf-8")  # noqa: E731
+    return wrap(value.item()) if value.ndim == 0 else [
+        _json_ready(key, v) if isinstance(v, np.ndarray) else wrap(v) for v in value]
   return value.tolist()
 
 
@@ -172,9 +180,15 @@ def rest_predict(model: ServedModel, path: str, body: dict) -> dict:
                        "body needs \"instances\" or \"inputs\"")
   outputs = model.run(signature, {key: np.array(value) for key, value in inputs.items()})
   if "inputs" in body:
-    return {"outputs": {key: _json_ready(value) for key, value in outputs.items()}}
+    # One output: its value alone; several: an object by name (TF Serving's columnar answer).
+    if len(outputs) == 1:
+      ((key, value),) = outputs.items()
+      return {"outputs": _json_ready(key, value)}
+    return {"outputs": {key: _json_ready(key, value) for key, value in outputs.items()}}
   rows = len(next(iter(outputs.values())))
-  return {"predictions": [{key: _json_ready(value[i:i + 1])[0] for key, value in outputs.items()}
+  return {"predictions": [{key: _json_ready(key, value[i]) if value.dtype != object else
+                           _json_ready(key, value[i:i + 1])[0]
+                           for key, value in outputs.items()}
                           for i in range(rows)]}
 
 

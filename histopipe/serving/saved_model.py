@@ -8,13 +8,14 @@ mean the same everywhere.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.tools import saved_model_utils
 
 from histopipe.core.errors import UserError
+from histopipe.core.model_contract import CONTRACT_FILE, ModelContract
 
 
 class ModelNotFound(UserError):
@@ -31,17 +32,30 @@ class BadModelInput(ValueError):
 
 def resolve_version_dir(model_dir: str) -> Tuple[str, int]:
   """A SavedModel dir, or a serving base of numbered versions (the Pusher's
-  layout): the latest version, as TF Serving's default policy picks it."""
-  if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
+  layout): the latest version, as TF Serving's default policy picks it.
+  Through TensorFlow's filesystems (local, gs://), which also load the model."""
+  gfile = tf.io.gfile
+  if gfile.exists(os.path.join(model_dir, "saved_model.pb")):
     name = os.path.basename(os.path.normpath(model_dir))
     return model_dir, int(name) if name.isdigit() else 1
-  if not os.path.isdir(model_dir):
+  if not gfile.isdir(model_dir):
     raise ModelNotFound(f"{model_dir}: no such model folder")
-  versions = sorted(int(v) for v in os.listdir(model_dir) if v.isdigit() and
-                    os.path.exists(os.path.join(model_dir, v, "saved_model.pb")))
+  versions = sorted(int(v.rstrip("/")) for v in gfile.listdir(model_dir)
+                    if v.rstrip("/").isdigit() and
+                    gfile.exists(os.path.join(model_dir, v.rstrip("/"), "saved_model.pb")))
   if not versions:
     raise ModelNotFound(f"{model_dir}: no saved_model.pb, and no <version>/saved_model.pb")
   return os.path.join(model_dir, str(versions[-1])), versions[-1]
+
+
+def read_contract(model_dir: str) -> Optional[ModelContract]:
+  """The contract of the model at `model_dir` (the latest version of a
+  serving base), from its assets.extra/; None for a model exported without."""
+  path = os.path.join(resolve_version_dir(model_dir)[0], "assets.extra", CONTRACT_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return ModelContract.from_json(f.read())
 
 
 class LoadedModel:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Union
 
 import numpy as np
@@ -22,6 +21,7 @@ from histopipe.components.slide_reader import SlideError
 from histopipe.components.tiling import cut_bag
 from histopipe.core import signatures
 from histopipe.core.configs import PATCH_FORMATS, PipelineConfig
+from histopipe.core import storage
 from histopipe.core.errors import UserError
 from histopipe.core.progress import progress_bar
 
@@ -32,15 +32,14 @@ CSV_HEADER = {"isup": ("image_id", "isup_grade"), "binary": ("id", "label")}
 
 def find_slides(paths: Iterable[str]) -> List[str]:
   """Files as given; folders searched recursively for slide/patch files.
-  A path that does not exist is the user's mistake: UserError."""
+  Local paths or bucket URLs (core/storage). A path that does not exist is
+  the user's mistake: UserError."""
   found = []
   for path in paths:
-    if not os.path.exists(path):
+    if not storage.exists(path):
       raise UserError(f"{path}: no such slide file or folder")
-    if os.path.isdir(path):
-      for root, _, names in sorted(os.walk(path)):
-        found.extend(os.path.join(root, n) for n in sorted(names)
-                     if n.lower().endswith(SLIDE_SUFFIXES))
+    if storage.isdir(path):
+      found.extend(storage.find(path, SLIDE_SUFFIXES))
     else:
       found.append(path)
   return found

@@ -17,7 +17,6 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from histopipe.components import bag_features
-from histopipe.core.configs import PipelineConfig
 from histopipe.trainer import features
 
 
@@ -41,13 +40,15 @@ def decode_tiles(encoded: tf.Tensor, input_size: int) -> tf.Tensor:
 
 def preprocessing_fn(inputs: Dict[str, tf.Tensor],
                      custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
-  config = PipelineConfig.from_json(custom_config["config"])
-  tiles = decode_tiles(inputs[bag_features.TILES], config.model.input_size)
+  """`custom_config["input_size"]`: the model's tile size, the one setting the
+  Transform depends on (so a cached Transform survives other changes)."""
+  input_size = int(custom_config["input_size"])
+  tiles = decode_tiles(inputs[bag_features.TILES], input_size)
   valid = tf.cast(inputs[bag_features.TILE_VALID], tf.float32)
 
   # Per-channel sums over valid tiles only; mean and std follow from them.
   weights = valid[:, :, None, None, None]
-  pixels_per_tile = float(config.model.input_size ** 2)
+  pixels_per_tile = float(input_size ** 2)
   channel_sum = tf.reduce_sum(tiles * weights, axis=[1, 2, 3])  # [B, 3]
   channel_sq_sum = tf.reduce_sum(tf.square(tiles) * weights, axis=[1, 2, 3])
   pixel_count = tf.reduce_sum(valid, axis=1, keepdims=True) * pixels_per_tile

@@ -22,6 +22,7 @@ from tfx_bsl.public import tfxio
 
 from histopipe.components import bag_features
 from histopipe.core import signatures
+from histopipe.core.model_contract import CONTRACT_FILE, ModelContract, contract_of
 from histopipe.core.configs import PipelineConfig, TrainingConfig, with_tuned_values
 from histopipe.trainer import features
 from histopipe.trainer.augmentation import BagAugmenter
@@ -139,7 +140,8 @@ def compile_model(model: keras.Model, config: PipelineConfig) -> None:
   )
 
 
-def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput):
+def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+                        contract: ModelContract):
   model.tft_layer = tf_transform_output.transform_features_layer()
   raw_spec = tf_transform_output.raw_feature_spec()
   serving_spec = {key: raw_spec[key] for key in features.MODEL_INPUT_KEYS}
@@ -174,9 +176,32 @@ def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransform
   def transform_features(serialized):
     return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
 
+  contract_json = contract.to_json()
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name=signatures.METADATA_REQUEST)])
+  def metadata(request):
+    del request  # see signatures.METADATA
+    return {signatures.CONTRACT: tf.constant(contract_json)}
+
   return {signatures.SERVING_DEFAULT: serve_tf_examples,
           signatures.PREDICT_TILES: predict_tiles,
-          signatures.TRANSFORM_FEATURES: transform_features}
+          signatures.TRANSFORM_FEATURES: transform_features,
+          signatures.METADATA: metadata}
+
+
+def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+           config: PipelineConfig, export_dir: str) -> None:
+  """The SavedModel with its signatures, and its contract as a file as well
+  (assets.extra/ travels with the model: the Pusher copies the whole folder,
+  and TF Serving ignores it)."""
+  contract = contract_of(config)
+  model.save(export_dir, save_format="tf",
+             signatures=_serving_signatures(model, tf_transform_output, contract))
+  extra = os.path.join(export_dir, "assets.extra")
+  tf.io.gfile.makedirs(extra)
+  with tf.io.gfile.GFile(os.path.join(extra, CONTRACT_FILE), "w") as f:
+    f.write(contract.to_json())
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
@@ -291,5 +316,4 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
   best = fit_in_phases(model, config, strategy, train, validation, steps_per_epoch,
                        log_dir=os.path.join(fn_args.model_run_dir, "logs"))
   logging.info("best %s during training: %.3f", selection_metric(config), best)
-  model.save(fn_args.serving_model_dir, save_format="tf",
-             signatures=_serving_signatures(model, tf_transform_output))
+  export(model, tf_transform_output, config, fn_args.serving_model_dir)
