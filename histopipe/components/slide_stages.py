@@ -75,21 +75,13 @@ class ItemProgress:
       self._bar = None
 
 
-class TileSlideFn(beam.DoFn):
-  """One slide -> one serialized bag; any failure becomes an outcome with its reason.
+class CountingDoFn(beam.DoFn):
+  """A DoFn that shows its ItemProgress: made in setup(), shown at the end of
+  each bundle, closed when the worker stops. Subclasses call
+  `self._progress.step()` per item."""
 
-  With `preview_dir`, writes `<image_id>.png` there for every tiled slide:
-  the thumbnail the tiling returned, with the chosen tiles outlined.
-  """
-
-  def __init__(self, tiling: TilingConfig, preview_dir: str = "",
-               progress: Optional[ItemProgress] = None):
-    self._tiling = tiling
-    self._preview_dir = preview_dir
+  def __init__(self, progress: Optional[ItemProgress] = None):
     self._progress = progress or ItemProgress("", 0, shared=False)
-    self._written = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "slides_written")
-    self._rejected = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "slides_rejected")
-    self._tiles = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "tiles_written")
 
   def setup(self):
     self._progress.setup()
@@ -99,6 +91,23 @@ class TileSlideFn(beam.DoFn):
 
   def teardown(self):
     self._progress.close()
+
+
+class TileSlideFn(CountingDoFn):
+  """One slide -> one serialized bag; any failure becomes an outcome with its reason.
+
+  With `preview_dir`, writes `<image_id>.png` there for every tiled slide:
+  the thumbnail the tiling returned, with the chosen tiles outlined.
+  """
+
+  def __init__(self, tiling: TilingConfig, preview_dir: str = "",
+               progress: Optional[ItemProgress] = None):
+    super().__init__(progress)
+    self._tiling = tiling
+    self._preview_dir = preview_dir
+    self._written = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "slides_written")
+    self._rejected = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "slides_rejected")
+    self._tiles = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "tiles_written")
 
   def _reject(self, task: SlideTask, reason: str):
     self._rejected.inc()

@@ -335,24 +335,32 @@ def demo_config() -> PipelineConfig:
 PRESETS = {"demo": demo_config, "full": full_config}
 
 
-def load_config(path: Optional[str] = None, preset: str = "demo") -> PipelineConfig:
-  """A preset, optionally overridden by a JSON file (which may name its preset)."""
-  overrides: Dict[str, Any] = {}
-  if path:
-    try:
-      with open(path) as f:
-        overrides = json.load(f)
-    except OSError as e:
-      raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-      raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(overrides, dict):
-      raise ConfigError(f"{path}: a config file holds a JSON object, not {type(overrides).__name__}")
-    preset = overrides.pop("preset", preset)
+def read_overrides(path: str) -> Dict[str, Any]:
+  """The JSON object of a `--config` file (fields to override), checked for form."""
+  try:
+    with open(path) as f:
+      overrides = json.load(f)
+  except OSError as e:
+    raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(overrides, dict):
+    raise ConfigError(f"{path}: a config file holds a JSON object, not {type(overrides).__name__}")
+  return overrides
+
+
+def config_from_overrides(overrides: Dict[str, Any], preset: str = "demo") -> PipelineConfig:
+  """A preset (or the one `overrides` names) with `overrides` applied."""
+  overrides = dict(overrides)
+  preset = overrides.pop("preset", preset)
   if preset not in PRESETS:
     raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-  merged = _merge(PRESETS[preset]().to_dict(), overrides)
-  return PipelineConfig.from_dict(merged)
+  return PipelineConfig.from_dict(_merge(PRESETS[preset]().to_dict(), overrides))
+
+
+def load_config(path: Optional[str] = None, preset: str = "demo") -> PipelineConfig:
+  """A preset, optionally overridden by a JSON file (which may name its preset)."""
+  return config_from_overrides(read_overrides(path) if path else {}, preset)
 
 
 def _merge(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:

@@ -20,7 +20,8 @@ import dataclasses
 import json
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
-from histopipe.core.configs import ISUP_GRADES, PipelineConfig, TilingConfig, load_config
+from histopipe.core.configs import (ISUP_GRADES, PipelineConfig, TilingConfig,
+                                    config_from_overrides, load_config, read_overrides)
 from histopipe.core.errors import UserError
 
 CONTRACT_FILE = "histopipe_contract.json"  # under the SavedModel's assets.extra/
@@ -100,13 +101,14 @@ def stated_fields(config_path: Optional[str], preset: Optional[str],
   """The contract fields a user's flags set: `--format` sets data.format; a
   preset (`--preset`, or one named in the file) sets every tiling field and
   the input size; a `--config` file the fields it names."""
+  return _stated(read_overrides(config_path) if config_path else {}, preset, data_format)
+
+
+def _stated(overrides: Dict[str, Any], preset: Optional[str],
+            data_format: Optional[str]) -> Set[str]:
   stated: Set[str] = set()
   if data_format:
     stated.add("data.format")
-  overrides: Dict[str, Any] = {}
-  if config_path:
-    with open(config_path) as f:  # load_config has read it already: errors are reported there
-      overrides = json.load(f)
   if preset or "preset" in overrides:
     stated.update(path for path in CONTRACT_FIELDS if path != "data.format")
   for section, values in overrides.items():
@@ -130,11 +132,12 @@ def flag_settings(config_path: Optional[str], preset: Optional[str],
                   data_format: Optional[str]) -> Tuple[PipelineConfig, Set[str]]:
   """The settings `--config/--preset/--format` make (the demo preset and
   panda when none is given) and which contract fields they state."""
-  config = load_config(config_path, preset=preset or "demo")
+  overrides = read_overrides(config_path) if config_path else {}
+  config = config_from_overrides(overrides, preset or "demo")
   if data_format:
     config = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                   format=data_format))
-  return config, stated_fields(config_path, preset, data_format)
+  return config, _stated(overrides, preset, data_format)
 
 
 def settings_for(contract: Optional[ModelContract], config: PipelineConfig,

@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from unittest import mock
-from typing import Dict, Iterator, Optional, TextIO
+from typing import Iterator, Optional, TextIO
 
 from histopipe.components import datasets
 from histopipe.core.configs import PipelineConfig
@@ -54,19 +54,11 @@ class _ComponentProgress:
     return time.time()
 
   def finished(self, node: str, started: float, execution_id: Optional[int]) -> None:
+    from histopipe.reports import lineage  # pylint: disable=import-outside-toplevel (TFX: slow)
     how = f"done in {time.time() - started:.0f} s"
-    if execution_id is not None and self._state(execution_id) == "CACHED":
+    if execution_id is not None and lineage.is_cached(self._metadata_path, execution_id):
       how = "cached"
     self._print(f"{node}: {how}")
-
-  def _state(self, execution_id: int) -> str:
-    from ml_metadata.metadata_store import metadata_store  # pylint: disable=import-outside-toplevel
-    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=import-outside-toplevel
-    from tfx.orchestration import metadata  # pylint: disable=import-outside-toplevel
-    store = metadata_store.MetadataStore(
-        metadata.sqlite_metadata_connection_config(self._metadata_path))
-    (execution,) = store.get_executions_by_id([execution_id])
-    return metadata_store_pb2.Execution.State.Name(execution.last_known_state)
 
   @contextlib.contextmanager
   def watching(self) -> Iterator[None]:

@@ -83,6 +83,12 @@ def _open(metadata_path: str) -> metadata_store.MetadataStore:
   return metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
 
 
+def is_cached(metadata_path: str, execution_id: int) -> bool:
+  """Whether that execution was taken from the cache rather than run."""
+  (execution,) = _open(metadata_path).get_executions_by_id([execution_id])
+  return execution.last_known_state == _STATE.CACHED
+
+
 def read_runs(metadata_path: str) -> List[Run]:
   """Every run recorded in the store, oldest first."""
   store = _open(metadata_path)

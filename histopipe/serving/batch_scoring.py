@@ -19,7 +19,8 @@ import numpy as np
 from apache_beam.ml.inference import base as inference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from histopipe.components.slide_stages import ItemProgress, csv_line, single_worker
+from histopipe.components.slide_stages import (CountingDoFn, ItemProgress, csv_line,
+                                               single_worker)
 from histopipe.core import signatures
 from histopipe.components.beam_gcs import connect_anonymously_to_emulator
 from histopipe.core.configs import PipelineConfig
@@ -28,21 +29,12 @@ from histopipe.serving.slide_predictions import (CSV_HEADER, SlideRequest, cut_r
                                                  prediction_record)
 
 
-class CutRequestFn(beam.DoFn):
+class CutRequestFn(CountingDoFn):
   """A path -> a SlideRequest, or a rejected record (tagged "rejected")."""
 
   def __init__(self, config: PipelineConfig, progress: ItemProgress):
+    super().__init__(progress)
     self._config = config
-    self._progress = progress
-
-  def setup(self):
-    self._progress.setup()
-
-  def finish_bundle(self):
-    self._progress.flush()
-
-  def teardown(self):
-    self._progress.close()
 
   def process(self, path: str):
     request = cut_request(path, self._config)

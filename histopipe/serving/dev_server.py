@@ -186,9 +186,7 @@ def rest_predict(model: ServedModel, path: str, body: dict) -> dict:
       return {"outputs": _json_ready(key, value)}
     return {"outputs": {key: _json_ready(key, value) for key, value in outputs.items()}}
   rows = len(next(iter(outputs.values())))
-  return {"predictions": [{key: _json_ready(key, value[i]) if value.dtype != object else
-                           _json_ready(key, value[i:i + 1])[0]
-                           for key, value in outputs.items()}
+  return {"predictions": [{key: _json_ready(key, value[i]) for key, value in outputs.items()}
                           for i in range(rows)]}
 
 
