@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional
 
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
+from tfx.components.pusher.component import Pusher
+from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
@@ -74,3 +76,9 @@ class IdempotentPusherExecutor(pusher_executor.Executor):
                          pushed_version=version)
         return
     super().Do(input_dict, output_dict, exec_properties)
+
+
+class IdempotentPusher(Pusher):
+  """TFX's Pusher component with the executor above (its node id stays "Pusher")."""
+
+  EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(IdempotentPusherExecutor)

@@ -16,12 +16,11 @@ from typing import Optional
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
-from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_artifacts
 
 from histopipe.components import bag_features
 from histopipe.components.datasets import with_detected_format
-from histopipe.components.pusher import IdempotentPusherExecutor
+from histopipe.components.pusher import IdempotentPusher
 from histopipe.components.slide_example_gen import SlideExampleGen
 from histopipe.core import signatures
 from histopipe.core.configs import PipelineConfig
@@ -171,13 +170,12 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       baseline_model=baseline_resolver.outputs["model"],
       example_splits=["eval"],
       eval_config=eval_config(config))
-  pusher = tfx.components.Pusher(
+  pusher = IdempotentPusher(
       model=trainer.outputs["model"],
-      custom_executor_spec=executor_spec.ExecutorClassSpec(IdempotentPusherExecutor),
       model_blessing=evaluator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
-              base_directory=serving_model_dir)))
+              base_directory=serving_model_dir))).with_id("Pusher")
   return tfx.dsl.Pipeline(
       pipeline_name=config.name,
       pipeline_root=pipeline_root,
