@@ -11,7 +11,6 @@ DEMO_SEED ?= 0
 
 # Transform and TFMA need Keras 2 (tf_keras).
 export TF_USE_LEGACY_KERAS := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONWARNINGS := ignore::FutureWarning
 
 .PHONY: install demo test clean

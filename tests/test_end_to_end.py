@@ -339,9 +339,11 @@ def test_the_report_describes_the_last_complete_run_after_a_failed_one(runs, cap
   runs.get("epochs_failed")
   unchanged = runs.get("unchanged").run
   assert cli.main(["report", "--run", str(runs.out)]) == 0
-  printed = capsys.readouterr().out
+  printed = capsys.readouterr()
   index = runs.out / "report" / "index.html"
-  assert f"report: {index}" in printed
+  # One line for the person; TensorFlow's and TFMA's logging went to report.log.
+  assert printed.out == f"report: {index}\n" and "WARNING" not in printed.err
+  assert "INFO" in (runs.out / "report.log").read_text()
   page = index.read_text()
   assert unchanged.run_id in page
   assert runs.get("epochs_failed").run.run_id in page  # named as newer, incomplete

@@ -36,5 +36,15 @@ class RunPaths:
   def report_dir(self) -> str:
     return os.path.join(self.out_dir, "report")
 
+  @property
+  def run_log(self) -> str:
+    """TFX's, Beam's and TensorFlow's own logging of `histopipe run`."""
+    return os.path.join(self.out_dir, "run.log")
+
+  @property
+  def report_log(self) -> str:
+    """The libraries' logging of `histopipe report`."""
+    return os.path.join(self.out_dir, "report.log")
+
 # Where TFX's Trainer puts the SavedModel inside its Model artifact.
 TRAINER_SERVING_SUBDIR = "Format-Serving"

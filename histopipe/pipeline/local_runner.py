@@ -11,20 +11,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
-import warnings
 from unittest import mock
 from typing import Iterator, Optional, TextIO
 
 from histopipe.components import datasets
 from histopipe.core.configs import PipelineConfig
 from histopipe.core.layout import RunPaths
-from histopipe.core import storage
+from histopipe.core import library_logs, storage
 from histopipe.core.storage import make_output_dir
-
-RUN_LOG = "run.log"
-
 
 class PipelineFailed(Exception):
   """A step of the run failed; names the step and where its log is."""
@@ -81,64 +76,18 @@ class _ComponentProgress:
 
 
 @contextlib.contextmanager
-def _stderr_to(log_file: TextIO) -> Iterator[None]:
-  """File descriptor 2 into `log_file`: TensorFlow's and XLA's C++ logging
-  write there directly, past Python's logging and warnings."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  os.dup2(log_file.fileno(), 2)
-  try:
-    yield
-  finally:
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
-@contextlib.contextmanager
 def _quiet_run(log_path: str, components: int, stream: Optional[TextIO],
                metadata_path: str) -> Iterator[_ComponentProgress]:
-  """Library logging, Python warnings and C++ logs to `log_path`; one line
-  per component to `stream` (default: the terminal's stderr)."""
-  terminal = None
-  if stream is None and sys.stderr is sys.__stderr__:
-    # A copy of the terminal's stderr: file descriptor 2 is about to go to the log.
-    terminal = os.fdopen(os.dup(2), "w", buffering=1)
-  progress = _ComponentProgress(components, stream or terminal or sys.stderr, metadata_path)
-  root = logging.getLogger()
-  with open(log_path, "a") as log:
-    log_file = logging.StreamHandler(log)
-    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    quieted = {}
-    # absl's handler (TFX logs through absl) and any other handler on the root
-    # logger would print to the terminal: they stay, at ERROR.
-    for handler in root.handlers:
-      quieted[handler] = handler.level
-      handler.setLevel(logging.ERROR)
-    previous_level = root.level
-    root.setLevel(logging.INFO)
-    absl = logging.getLogger("absl")  # TFX logs through absl, WARNING and up by default
-    previous_absl_level = absl.level
-    absl.setLevel(logging.INFO)
-    root.addHandler(log_file)
-    logging.captureWarnings(True)
-    try:
-      with warnings.catch_warnings(), _stderr_to(log), progress.watching():
-        warnings.simplefilter("default")
-        try:
-          yield progress
-        except BaseException:
-          logging.exception("the run failed in %s", progress.current or "the runner")
-          raise
-    finally:
-      logging.captureWarnings(False)
-      root.removeHandler(log_file)
-      root.setLevel(previous_level)
-      absl.setLevel(previous_absl_level)
-      for handler, level in quieted.items():
-        handler.setLevel(level)
-      if terminal is not None:
-        terminal.close()
+  """Library logs to `log_path`; one line per component to `stream` (default:
+  the terminal's stderr)."""
+  with library_logs.logging_to(log_path, stream) as terminal:
+    progress = _ComponentProgress(components, terminal, metadata_path)
+    with progress.watching():
+      try:
+        yield progress
+      except BaseException:
+        logging.error("the run failed in %s", progress.current or "the runner")
+        raise
 
 
 def run_local(config: PipelineConfig, data_root: str, out_dir: str,
@@ -166,7 +115,7 @@ def run_local(config: PipelineConfig, data_root: str, out_dir: str,
       metadata_connection_config=tfx.orchestration.metadata
       .sqlite_metadata_connection_config(paths.metadata_path),
       enable_cache=enable_cache)
-  log_path = os.path.join(paths.out_dir, RUN_LOG)
+  log_path = paths.run_log
   with _quiet_run(log_path, len(dag.components), stream, paths.metadata_path) as progress:
     try:
       tfx.orchestration.LocalDagRunner().run(dag)
