@@ -32,6 +32,7 @@ setup(
         # Data folders, labels and slides in local folders or buckets (gs://).
         "fsspec",
         "gcsfs",
+        "google-crc32c",
     ],
     # OpenSlide is a test-only dependency: an independent reader to check tiles
     # against; the GCS emulator is a real GCS API server for the bucket tests.

@@ -51,6 +51,25 @@ What it does, in one process:
        one to two Beam workers, (d)/(a) compares with the in-memory runner.
    (e) For reference: `components.tiling.tile_slide` in a plain loop (the
        work (a) does per slide, without Beam and without writing).
+   (f) The SlideExampleGen as `histopipe run` runs it: a TFX pipeline of that
+       one component under `LocalDagRunner` (ML Metadata in SQLite, no cache,
+       the driver's input fingerprint, the split by patient, the slide
+       report), Beam in-memory with 1 worker as (a); the time of the whole
+       `LocalDagRunner.run`, so TFX's launcher is counted too. Its bags are
+       read back from the Examples artifact and must hold (a)'s tiles.
+   (f2) (f) with Beam's own choice of TFRecord checksum, crcmod, instead of
+       the `google_crc32c` our stages install
+       (`components/beam_tfrecord.py`): what the fast checksum saves. Beam
+       2.59 looks for a fast one only in python-snappy's old
+       `_snappy`/`_crc32c` modules, which python-snappy 0.7 (cramjam-based,
+       the only release on the index) no longer has, so installing
+       python-snappy changes nothing (Beam's pick in this environment is in
+       the results, "crc32c").
+
+   With `--sizes N1,N2,...`, (f) is also run on the first N slides of the
+   list with Beam's in-memory runner (1 worker) and with the `full` preset's
+   multi-processing runner (one worker per core), to find from how many
+   slides the worker processes pay for their start-up.
 
    "TIFF tiles decoded / slide" counts the segments `TiffSlide` really
    decodes (`_read_and_decode`, behind its segment cache; `_decode_segment`
@@ -106,6 +125,7 @@ RENDER_DOWNSAMPLE = 4  # slides are drawn at level 1 and upscaled to level 0
 BEAM_ONE_WORKER = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 BEAM_ONE_WORKER_PROCESS = ("--direct_running_mode=multi_processing", "--direct_num_workers=1")
 BEAM_TWO_WORKERS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+BEAM_FULL_PRESET = tuple(full_config().beam_pipeline_args)
 
 
 # --------------------------------------------------------------------------
@@ -289,11 +309,10 @@ class ChosenTiles:
   tissue: List[float]  # non-white fraction of each valid tile (decoded PNG)
 
 
-def read_bags(out_dir: str) -> Dict[str, ChosenTiles]:
-  """image_id -> the valid tiles of its bag, from `OUT/bags-*.tfrecord`."""
-  files, compression = bag_files(out_dir)
+def read_bag_files(files: Sequence[str], compression: str = "") -> Dict[str, ChosenTiles]:
+  """image_id -> the valid tiles of its bag, from TFRecord files of bags."""
   bags = {}
-  for record in tf.data.TFRecordDataset(files, compression_type=compression):
+  for record in tf.data.TFRecordDataset(list(files), compression_type=compression):
     feature = tf.train.Example.FromString(record.numpy()).features.feature
     ints = lambda key: list(feature[key].int64_list.value)  # noqa: E731
     downsample = feature[bag_features.LEVEL_DOWNSAMPLE].float_list.value[0]
@@ -310,6 +329,12 @@ def read_bags(out_dir: str) -> Dict[str, ChosenTiles]:
     bags[image_id] = ChosenTiles(ints(bag_features.LEVEL)[0], downsample,
                                  ints(bag_features.TILE_SIZE)[0], xy, tissue_values)
   return bags
+
+
+def read_bags(out_dir: str) -> Dict[str, ChosenTiles]:
+  """image_id -> the valid tiles of its bag, from `OUT/bags-*.tfrecord`."""
+  files, compression = bag_files(out_dir)
+  return read_bag_files(files, compression)
 
 
 def bench_tile_job(key: str, method: str, data_dir: str, out_dir: str, config: PipelineConfig,
@@ -424,6 +449,68 @@ def bench_plain_loop(key: str, method: str, paths: Sequence[str],
 
 
 # --------------------------------------------------------------------------
+# (f): the SlideExampleGen inside a TFX pipeline
+# --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def beams_own_checksum() -> Iterator[None]:
+  """While active, our stages leave Beam's TFRecord checksum as Beam picks it
+  (in-process runners only: the patch does not reach worker processes)."""
+  from apache_beam.io import tfrecordio  # pylint: disable=import-outside-toplevel
+  from histopipe.components import beam_tfrecord  # pylint: disable=import-outside-toplevel
+  saved_fn, saved_use = tfrecordio._default_crc32c_fn.fn, beam_tfrecord.use_fast_checksum  # pylint: disable=protected-access
+  tfrecordio._default_crc32c_fn.fn = None  # pylint: disable=protected-access
+  beam_tfrecord.use_fast_checksum = lambda: False
+  try:
+    yield
+  finally:
+    tfrecordio._default_crc32c_fn.fn = saved_fn  # pylint: disable=protected-access
+    beam_tfrecord.use_fast_checksum = saved_use
+
+
+def beam_crc32c_name() -> str:
+  """Which checksum Beam's TFRecord writer picks by itself in this environment."""
+  from apache_beam.io import tfrecordio  # pylint: disable=import-outside-toplevel
+  with beams_own_checksum():
+    tfrecordio._default_crc32c_fn(b"")  # pylint: disable=protected-access
+    function = tfrecordio._default_crc32c_fn.fn  # pylint: disable=protected-access
+  return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)}"
+
+
+def bench_example_gen(key: str, method: str, data_dir: str, run_dir: str,
+                      config: PipelineConfig, beam_args: Sequence[str],
+                      fast_checksum: bool = True) -> Tuple[Result, Dict[str, ChosenTiles]]:
+  """The SlideExampleGen alone in a TFX pipeline under LocalDagRunner."""
+  from tfx import v1 as tfx  # pylint: disable=import-outside-toplevel (seconds to import)
+  from histopipe.components.slide_example_gen import SlideExampleGen  # pylint: disable=import-outside-toplevel
+  from histopipe.core.library_logs import logging_to  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(run_dir, ignore_errors=True)
+  os.makedirs(run_dir)
+  dag = tfx.dsl.Pipeline(
+      pipeline_name="bench-tiling", pipeline_root=os.path.join(run_dir, "pipeline_root"),
+      components=[SlideExampleGen(input_base=data_dir, config=config)], enable_cache=False,
+      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+          os.path.join(run_dir, "metadata.sqlite")),
+      beam_pipeline_args=list(beam_args))
+  checksum = contextlib.nullcontext() if fast_checksum else beams_own_checksum()
+  with logging_to(os.path.join(run_dir, "run.log")), checksum:
+    start = time.perf_counter()
+    tfx.orchestration.LocalDagRunner().run(dag)
+    seconds = time.perf_counter() - start
+  files = sorted(tf.io.gfile.glob(os.path.join(
+      run_dir, "pipeline_root", "SlideExampleGen", "examples", "*", "Split-*", "*")))
+  bags = read_bag_files(files)
+  tissue_values = [t for bag in bags.values() for t in bag.tissue]
+  return Result(key, method, seconds, len(bags), sum(len(b.xy) for b in bags.values()),
+                tissue=float(np.mean(tissue_values)) if tissue_values else None,
+                notes=" ".join(beam_args)), bags
+
+
+def same_tiles(bags: Dict[str, ChosenTiles], reference: Dict[str, ChosenTiles]) -> bool:
+  return {k: v.xy for k, v in bags.items()} == {k: v.xy for k, v in reference.items()}
+
+
+# --------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------
 
@@ -431,7 +518,8 @@ def throughput_ratios(results: Dict[str, Result]) -> Dict[str, float]:
   """slides/s of the first over slides/s of the second (= time ratio inverted)."""
   pairs = {"(a)/(b)": ("a", "b"), "(a)/(b1)": ("a", "b1"), "(a)/(c)": ("a", "c"),
            "(a)/(c2)": ("a", "c2"),
-           "(d)/(d1)": ("d", "d1"), "(d)/(a)": ("d", "a"), "(e)/(c)": ("e", "c")}
+           "(d)/(d1)": ("d", "d1"), "(d)/(a)": ("d", "a"), "(e)/(c)": ("e", "c"),
+           "(f)/(a)": ("f", "a"), "(f)/(f2)": ("f", "f2")}
   return {name: results[x].slides_per_s / results[y].slides_per_s
           for name, (x, y) in pairs.items() if x in results and y in results}
 
@@ -488,9 +576,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--skip-multiprocess", action="store_true",
                       help="leave out (d), the 2-worker Beam run")
+  parser.add_argument("--sizes", default="",
+                      help="comma-separated slide counts: (f) in-memory vs the full preset's "
+                      "multi-processing on the first N slides, for the break-even")
   args = parser.parse_args(argv)
   if args.slides < 1 or args.copies < 1:
     parser.error("--slides and --copies must be >= 1")
+  try:
+    args.sizes = [int(n) for n in args.sizes.split(",") if n.strip()]
+  except ValueError:
+    parser.error(f"--sizes: not a list of integers: {args.sizes}")
   return args
 
 
@@ -540,11 +635,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           key, method, data_dir, os.path.join(args.workdir, f"out_{key}"), config, beam_args)
       if {k: v.xy for k, v in bags_multi.items()} != {k: v.xy for k, v in bags.items()}:
         log(f"WARNING: ({key}) chose other tiles than (a)")
+  log("(f) SlideExampleGen in a TFX pipeline (LocalDagRunner), in-memory, 1 worker")
+  crc32c_default = beam_crc32c_name()
+  results["f"], bags_f = bench_example_gen(
+      "f", "SlideExampleGen in a TFX pipeline (`LocalDagRunner`), Beam in-memory, 1 worker",
+      data_dir, os.path.join(args.workdir, "pipeline_f"), config, BEAM_ONE_WORKER)
+  if not same_tiles(bags_f, bags):
+    log("WARNING: (f) chose other tiles than (a)")
+  log("(f2) the same with Beam's own TFRecord checksum (crcmod)")
+  results["f2"], _ = bench_example_gen(
+      "f2", "(f) with Beam's own TFRecord checksum (crcmod)", data_dir,
+      os.path.join(args.workdir, "pipeline_f2"), config, BEAM_ONE_WORKER,
+      fast_checksum=False)
+  break_even = []
+  for size in args.sizes:
+    subset_dir = make_data_dir(args.workdir, slides[:size])
+    row = {"slides": size}
+    for name, beam_args in (("in_memory_1", BEAM_ONE_WORKER), ("full_preset", BEAM_FULL_PRESET)):
+      log(f"break-even: {size} slides, {name} ({' '.join(beam_args)})")
+      result, _ = bench_example_gen(
+          f"f@{size}", name, subset_dir, os.path.join(args.workdir, "pipeline_sizes"), config,
+          beam_args)
+      row[name] = result.slides_per_s
+    row["ratio"] = row["full_preset"] / row["in_memory_1"]
+    break_even.append(row)
   log("(e) tile_slide loop, no Beam")
   results["e"] = bench_plain_loop("e", "`tile_slide` in a plain loop (no Beam, no writing)",
                                   paths, tiling)
-  # (a) and (d) run tile_slide per slide, so they decode what (e) decodes.
-  for key in ("a", "d1", "d"):
+  # (a), (d) and (f) run tile_slide per slide, so they decode what (e) decodes.
+  for key in ("a", "d1", "d", "f", "f2"):
     if key in results:
       results[key].decoded_per_slide = results["e"].decoded_per_slide
 
@@ -558,13 +677,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              "cpus": os.cpu_count(),
              "cpus_busy_elsewhere": [round(busy_before, 2), round(cpus_busy_elsewhere(), 2)]}
   table = markdown_table(results, ratios, context)
+  bytes_written = sum(os.path.getsize(f) for f in tf.io.gfile.glob(os.path.join(
+      args.workdir, "pipeline_f", "pipeline_root", "SlideExampleGen", "examples", "*",
+      "Split-*", "*")))
+  table += (f"\n\nBeam's own TFRecord checksum here: {crc32c_default}; (f) wrote "
+            f"{bytes_written / 1e6:.0f} MB of bags.")
+  if break_even:
+    table += ("\n\n| slides | (f) in-memory, 1 worker (slides/s) | (f) `full` preset's "
+              f"runner: {' '.join(BEAM_FULL_PRESET)} (slides/s) | ratio |\n"
+              "| ---: | ---: | ---: | ---: |\n" + "\n".join(
+                  f"| {r['slides']} | {r['in_memory_1']:.2f} | {r['full_preset']:.2f} | "
+                  f"{r['ratio']:.2f} |" for r in break_even))
   total_seconds = time.perf_counter() - total_start
   report = {
       "context": context, "environment": environment(),
       "slides": [dataclasses.asdict(s) for s in drawn],
       "slide_bytes": {s.image_id: os.path.getsize(s.path) for s in drawn},
       "results": {k: r.to_dict() for k, r in results.items()},
-      "ratios": ratios, "markdown": table,
+      "ratios": ratios, "markdown": table, "break_even": break_even,
+      "crc32c": crc32c_default,
       "generation_seconds": round(generation_seconds, 2),
       "total_seconds": round(total_seconds, 2),
   }

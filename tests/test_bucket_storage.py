@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from histopipe import cli
 from histopipe.components import tiling
-from histopipe.components.slide_example_gen import fileio_write_text
+from histopipe.components import artifact_files
 from histopipe.components.slide_stages import SlideOutcome, read_outcomes, write_slide_report
 from histopipe.components.tile_job import bag_files
 from histopipe.core import storage
@@ -100,16 +100,15 @@ def test_a_slide_in_a_bucket_is_read_in_ranges_not_downloaded(gcs_bucket, tmp_pa
 
 
 def test_executor_slide_report_goes_through_tensorflow_filesystems():
-  """Inside an artifact (possibly gs:// on Kubeflow) the report is written and
-  read with TFX's fileio; on `ram://` no local path can stand in for it."""
+  """Inside an artifact, a scheme core.storage does not write (TensorFlow's
+  `ram://`) goes through TFX's fileio; no local path can stand in for it."""
   report_dir = "ram://artifact/examples/1/slide_report"
   outcomes = [SlideOutcome("b", "gs://x/b.tiff", "rejected", "not a TIFF", 0),
               SlideOutcome("a", "gs://x/a.tiff", "written", "", 8)]
-  write_slide_report(outcomes, report_dir, fileio_write_text)
+  write_slide_report(outcomes, report_dir, artifact_files.write_text)
   assert not os.path.exists("ram:")
   assert tf.io.gfile.exists(f"{report_dir}/{OUTCOMES_FILE}")
-  from tfx.dsl.io import fileio
-  assert read_outcomes(report_dir, fileio.open) == sorted(outcomes)
+  assert read_outcomes(report_dir, artifact_files.open_file) == sorted(outcomes)
   with tf.io.gfile.GFile(f"{report_dir}/{REJECTS_FILE}") as f:
     assert f.read().splitlines()[1:] == ["b,gs://x/b.tiff,not a TIFF"]
 

@@ -183,8 +183,10 @@ def test_a_model_using_the_first_k_tiles_ignores_the_rest(pooling):
                          first[features.PROBABILITIES])
 
 
-@pytest.mark.parametrize("backbone,size", [("resnet50", 32), ("xception", 72),
-                                           ("nasnet_mobile", 32), ("xception+nasnet", 72),
+# "xception+nasnet" builds Xception and NASNetMobile through the same
+# `_application` as the single choices do, so those two are covered by it
+# (each alone took minutes on a 2-core CPU).
+@pytest.mark.parametrize("backbone,size", [("resnet50", 32), ("xception+nasnet", 72),
                                            ("small_cnn", 32)])
 def test_every_backbone_builds_and_trains_one_step(backbone, size):
   from histopipe.core.configs import PipelineConfig

@@ -114,7 +114,8 @@ def test_split_partition_keeps_each_patient_in_one_split(tmp_path):
   from tfx.utils import proto_utils
 
   from histopipe.components.bag_features import SlideBag, serialize_bag
-  from histopipe.components.slide_example_gen import SlideExampleGen, split_index
+  from histopipe.components.slide_example_gen import SlideExampleGen
+  from histopipe.components.slide_stages import split_index
   from histopipe.core.configs import demo_config
 
   component = SlideExampleGen(input_base=str(tmp_path), config=demo_config())
@@ -149,3 +150,24 @@ def test_tiling_stages_do_not_import_tensorflow():
           "heavy = sorted({'tensorflow', 'tfx'} & set(sys.modules)); "
           "assert not heavy, heavy")
   subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
+
+
+def test_a_worker_unpickling_the_example_gens_stages_imports_no_tensorflow():
+  """What the SlideExampleGen's Beam job ships to its workers (the tiling DoFn,
+  the split function, the report writer), pickled as Beam pickles them and
+  loaded in a fresh process: no TensorFlow or TFX there (they cost 7-9 s per
+  worker process)."""
+  import subprocess
+  import sys
+  from apache_beam.internal import pickler
+  from histopipe.components import artifact_files, slide_example_gen  # noqa: F401 (TFX loaded)
+  from histopipe.components.slide_stages import TileSlideFn, partition_by_patient
+  from histopipe.core.configs import demo_config
+  shipped = pickler.dumps([TileSlideFn(demo_config().tiling), partition_by_patient,
+                           artifact_files.write_text])
+  code = ("import sys; from apache_beam.internal import pickler; "
+          "stages = pickler.loads(sys.stdin.buffer.read()); "
+          "assert stages[1](('p1', b''), 3, [7, 8, 10]) in (0, 1, 2); "
+          "heavy = sorted({'tensorflow', 'tfx'} & set(sys.modules)); "
+          "assert not heavy, heavy")
+  subprocess.run([sys.executable, "-W", "ignore", "-c", code], input=shipped, check=True)

@@ -110,3 +110,20 @@ def test_level_index_beyond_the_pyramid_is_a_reject_reason(tiny_dataset):
   with TiffSlide(slides[0].path) as slide:
     with pytest.raises(Exception, match="slide has 3 level"):
       choose_level(slide, TilingConfig(level=5))
+
+
+def test_records_carry_the_checksums_tensorflow_verifies():
+  """The bags' CRC32C from google_crc32c (components/beam_tfrecord.py) equal
+  crcmod's, Beam's own fallback, and TensorFlow's reader accepts the records."""
+  import crcmod.predefined
+  from apache_beam.io import tfrecordio
+  from histopipe.components import beam_tfrecord
+  saved = tfrecordio._default_crc32c_fn.fn
+  try:
+    assert beam_tfrecord.use_fast_checksum()
+    reference = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
+    for data in (b"", b"bag", np.random.default_rng(3).bytes(100_003)):
+      assert (tfrecordio._TFRecordUtil._masked_crc32c(data)
+              == tfrecordio._TFRecordUtil._masked_crc32c(data, crc32c_fn=reference))
+  finally:
+    tfrecordio._default_crc32c_fn.fn = saved

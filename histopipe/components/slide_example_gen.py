@@ -21,10 +21,8 @@ exactly as long as neither changed.
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import apache_beam as beam
 from google.protobuf import any_pb2, struct_pb2
@@ -33,13 +31,13 @@ from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_executor, executor_spec
-from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from histopipe.components import bag_features, datasets, example_proto
-from histopipe.components.slide_stages import (TileSlides, WriteSlideReport, read_outcomes,
+from histopipe.components import artifact_files, bag_features, datasets
+from histopipe.components.slide_stages import (TileSlides, WriteSlideReport,
+                                               partition_by_patient, read_outcomes,
                                                summarize_outcomes)
 from histopipe.core import storage
 from histopipe.core.configs import DataConfig, PipelineConfig
@@ -71,26 +69,6 @@ def config_from_exec_properties(exec_properties: Dict[str, Any]) -> PipelineConf
   custom.custom_config.Unpack(values)
   return PipelineConfig.from_dict({_DATA: json.loads(values[_DATA]),
                                    _TILING: json.loads(values[_TILING])})
-
-
-def split_index(patient_id: str, buckets: List[int]) -> int:
-  """The split of a bag, as TFX's ExampleGen partitions on a feature: sha256 of
-  the serialized feature, modulo the total of hash buckets, then the split
-  whose cumulative bucket count first exceeds it."""
-  key = example_proto.serialize_feature("bytes", [patient_id.encode()])
-  bucket = int(hashlib.sha256(key).hexdigest(), 16) % buckets[-1]
-  return bisect.bisect(buckets, bucket)
-
-
-def fileio_write_text(path: str, text: str) -> None:
-  """Writes a text file inside an artifact (TFX's fileio: local, gs://, ram://)."""
-  fileio.makedirs(storage.dirname(path))
-  with fileio.open(path, "w") as f:
-    f.write(text)
-
-
-def _fileio_open(path: str, mode: str):
-  return fileio.open(path, mode)
 
 
 def _input_split(exec_properties: Dict[str, Any]) -> example_gen_pb2.Input.Split:
@@ -125,7 +103,7 @@ class SlideExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
                  | "ListSlides" >> beam.Create(tasks)
                  | "TileSlides" >> TileSlides(config.tiling))
       by_split = results.examples | "SplitByPatient" >> beam.Partition(
-          lambda keyed, _: split_index(keyed[0], buckets), len(splits))
+          partition_by_patient, len(splits), buckets)
       for split, bags in zip(splits, by_split):
         _ = (bags
              | f"DropPatientKeys[{split.name}]" >> beam.Values()
@@ -133,8 +111,9 @@ class SlideExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
                  storage.join(artifact_utils.get_split_uri(artifacts, split.name),
                               RECORDS_PREFIX)))
       _ = results.outcomes | "WriteSlideReport" >> WriteSlideReport(report_dir,
-                                                                     fileio_write_text)
-    for key, value in summarize_outcomes(read_outcomes(report_dir, _fileio_open)).items():
+                                                                     artifact_files.write_text)
+    for key, value in summarize_outcomes(read_outcomes(report_dir,
+                                                       artifact_files.open_file)).items():
       examples.set_int_custom_property(key, value)
     examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
 

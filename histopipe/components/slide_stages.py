@@ -10,14 +10,16 @@ start in about a second and stay small.
 
 from __future__ import annotations
 
+import bisect
 import csv
+import hashlib
 import io
 from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from histopipe.components import bag_features, previews
+from histopipe.components import bag_features, beam_tfrecord, example_proto, previews
 from histopipe.components.datasets import SlideTask
 from histopipe.components.slide_reader import SlideError
 from histopipe.components.tiling import cut_bag
@@ -84,6 +86,8 @@ class CountingDoFn(beam.DoFn):
     self._progress = progress or ItemProgress("", 0, shared=False)
 
   def setup(self):
+    # The bags are written by this worker process too (Beam fuses the stages).
+    beam_tfrecord.use_fast_checksum()
     self._progress.setup()
 
   def finish_bundle(self):
@@ -162,6 +166,23 @@ def TileSlides(tasks, tiling: TilingConfig, preview_dir: str = "",  # pylint: di
           | "Reshuffle" >> beam.Reshuffle()  # spread slides over workers
           | "Tile" >> beam.ParDo(TileSlideFn(tiling, preview_dir, progress)).with_outputs(
               "outcomes", main="examples"))
+
+
+def split_index(patient_id: str, buckets: List[int]) -> int:
+  """The split of a bag, as TFX's ExampleGen partitions on a feature: sha256 of
+  the serialized feature, modulo the total of hash buckets, then the split
+  whose cumulative bucket count first exceeds it (`buckets` cumulative)."""
+  key = example_proto.serialize_feature("bytes", [patient_id.encode()])
+  bucket = int(hashlib.sha256(key).hexdigest(), 16) % buckets[-1]
+  return bisect.bisect(buckets, bucket)
+
+
+def partition_by_patient(keyed_bag, num_partitions: int, buckets: List[int]) -> int:
+  """beam.Partition's function over TileSlides' (patient_id, bag) pairs. Here,
+  not in the executor's module: a worker that unpickles it imports this
+  module only, not TFX and TensorFlow."""
+  del num_partitions
+  return split_index(keyed_bag[0], buckets)
 
 
 def write_slide_report(outcomes: Iterable[SlideOutcome], report_dir: str,
