@@ -90,6 +90,10 @@ def _tile(args) -> int:
   config = _config(args, args.format)
   summary = run_tile_job(args.data, args.out, config, labels_file=args.labels, gzip=args.gzip)
   print(describe(summary, args.out, gzip=args.gzip))
+  if summary["slides_total"] and not summary["slides_written"]:
+    print("histopipe tile: error: no slide was tiled; the reasons are in "
+          f"{args.out}/rejects.csv", file=sys.stderr)
+    return 1
   return 0
 
 

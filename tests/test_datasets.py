@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import glob
+import os
 
 import cv2
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tifffile
 
-from histopipe.components import bag_features, datasets
+from histopipe.components import bag_features, datasets, synthetic
 from histopipe.components.labels import LabelFileError
 from histopipe.components.tile_job import bag_files, run_tile_job
 from histopipe.core.configs import demo_config
@@ -120,3 +121,31 @@ def test_bad_pcam_label_file_fails_before_tiling(tmp_path, text, message):
   (tmp_path / "train_labels.csv").write_text(text)
   with pytest.raises(LabelFileError, match=message):
     datasets.plan(str(tmp_path), "pcam", "")
+
+
+def test_a_flat_folder_of_panda_slides_is_one_clear_error(tmp_path, capsys):
+  """Slides beside train.csv instead of in train_images/: not a job that
+  rejects every slide and exits 0, but one line naming the pattern searched
+  and what the folder holds, exit status 2."""
+  from histopipe import cli
+  data = tmp_path / "flat"
+  slides = synthetic.write_dataset(str(data), 3, seed=2, level0_size=(1024, 768))
+  for slide in slides:
+    os.replace(slide.path, data / os.path.basename(slide.path))
+  assert cli.main(["tile", "--data", str(data), "--out", str(tmp_path / "out")]) == 2
+  error = capsys.readouterr().err
+  assert error.count("\n") == 1
+  assert "3 of 3 slides in train.csv have no file matching 'train_images/*.tif*'" in error
+  assert os.path.basename(slides[0].path) in error and "train.csv" in error
+
+
+def test_tile_exits_non_zero_when_no_slide_was_tiled(tmp_path, capsys):
+  from histopipe import cli
+  data = tmp_path / "data"
+  slides = synthetic.write_dataset(str(data), 2, seed=3, level0_size=(1024, 768))
+  for slide in slides:
+    with open(slide.path, "wb") as f:
+      f.write(b"not a slide")
+  assert cli.main(["tile", "--data", str(data), "--out", str(tmp_path / "out")]) == 1
+  captured = capsys.readouterr()
+  assert "0 of 2 slides tiled" in captured.out and "no slide was tiled" in captured.err

@@ -178,7 +178,7 @@ def test_whole_level_and_segment_thumbnails_are_equal(tmp_path, monkeypatch):
 def test_area_average_is_exact_past_the_int32_range_of_its_sums():
   white = np.full((3000, 3000, 3), 255, np.uint8)  # 9 Mpx: 255 * 9e6 > 2**31
   white[-1, -1] = 0
-  small = slide_reader._area_average(white, 7)
+  small = slide_reader.area_average(white, 7)
   assert small.shape == (429, 429, 3)
   assert (small[:-1] == 255).all() and (small[:, :-1] == 255).all()
   # The last block is 4 x 4 (3000 = 428 * 7 + 4) with one black pixel.

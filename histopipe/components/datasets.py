@@ -80,6 +80,21 @@ def with_detected_format(config, data_dir: str):
       config.data, format=detect_format(data_dir)))
 
 
+def _require_most_files(labels, paths, data_dir: str, pattern: str, labels_name: str) -> None:
+  """Most labelled items without a file means the slides are elsewhere (a flat
+  folder, another extension): one error naming the pattern searched and what
+  the folder holds, instead of a job that rejects every slide."""
+  missing = sum(1 for image_id in labels if image_id not in paths)
+  if not labels or missing * 2 <= len(labels):
+    return
+  entries = storage.listdir(data_dir)
+  shown = ", ".join(entries[:6]) + (f", … ({len(entries)} entries)" if len(entries) > 6 else "")
+  raise DatasetError(
+      f"{missing} of {len(labels)} slides in {labels_name} have no file matching "
+      f"{pattern!r} under {data_dir} (it holds: {shown or 'nothing'}); set "
+      "data.slide_pattern to where the slide files are")
+
+
 def _join(labels, paths, labels_name: str, kind: str) -> List[SlideTask]:
   tasks = []
   for image_id in sorted(set(labels) | set(paths)):
@@ -101,12 +116,14 @@ def labels_path(data_dir: str, labels_file: str) -> str:
 def plan_panda(data_dir: str, slide_pattern: str, labels_file: str) -> List[SlideTask]:
   labels = read_panda_labels(labels_path(data_dir, labels_file))
   paths = {image_id_from_path(p): p for p in storage.glob(storage.join(data_dir, slide_pattern))}
+  _require_most_files(labels, paths, data_dir, slide_pattern, storage.basename(labels_file))
   return _join(labels, paths, storage.basename(labels_file), kind="slide")
 
 
 def plan_pcam(data_dir: str, labels_file: str = PCAM_LABELS) -> List[SlideTask]:
   labels = read_binary_labels(labels_path(data_dir, labels_file), data_provider="pcam")
   paths = {image_id_from_path(p): p for p in storage.glob(storage.join(data_dir, PCAM_PATCHES))}
+  _require_most_files(labels, paths, data_dir, PCAM_PATCHES, storage.basename(labels_file))
   return _join(labels, paths, storage.basename(labels_file), kind="patch")
 
 

@@ -1,8 +1,13 @@
-"""Reads regions of pyramidal TIFF slides one TIFF tile (or strip) at a time.
+"""Reads regions of slides: `open_slide` picks the backend by the file's content.
 
-A whole level is never decoded to cut a few tiles: `read_region` reads and
+The default backend, `TiffSlide`, reads pyramidal TIFFs (PANDA, Aperio SVS,
+OME-TIFF, libvips/CAMELYON pyramids, plain TIFFs) one TIFF tile (or strip) at
+a time: a whole level is never decoded to cut a few tiles, `read_region`
 decodes only the TIFF segments that intersect the requested rectangle, so
-memory follows the region size, not the slide size.
+memory follows the region size, not the slide size, and a segment that would
+decode to more than the budget is refused before it is decoded. Formats
+tifffile cannot read or decodes wrongly go to OpenSlide
+(`components/openslide_reader.py`).
 """
 
 from __future__ import annotations
@@ -46,14 +51,60 @@ WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS = 16 * 2**20
 
 # Microns per pixel outside this range are treated as unknown: scanners write
 # placeholder resolutions (72 dpi is 352 um/px) that would mislead a reader.
-_PLAUSIBLE_MPP = (0.05, 20.0)
+PLAUSIBLE_MPP = (0.05, 20.0)
+
+
+# OpenSlide's names of the formats the TIFF reader handles itself; anything
+# else OpenSlide recognises (hamamatsu, mirax, leica, ventana, philips, dicom,
+# ...) goes to OpenSlide.
+TIFF_READER_FORMATS = ("aperio", "generic-tiff")
+
+# Pages of a TIFF chain beyond which the file is refused: real slides have
+# tens; tifffile walks a looping IFD chain forever when its pages are
+# iterated before their number is taken.
+MAX_TIFF_PAGES = 4096
+
+# Default budget for one decoded TIFF tile or strip (TilingConfig has the
+# configured one): a PANDA tile is 0.75 MB, a single-strip bomb gigabytes.
+DEFAULT_MAX_SEGMENT_BYTES = 256 * 2**20
+
+
+def choose_backend(path: str, backend: str = "auto") -> str:
+  """"tifffile" or "openslide" for `path`: by content (OpenSlide's format
+  detection) unless `backend` names one. Objects in a bucket go to tifffile,
+  which reads byte ranges; OpenSlide reads local files only."""
+  if backend != "auto":
+    return backend
+  if storage.is_url(path) or not os.path.isfile(path):
+    return "tifffile"
+  try:
+    import openslide  # pylint: disable=import-outside-toplevel (loads a C library)
+  except ImportError:  # the wheel missing: the TIFF reader is the only one
+    return "tifffile"
+  try:
+    vendor = openslide.OpenSlide.detect_format(path)
+  except Exception:  # pylint: disable=broad-except (a hostile file: the TIFF reader says why)
+    return "tifffile"
+  return "tifffile" if vendor is None or vendor in TIFF_READER_FORMATS else "openslide"
+
+
+def open_slide(path: str, backend: str = "auto",
+               max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES):
+  """The slide at `path` through the backend `choose_backend` picks; both
+  backends have the same interface (levels, mpp, read_region, read_level,
+  thumbnail, close)."""
+  if choose_backend(path, backend) == "openslide":
+    from histopipe.components.openslide_reader import OpenSlideSlide  # pylint: disable=import-outside-toplevel (it imports this module)
+    return OpenSlideSlide(path)
+  return TiffSlide(path, max_segment_bytes=max_segment_bytes)
 
 
 class TiffSlide:
   """A pyramidal RGB TIFF: `levels` from largest to smallest."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES):
     self.path = path
+    self.max_segment_bytes = max_segment_bytes
     self._segment_cache: "collections.OrderedDict" = collections.OrderedDict()
     # In a bucket: a file object that fetches the byte ranges tifffile asks for.
     self._remote = None
@@ -103,11 +154,19 @@ class TiffSlide:
     SVS thumbnail has the same aspect and serves as the coarsest level.
     """
     try:
+      # The number of pages first: tifffile then stops at a looping IFD chain.
+      if len(self._tiff.pages) > MAX_TIFF_PAGES:
+        raise SlideError(self.path, f"more than {MAX_TIFF_PAGES} TIFF pages")
+      if not any(getattr(p, "imagewidth", 0) and getattr(p, "imagelength", 0)
+                 for p in self._tiff.pages):
+        raise SlideError(self.path, "TIFF has no readable image (zero-size pages)")
       series = self._tiff.series
       # SubIFD levels are only reachable through the series; main-chain pages
       # the series leaves out (an SVS thumbnail) are candidates too.
       candidates = [level.keyframe for level in series[0].levels] if series else []
       candidates += list(self._tiff.pages)
+    except SlideError:
+      raise
     except Exception as e:  # malformed IFDs surface here
       raise SlideError(self.path, f"cannot read TIFF structure ({e})") from e
     candidates = [p for p in candidates
@@ -128,10 +187,26 @@ class TiffSlide:
         raise SlideError(self.path, "planar-separate TIFF is not supported")
       if page.dtype != np.uint8:
         raise SlideError(self.path, f"pixel type {page.dtype} is not 8-bit")
+      declared = _segment_count(page)
+      if declared != len(page.dataoffsets):
+        # A size that does not match the file's own tile offsets (an absurd
+        # declared size, a damaged IFD): reading it would chase segments that
+        # are not there, or loop over billions of them.
+        raise SlideError(self.path, f"a level declares {page.imagewidth}x{page.imagelength} px "
+                         f"({declared:,} TIFF segments) but the file holds "
+                         f"{len(page.dataoffsets):,}")
     return levels
 
   def _level0_mpp(self, page) -> float:
-    """Microns per level-0 pixel from the TIFF resolution tags, 0 if unknown."""
+    """Microns per level-0 pixel, 0 if unknown: Aperio's `MPP` in the image
+    description, else the TIFF resolution tags."""
+    if self._tiff.is_svs:
+      try:
+        mpp = float(tifffile.tifffile.svs_description_metadata(page.description).get("MPP", 0))
+      except (ValueError, TypeError, AttributeError):  # a malformed description
+        mpp = 0.0
+      if PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
+        return mpp
     tag = page.tags.get("XResolution")
     unit = page.tags.get("ResolutionUnit")
     if tag is None or unit is None:
@@ -144,7 +219,7 @@ class TiffSlide:
     if microns_per_unit is None:
       return 0.0
     mpp = microns_per_unit / pixels_per_unit
-    return mpp if _PLAUSIBLE_MPP[0] <= mpp <= _PLAUSIBLE_MPP[1] else 0.0
+    return mpp if PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] else 0.0
 
   def close(self) -> None:
     self._tiff.close()
@@ -174,7 +249,7 @@ class TiffSlide:
     if factor == 1:
       return self.read_level(level.index), level.downsample
     if level.width * level.height <= WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS and factor < 256:
-      return _area_average(self.read_level(level.index), factor), level.downsample * factor
+      return area_average(self.read_level(level.index), factor), level.downsample * factor
     page = self._pages[level.index]
     out_w, out_h = -(-level.width // factor), -(-level.height // factor)
     # Exact area average: output pixel k is the mean of level pixels
@@ -242,6 +317,13 @@ class TiffSlide:
     return decoded
 
   def _read_and_decode(self, page, index: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+    if index >= len(page.dataoffsets):
+      raise SlideError(self.path, f"TIFF segment {index} is not in the file's offsets")
+    decoded_bytes = _segment_bytes(page)
+    if decoded_bytes > self.max_segment_bytes:
+      raise SlideError(self.path, f"a TIFF segment would decode to {decoded_bytes / 2**20:,.0f} "
+                       f"MiB, over the budget of {self.max_segment_bytes / 2**20:,.0f} MiB "
+                       "(tiling.max_segment_bytes)")
     offset = page.dataoffsets[index]
     bytecount = page.databytecounts[index]
     if bytecount == 0:
@@ -261,7 +343,24 @@ class TiffSlide:
     return _to_rgb(segment), (indices[2], indices[3])
 
 
-def _area_average(image: np.ndarray, factor: int) -> np.ndarray:
+def _segment_count(page) -> int:
+  """TIFF tiles or strips a page of this size must have (chunky pixels)."""
+  if page.is_tiled:
+    return (-(-page.imagewidth // page.tilewidth)) * (-(-page.imagelength // page.tilelength))
+  rows = page.rowsperstrip or page.imagelength
+  return -(-page.imagelength // min(rows, page.imagelength))
+
+
+def _segment_bytes(page) -> int:
+  """Bytes one decoded tile or strip of `page` takes, from its tags alone."""
+  if page.is_tiled:
+    width, rows = page.tilewidth, page.tilelength
+  else:
+    width, rows = page.imagewidth, min(page.rowsperstrip or page.imagelength, page.imagelength)
+  return int(width) * int(rows) * int(page.samplesperpixel) * np.dtype(page.dtype).itemsize
+
+
+def area_average(image: np.ndarray, factor: int) -> np.ndarray:
   """`image` shrunk by `factor`: each output pixel is the mean of its
   factor x factor block, the blocks on the right and bottom edges clipped."""
   height, width = image.shape[:2]

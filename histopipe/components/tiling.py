@@ -17,7 +17,7 @@ import numpy as np
 
 from histopipe.components import tissue
 from histopipe.components.bag_features import SlideBag
-from histopipe.components.slide_reader import Level, SlideError, TiffSlide
+from histopipe.components.slide_reader import Level, SlideError, TiffSlide, open_slide
 from histopipe.core import storage
 from histopipe.core.configs import TilingConfig
 
@@ -40,7 +40,7 @@ def encode_tile(tile_rgb: np.ndarray, tiling: TilingConfig) -> bytes:
   return buf.tobytes()
 
 
-def choose_level(slide: TiffSlide, tiling: TilingConfig) -> Level:
+def choose_level(slide, tiling: TilingConfig) -> Level:
   """The level to cut tiles from (see TilingConfig for the order of rules)."""
 
   def nearest(value_of_level, target: float) -> Level:
@@ -69,7 +69,7 @@ class TiledSlide(NamedTuple):
 
 def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
   """The bag of one slide; raises SlideError with the reason when unusable."""
-  with TiffSlide(path) as slide:
+  with open_slide(path, tiling.reader, tiling.max_segment_bytes) as slide:
     level = choose_level(slide, tiling)
     if level.width < tiling.tile_size or level.height < tiling.tile_size:
       raise SlideError(path, f"level {level.index} is {level.width}x"
@@ -115,10 +115,10 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
   return TiledSlide(bag, thumbnail, thumbnail_downsample)
 
 
-def _read_patch(path: str) -> np.ndarray:
+def _read_patch(path: str, tiling: TilingConfig) -> np.ndarray:
   """A small RGB image: TIFF through the slide reader, anything else via OpenCV."""
   if path.lower().endswith((".tif", ".tiff")):
-    with TiffSlide(path) as slide:
+    with TiffSlide(path, tiling.max_segment_bytes) as slide:
       return slide.read_level(0)
   data = np.frombuffer(storage.read_bytes(path), np.uint8)
   if data.size == 0:
@@ -137,7 +137,7 @@ def tile_patch(path: str, tiling: TilingConfig, tile_x: int = 0, tile_y: int = 0
   """
   if not storage.exists(path):
     raise SlideError(path, "file not found")
-  original = _read_patch(path)
+  original = _read_patch(path, tiling)
   height, width = original.shape[:2]
   pixels = original
   if tiling.resize_to:

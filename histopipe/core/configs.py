@@ -62,6 +62,12 @@ class TilingConfig:
   tile_format: Literal["png", "jpeg"] = "png"  # PNG is lossless
   jpeg_quality: int = 90
   resize_to: int = 0  # 0 keeps tile_size; otherwise tiles are resized to this
+  # Slide reader: "auto" picks by the file's content (tifffile for TIFF-family
+  # files it reads, OpenSlide for NDPI, MRXS, SCN, BIF, Philips, DICOM).
+  reader: Literal["auto", "tifffile", "openslide"] = "auto"
+  # A TIFF tile or strip that would decode to more bytes is refused before it
+  # is decoded (a decompression bomb); a PANDA tile is 0.75 MB.
+  max_segment_bytes: int = 256 * 2**20
 
 
 @_settings

@@ -20,7 +20,7 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score, roc_curve
 from tfx.dsl.io import fileio
 
 from histopipe.components import bag_features
-from histopipe.components.slide_reader import SlideError, TiffSlide
+from histopipe.components.slide_reader import SlideError, open_slide
 from histopipe.components.slide_stages import read_outcomes
 from histopipe.core import signatures
 from histopipe.core import storage
@@ -149,7 +149,7 @@ def _heatmap_sample(predictions: EvalPredictions, count: int) -> List[int]:
 
 def write_heatmap(slide_path: str, bag: bag_features.SlideBag, attention, path: str,
                   title: str) -> None:
-  with TiffSlide(slide_path) as slide:
+  with open_slide(slide_path) as slide:
     thumbnail, downsample = slide.thumbnail(max_side=THUMBNAIL_MAX_SIDE)
   figures.attention_heatmap_png(thumbnail, downsample, bag, attention, path, title)
 

@@ -1,0 +1,158 @@
+"""Every real slide file in ../shared/fixtures/real-slides/ (files from public
+test suites, provenance in its SOURCES.md) is either tiled or rejected with a
+precise reason, and the tiles equal what an independent reader returns:
+OpenSlide's `read_region` where OpenSlide reads the file (exact where the
+source is lossless, PSNR >= 33 dB where it is JPEG), tifffile's whole-image
+read where OpenSlide refuses it.
+"""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from histopipe.components.slide_reader import SlideError, choose_backend
+from histopipe.components.tiling import tile_slide
+from histopipe.core.configs import TilingConfig
+
+openslide = pytest.importorskip("openslide")
+
+REAL_SLIDES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-slides"
+
+# Small files: level 0, 64 px PNG tiles (lossless, so the comparison is of the
+# readers, not of our encoder).
+TILING = TilingConfig(level=0, tile_size=64, tiles_per_slide=4, min_tissue_fraction=0.05,
+                      tile_format="png")
+
+# file -> (backend, what must happen: "written", or the words the reason must hold)
+EXPECTED = {
+    "CMU-1-Small-Region.svs": ("tifffile", "written"),
+    "test3-DAPI-2.ndpi": ("openslide", "written"),
+    "kidney-48-5.tif": ("tifffile", "written"),
+    "boxes.tiff": ("tifffile", "written"),
+    "small.svs": ("tifffile", "smaller than one 64 px tile"),
+    "unreadable.svs": ("tifffile", "smaller than one 64 px tile"),
+    "unopenable.tiff": ("tifffile", "smaller than one 64 px tile"),
+    "boxes_0.dcm": ("openslide", "smaller than one 64 px tile"),
+    "boxes_1.dcm": ("openslide", "smaller than one 64 px tile"),
+    "broken.svs": ("tifffile", "not a readable TIFF"),
+}
+# Where the source pixels are JPEG, two decoders may round differently.
+JPEG_SOURCES = {"CMU-1-Small-Region.svs", "test3-DAPI-2.ndpi"}
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+  mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+  return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def _reference_tile(path: str, x: int, y: int, size: int) -> np.ndarray:
+  """The tile at level-0 (x, y) from a reader that shares no code with ours."""
+  if openslide.OpenSlide.detect_format(path):
+    with openslide.OpenSlide(path) as slide:
+      rgba = np.asarray(slide.read_region((x, y), 0, (size, size)))
+    alpha = rgba[..., 3:4] / 255.0
+    return np.round(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+  image = tifffile.imread(path, key=0)
+  out = np.full((size, size, 3), 255, np.uint8)
+  part = image[y:y + size, x:x + size, :3]
+  out[:part.shape[0], :part.shape[1]] = part
+  return out
+
+
+def test_the_fixture_folder_is_there_and_listed_here():
+  assert REAL_SLIDES.is_dir(), f"{REAL_SLIDES}: the real-slide fixtures are missing"
+  files = {p.name for p in REAL_SLIDES.iterdir() if p.name != "SOURCES.md"}
+  assert files == set(EXPECTED), "a fixture is not covered here (or gone)"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_real_slide_is_tiled_like_the_reference_or_rejected_with_its_reason(name):
+  path = str(REAL_SLIDES / name)
+  backend, expected = EXPECTED[name]
+  assert choose_backend(path) == backend
+  if expected != "written":
+    with pytest.raises(SlideError) as rejected:
+      tile_slide(path, TILING)
+    assert expected in rejected.value.reason
+    return
+  bag = tile_slide(path, TILING).bag
+  valid = [i for i, v in enumerate(bag.tile_valid) if v]
+  assert valid, "no tile kept"
+  for i in valid:
+    ours = cv2.cvtColor(cv2.imdecode(np.frombuffer(bag.tiles[i], np.uint8), cv2.IMREAD_COLOR),
+                        cv2.COLOR_BGR2RGB)
+    reference = _reference_tile(path, bag.tile_x[i], bag.tile_y[i], bag.tile_size)
+    if name in JPEG_SOURCES:
+      assert _psnr(ours, reference) >= 33, (name, i)
+    else:
+      np.testing.assert_array_equal(ours, reference, err_msg=f"{name} tile {i}")
+
+
+def test_mpp_is_read_from_the_vendors_metadata():
+  """Aperio keeps it in the image description, Hamamatsu in resolution tags
+  (OpenSlide's `openslide.mpp-x`); SOURCES.md states both."""
+  assert tile_slide(str(REAL_SLIDES / "CMU-1-Small-Region.svs"), TILING).bag.mpp == \
+      pytest.approx(0.499, abs=1e-3)
+  assert tile_slide(str(REAL_SLIDES / "test3-DAPI-2.ndpi"), TILING).bag.mpp == \
+      pytest.approx(0.228, abs=1e-3)
+
+
+def test_a_reader_can_be_forced_in_the_config():
+  """tifffile decodes NDPI's restart-marker JPEG strips wrongly; forcing it
+  gives a rejection with tifffile's reason, never wrong pixels silently."""
+  import dataclasses
+  forced = dataclasses.replace(TILING, reader="tifffile")
+  path = str(REAL_SLIDES / "test3-DAPI-2.ndpi")
+  try:
+    bag = tile_slide(path, forced).bag
+  except SlideError as e:
+    assert "TIFF" in e.reason
+    return
+  # If tifffile does read it, its pixels must be OpenSlide's.
+  i = bag.tile_valid.index(1)
+  ours = cv2.cvtColor(cv2.imdecode(np.frombuffer(bag.tiles[i], np.uint8), cv2.IMREAD_COLOR),
+                      cv2.COLOR_BGR2RGB)
+  assert _psnr(ours, _reference_tile(path, bag.tile_x[i], bag.tile_y[i], bag.tile_size)) >= 33
+
+
+def test_the_tiny_slides_at_their_own_size():
+  """With 16 px tiles the 16 x 16 files get past the size check: the crop of
+  CMU-1 is tiled as OpenSlide reads it, its corrupt twin and the minimal DICOM
+  are judged on their pixels."""
+  import dataclasses
+  tiny = dataclasses.replace(TILING, tile_size=16, tiles_per_slide=1, min_tissue_fraction=0.0)
+  small = str(REAL_SLIDES / "small.svs")
+  bag = tile_slide(small, tiny).bag
+  ours = cv2.cvtColor(cv2.imdecode(np.frombuffer(bag.tiles[0], np.uint8), cv2.IMREAD_COLOR),
+                      cv2.COLOR_BGR2RGB)
+  assert _psnr(ours, _reference_tile(small, 0, 0, 16)) >= 33
+  with pytest.raises(SlideError, match="cannot decode TIFF segment"):
+    tile_slide(str(REAL_SLIDES / "unreadable.svs"), tiny)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, e) in EXPECTED.items() if e == "written"
+                                        and openslide.OpenSlide.detect_format(
+                                            str(REAL_SLIDES / n))))
+def test_levels_and_regions_with_signal_equal_openslides(name):
+  """Bag tiles can be plain background (the DAPI slide's chosen tiles are near
+  black): here each level's size and a region around the slide's centre, where
+  there is signal, are compared with OpenSlide's."""
+  from histopipe.components.slide_reader import open_slide
+  path = str(REAL_SLIDES / name)
+  with open_slide(path) as ours, openslide.OpenSlide(path) as reference:
+    # Ours may add the SVS thumbnail as a coarsest level, which OpenSlide does not list.
+    shared = len(reference.level_dimensions)
+    assert [(l.width, l.height) for l in ours.levels][:shared] == list(reference.level_dimensions)
+    for level in ours.levels[:shared]:
+      size = min(128, level.width, level.height)
+      x, y = (level.width - size) // 2, (level.height - size) // 2
+      mine = ours.read_region(level.index, x, y, size, size)
+      rgba = np.asarray(reference.read_region(
+          (round(x * level.downsample), round(y * level.downsample)), level.index, (size, size)))
+      theirs = np.round(rgba[..., :3] * (rgba[..., 3:4] / 255.0)
+                        + 255 * (1 - rgba[..., 3:4] / 255.0)).astype(np.uint8)
+      assert mine.std() > 2, f"{name} level {level.index}: no signal to compare"
+      assert _psnr(mine, theirs) >= 33, (name, level.index)
