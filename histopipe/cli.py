@@ -137,11 +137,10 @@ def _score(args) -> int:
 
 
 def _report(args) -> int:
-  from histopipe.core.layout import RunPaths
+  from histopipe.core.layout import RunPaths, require_metadata
   from histopipe.core.library_logs import logging_to
   paths = RunPaths(os.path.abspath(args.run))
-  if not os.path.exists(paths.metadata_path):  # before a log file is put there
-    raise UserError(f"{args.run}: no metadata.sqlite: not the --out folder of `histopipe run`")
+  require_metadata(paths.metadata_path)  # before a log file is put there
   with logging_to(paths.report_log):
     from histopipe.reports.run_report import write_report  # imports TensorFlow: logs to the file
     report = write_report(args.run, args.out or '', heatmaps=args.heatmaps)

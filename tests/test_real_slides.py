@@ -48,13 +48,17 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
   return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
+def _on_white(rgba: np.ndarray) -> np.ndarray:
+  """OpenSlide's RGBA (transparent outside the scan) on a white background."""
+  alpha = rgba[..., 3:4] / 255.0
+  return np.round(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+
+
 def _reference_tile(path: str, x: int, y: int, size: int) -> np.ndarray:
   """The tile at level-0 (x, y) from a reader that shares no code with ours."""
   if openslide.OpenSlide.detect_format(path):
     with openslide.OpenSlide(path) as slide:
-      rgba = np.asarray(slide.read_region((x, y), 0, (size, size)))
-    alpha = rgba[..., 3:4] / 255.0
-    return np.round(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+      return _on_white(np.asarray(slide.read_region((x, y), 0, (size, size))))
   image = tifffile.imread(path, key=0)
   out = np.full((size, size, 3), 255, np.uint8)
   part = image[y:y + size, x:x + size, :3]
@@ -150,9 +154,7 @@ def test_levels_and_regions_with_signal_equal_openslides(name):
       size = min(128, level.width, level.height)
       x, y = (level.width - size) // 2, (level.height - size) // 2
       mine = ours.read_region(level.index, x, y, size, size)
-      rgba = np.asarray(reference.read_region(
-          (round(x * level.downsample), round(y * level.downsample)), level.index, (size, size)))
-      theirs = np.round(rgba[..., :3] * (rgba[..., 3:4] / 255.0)
-                        + 255 * (1 - rgba[..., 3:4] / 255.0)).astype(np.uint8)
+      theirs = _on_white(np.asarray(reference.read_region(
+          (round(x * level.downsample), round(y * level.downsample)), level.index, (size, size))))
       assert mine.std() > 2, f"{name} level {level.index}: no signal to compare"
       assert _psnr(mine, theirs) >= 33, (name, level.index)

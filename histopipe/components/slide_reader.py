@@ -157,14 +157,14 @@ class TiffSlide:
       # The number of pages first: tifffile then stops at a looping IFD chain.
       if len(self._tiff.pages) > MAX_TIFF_PAGES:
         raise SlideError(self.path, f"more than {MAX_TIFF_PAGES} TIFF pages")
-      if not any(getattr(p, "imagewidth", 0) and getattr(p, "imagelength", 0)
-                 for p in self._tiff.pages):
+      pages = list(self._tiff.pages)
+      if not any(getattr(p, "imagewidth", 0) and getattr(p, "imagelength", 0) for p in pages):
         raise SlideError(self.path, "TIFF has no readable image (zero-size pages)")
       series = self._tiff.series
       # SubIFD levels are only reachable through the series; main-chain pages
       # the series leaves out (an SVS thumbnail) are candidates too.
       candidates = [level.keyframe for level in series[0].levels] if series else []
-      candidates += list(self._tiff.pages)
+      candidates += pages
     except SlideError:
       raise
     except Exception as e:  # malformed IFDs surface here
@@ -317,8 +317,6 @@ class TiffSlide:
     return decoded
 
   def _read_and_decode(self, page, index: int) -> Tuple[np.ndarray, Tuple[int, int]]:
-    if index >= len(page.dataoffsets):
-      raise SlideError(self.path, f"TIFF segment {index} is not in the file's offsets")
     decoded_bytes = _segment_bytes(page)
     if decoded_bytes > self.max_segment_bytes:
       raise SlideError(self.path, f"a TIFF segment would decode to {decoded_bytes / 2**20:,.0f} "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from histopipe.core.errors import UserError
+
 # Inside the Examples artifact: every slide and what happened to it.
 SLIDE_REPORT_DIR = "slide_report"
 OUTCOMES_FILE = "slides.csv"  # image_id,path,status,reason,tiles
@@ -45,6 +47,15 @@ class RunPaths:
   def report_log(self) -> str:
     """The libraries' logging of `histopipe report`."""
     return os.path.join(self.out_dir, "report.log")
+
+def require_metadata(metadata_path: str) -> str:
+  """`metadata_path`, if it is there: ML Metadata would create an empty store,
+  and a command would write its log into a folder that holds no run."""
+  if not os.path.exists(metadata_path):
+    raise UserError(f"{os.path.dirname(metadata_path)}: no "
+                    f"{os.path.basename(metadata_path)}: not the --out folder of `histopipe run`")
+  return metadata_path
+
 
 # Where TFX's Trainer puts the SavedModel inside its Model artifact.
 TRAINER_SERVING_SUBDIR = "Format-Serving"

@@ -19,6 +19,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from histopipe.core.errors import UserError
+from histopipe.core.layout import require_metadata
 
 _STATE = metadata_store_pb2.Execution.State
 _DONE = (_STATE.COMPLETE, _STATE.CACHED)
@@ -77,10 +78,8 @@ class Run:
 
 
 def _open(metadata_path: str) -> metadata_store.MetadataStore:
-  if not os.path.exists(metadata_path):  # MLMD would create an empty store
-    raise UserError(f"{os.path.dirname(metadata_path)}: no "
-                    f"{os.path.basename(metadata_path)}: not the --out folder of `histopipe run`")
-  return metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
+  return metadata_store.MetadataStore(
+      metadata.sqlite_metadata_connection_config(require_metadata(metadata_path)))
 
 
 def is_cached(metadata_path: str, execution_id: int) -> bool:
