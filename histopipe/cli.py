@@ -43,13 +43,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _config(args, data_format: Optional[str] = None):
-  """The settings of --preset/--config, with --format applied when given."""
+  """The settings of --preset/--config, with --format, --slides and --labels
+  applied when given."""
   from histopipe.core.configs import load_config
   config = load_config(args.config, preset=args.preset)
+  data = config.data
   if data_format:
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                  format=data_format))
-  return config
+    data = dataclasses.replace(data, format=data_format)
+  if getattr(args, "slides", None):
+    data = dataclasses.replace(data, slide_pattern=args.slides)
+  if getattr(args, "labels", None):
+    data = dataclasses.replace(data, labels_file=args.labels)
+  return dataclasses.replace(config, data=data)
 
 
 def _synth(args) -> int:
@@ -88,7 +93,7 @@ def _run(args) -> int:
 def _tile(args) -> int:
   from histopipe.components.tile_job import describe, run_tile_job
   config = _config(args, args.format)
-  summary = run_tile_job(args.data, args.out, config, labels_file=args.labels, gzip=args.gzip)
+  summary = run_tile_job(args.data, args.out, config, gzip=args.gzip)
   print(describe(summary, args.out, gzip=args.gzip))
   if summary["slides_total"] and not summary["slides_written"]:
     print("histopipe tile: error: no slide was tiled; the reasons are in "
@@ -207,6 +212,17 @@ def _add_format_argument(parser) -> None:
       "both binary (AUC); default: detected from the folder")
 
 
+def _add_slides_arguments(parser) -> None:
+  parser.add_argument("--slides", metavar="GLOB",
+                      help="the slide files, relative to --data or absolute, e.g. "
+                      "'scans/*.svs'; any type the readers take (.svs, .ndpi, .mrxs, .scn, "
+                      ".bif, .tif/.tiff, .dcm). Default: train_images/*, else the files in "
+                      "--data itself")
+  parser.add_argument("--labels", help="label CSV, absolute or relative to --data "
+                      "(default: the format's, train.csv or train_labels.csv); its columns "
+                      "tell the format (image_id,data_provider,isup_grade,gleason_score: panda)")
+
+
 def _add_config_arguments(parser, default_preset: str = "demo") -> None:
   """--preset and --config: the settings, the same ones a model was trained with."""
   parser.add_argument("--preset", default=default_preset, choices=["demo", "full"],
@@ -258,8 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
       "OUT/slides.csv, OUT/summary.json and OUT/previews/<image_id>.png (the "
       "thumbnail with the chosen tiles outlined and numbered).")
   tile.add_argument("--data", required=True, help="data folder with the slides")
-  tile.add_argument("--labels", help="label CSV, absolute or relative to --data "
-                    "(default: the format's, train.csv or train_labels.csv)")
+  _add_slides_arguments(tile)
   _add_format_argument(tile)
   tile.add_argument("--out", required=True, help="output folder")
   tile.add_argument("--gzip", action="store_true",
@@ -276,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--data", required=True,
                    help="data folder: train.csv and train_images/*.tiff (PANDA), or a "
                    "PCam or IDC folder")
+  _add_slides_arguments(run)
   _add_format_argument(run)
   run.add_argument("--out", required=True, help="output folder")
   run.add_argument("--no-cache", action="store_true",

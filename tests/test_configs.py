@@ -12,7 +12,9 @@ from histopipe.core.errors import UserError
 def test_full_preset_is_panda_sized():
   config = full_config()
   assert 16 <= config.tiling.tiles_per_slide <= 36
-  assert config.tiling.tile_size == 256 and config.tiling.level == 1
+  # PANDA's level 1: 0.5 um/px x 4
+  assert config.tiling.tile_size == 256 and config.tiling.target_mpp == 2.0
+  assert config.tiling.level_downsample == 4.0 and config.tiling.level == -1
   assert config.model.backbone == "resnet50" and config.model.input_size == 224
 
 

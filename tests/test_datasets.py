@@ -123,20 +123,51 @@ def test_bad_pcam_label_file_fails_before_tiling(tmp_path, text, message):
     datasets.plan(str(tmp_path), "pcam", "")
 
 
-def test_a_flat_folder_of_panda_slides_is_one_clear_error(tmp_path, capsys):
-  """Slides beside train.csv instead of in train_images/: not a job that
-  rejects every slide and exits 0, but one line naming the pattern searched
-  and what the folder holds, exit status 2."""
+REAL_SLIDES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures",
+                           "real-slides")
+
+
+def test_a_folder_of_scanner_files_with_a_label_csv_needs_no_config(tmp_path, capsys):
+  """Aperio and Hamamatsu files side by side in one folder, a label CSV with
+  PANDA's columns under another name, and a file that is not a slide:
+  `histopipe tile --data D --labels L` finds the slides (any type the
+  readers take), tells the format from the CSV's columns and tiles them."""
+  import shutil
   from histopipe import cli
-  data = tmp_path / "flat"
+  data = tmp_path / "lab"
+  data.mkdir()
+  shutil.copy(os.path.join(REAL_SLIDES, "CMU-1-Small-Region.svs"), data / "case-1.svs")
+  shutil.copy(os.path.join(REAL_SLIDES, "CMU-1-Small-Region.svs"), data / "case-2.SVS")
+  shutil.copy(os.path.join(REAL_SLIDES, "test3-DAPI-2.ndpi"), data / "case-3.ndpi")
+  (data / "notes.txt").write_text("not a slide")
+  (data / "grades.csv").write_text("image_id,data_provider,isup_grade,gleason_score\n"
+                                   "case-1,lab,2,3+4\ncase-2,lab,0,negative\n"
+                                   "case-3,lab,1,3+3\n")
+  out = tmp_path / "out"
+  assert cli.main(["tile", "--data", str(data), "--labels", "grades.csv",
+                   "--out", str(out)]) == 0
+  assert "3 of 3 slides tiled" in capsys.readouterr().out
+  with open(out / "slides.csv", encoding="utf-8") as f:
+    assert {row["image_id"]: row["status"] for row in csv.DictReader(f)} == {
+        "case-1": "written", "case-2": "written", "case-3": "written"}
+
+
+def test_slides_elsewhere_are_one_clear_error_and_slides_glob_finds_them(tmp_path, capsys):
+  """Slides in a folder the default does not search: not a job that rejects
+  every slide and exits 0, but one line naming the pattern searched and what
+  the folder holds, exit status 2; `--slides GLOB` then finds them."""
+  from histopipe import cli
+  data = tmp_path / "data"
   slides = synthetic.write_dataset(str(data), 3, seed=2, level0_size=(1024, 768))
-  for slide in slides:
-    os.replace(slide.path, data / os.path.basename(slide.path))
+  os.rename(data / "train_images", data / "scans")
   assert cli.main(["tile", "--data", str(data), "--out", str(tmp_path / "out")]) == 2
   error = capsys.readouterr().err
   assert error.count("\n") == 1
-  assert "3 of 3 slides in train.csv have no file matching 'train_images/*.tif*'" in error
-  assert os.path.basename(slides[0].path) in error and "train.csv" in error
+  assert f"3 of 3 slides in train.csv have no slide file matching {str(data / '*')!r}" in error
+  assert "scans" in error and "train.csv" in error and "--slides GLOB" in error
+  assert cli.main(["tile", "--data", str(data), "--slides", "scans/*.tiff",
+                   "--out", str(tmp_path / "out")]) == 0
+  assert f"{len(slides)} of {len(slides)} slides tiled" in capsys.readouterr().out
 
 
 def test_tile_exits_non_zero_when_no_slide_was_tiled(tmp_path, capsys):

@@ -73,6 +73,29 @@ def _single_strip_bomb(path, side: int) -> None:
     f.write(b"II*\x00" + struct.pack("<I", ifd_at) + ifd + struct.pack("<I", 0) + strip)
 
 
+def _many_tiles_tiff(path, side: int, tile: int = 16) -> None:
+  """An RGB TIFF of side x side px in tile x tile px deflate tiles, every tile
+  offset pointing at the same few bytes: small on disk, but (side / tile)^2
+  segments to decode for a thumbnail, a file that decodes for minutes."""
+  data = zlib.compress(bytes(tile * tile * 3))
+  count = (side // tile) ** 2
+  entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 8),
+             (262, 3, 1, 2), (277, 3, 1, 3), (284, 3, 1, 1), (322, 3, 1, tile),
+             (323, 3, 1, tile), (324, 4, count, 0), (325, 4, count, 0)]
+  ifd_at = 8
+  offsets_at = ifd_at + 2 + 12 * len(entries) + 4
+  counts_at = offsets_at + 4 * count
+  data_at = counts_at + 4 * count
+  entries = [(t, k, n, offsets_at if t == 324 else counts_at if t == 325 else v)
+             for t, k, n, v in entries]
+  ifd = struct.pack("<H", len(entries)) + b"".join(
+      struct.pack("<HHI", t, k, n) + (struct.pack("<HH", v, 0) if k == 3 else
+                                      struct.pack("<I", v)) for t, k, n, v in entries)
+  with open(path, "wb") as f:
+    f.write(b"II*\x00" + struct.pack("<I", ifd_at) + ifd + struct.pack("<I", 0))
+    f.write(struct.pack("<I", data_at) * count + struct.pack("<I", len(data)) * count + data)
+
+
 def _peak_rss_mb_of(code: str, timeout: float = 120) -> float:
   """Runs `code` in a fresh interpreter; its peak RSS in MB (it prints it).
 
@@ -158,3 +181,112 @@ def test_damaged_files_are_rejected_with_their_reason(tmp_path, damage, reason):
       slide.thumbnail(1024)
       tile_slide(str(path), TILING)
   assert reason in str(rejected.value), str(rejected.value)
+
+
+def test_a_file_that_decodes_for_minutes_stops_at_the_time_budget(tmp_path):
+  """4096^2 px in 65,536 tiles of 16 px: the thumbnail would decode all of
+  them; with a budget of 0.5 s the slide is rejected with the setting's name."""
+  import dataclasses
+  path = tmp_path / "slow.tif"
+  _many_tiles_tiff(path, 4096)
+  assert path.stat().st_size < 1e6
+  with TiffSlide(str(path)) as slide:
+    assert slide.levels[0].width == 4096
+  slow = dataclasses.replace(TILING, max_seconds_per_slide=0.5)
+  with pytest.raises(SlideError, match=r"took longer than 0.5 s \(tiling.max_seconds_per_slide\)"):
+    tile_slide(str(path), slow)
+
+
+def test_a_level_over_the_pixel_budget_is_not_read_whole(tmp_path):
+  import dataclasses
+  path = tmp_path / "single.tif"
+  _tiled_tiff(path)
+  with pytest.raises(SlideError, match=r"256x256 px, over the budget of 10,000 px .*"
+                                       r"\(tiling.max_level_pixels\)"):
+    tile_slide(str(path), dataclasses.replace(TILING, max_level_pixels=10_000))
+
+
+def test_a_read_that_blocks_is_abandoned_and_the_job_goes_on(tiny_dataset, tmp_path,
+                                                            monkeypatch):
+  """A read that never returns (a stalled mount; here one slide's cut waits
+  forever) is abandoned by the worker's watchdog at twice the time budget:
+  that slide is rejected with the reason, every other slide is written."""
+  import dataclasses
+  import threading
+  from histopipe.components import slide_stages
+  from histopipe.components.tile_job import run_tile_job
+  from histopipe.core.configs import load_config
+  source, slides = tiny_dataset
+  stalled = slides[1].path
+  cut_bag = slide_stages.cut_bag
+  never = threading.Event()
+
+  def cut_or_stall(path, *args, **kwargs):
+    if path == stalled:
+      never.wait()
+    return cut_bag(path, *args, **kwargs)
+
+  monkeypatch.setattr(slide_stages, "cut_bag", cut_or_stall)
+  config = load_config(None, preset="demo")
+  config = dataclasses.replace(config, tiling=dataclasses.replace(
+      config.tiling, tiles_per_slide=4, tile_size=32, max_seconds_per_slide=1.0))
+  summary = run_tile_job(str(source), str(tmp_path / "out"), config, previews=False,
+                         progress=False, beam_pipeline_args=[
+                             "--direct_running_mode=in_memory", "--direct_num_workers=1"])
+  never.set()
+  assert summary["slides_written"] == len(slides) - 1
+  rejects = (tmp_path / "out" / "rejects.csv").read_text()
+  assert "no answer after 2 s: reading is blocked (tiling.max_seconds_per_slide)" in rejects
+  assert slides[1].image_id in rejects
+
+
+def test_a_job_of_hostile_files_stays_under_1_gb(tiny_dataset, tmp_path):
+  """`histopipe tile` over good slides and every hostile kind above, in a
+  child process: the good slides are written, each hostile one rejected with
+  its reason, and the job's peak RSS stays under 1 GB."""
+  import csv
+  import shutil
+  data = tmp_path / "data"
+  shutil.copytree(tiny_dataset[0], data)
+  images = data / "train_images"
+  _single_strip_bomb(images / "bomb.tiff", 16384)
+  _many_tiles_tiff(images / "slow.tiff", 8192)
+  _tiled_tiff(images / "loop.tiff", pages=2)
+  loop = bytearray((images / "loop.tiff").read_bytes())
+  with tifffile.TiffFile(images / "loop.tiff") as tif:
+    first, last = tif.pages[0].offset, tif.pages[1].offset
+  (count,) = struct.unpack_from("<H", loop, last)
+  struct.pack_into("<I", loop, last + 2 + 12 * count, first)
+  (images / "loop.tiff").write_bytes(bytes(loop))
+  _tiled_tiff(images / "absurd.tiff")
+  _set_tag(images / "absurd.tiff", 256, 1_000_000)
+  _set_tag(images / "absurd.tiff", 257, 1_000_000)
+  # image id -> words of its reject reason; None: it must end, either way
+  # (the looping chain's two real pages can be tiled).
+  hostile = {"bomb": "tiling.max_segment_bytes", "slow": "tiling.max_seconds_per_slide",
+             "loop": None, "absurd": "declares 1000000x1000000 px"}
+  with open(data / "train.csv", "a", encoding="utf-8") as labels:
+    for image_id in hostile:
+      labels.write(f"{image_id},radboud,1,3+3\n")
+  out = tmp_path / "out"
+  peak = _peak_rss_mb_of(f"""
+      import dataclasses
+      from histopipe.components.tile_job import run_tile_job
+      from histopipe.core.configs import load_config
+      config = load_config(None, preset="demo")
+      config = dataclasses.replace(config, tiling=dataclasses.replace(
+          config.tiling, tiles_per_slide=4, tile_size=32, max_seconds_per_slide=2.0))
+      run_tile_job({str(data)!r}, {str(out)!r}, config, previews=False, progress=False,
+                   beam_pipeline_args=["--direct_running_mode=in_memory",
+                                       "--direct_num_workers=1"])""", timeout=300)
+  with open(out / "slides.csv", encoding="utf-8") as f:
+    outcomes = {row["image_id"]: row for row in csv.DictReader(f)}
+  assert len(outcomes) == len(tiny_dataset[1]) + len(hostile)
+  for image_id, row in outcomes.items():
+    if hostile.get(image_id):
+      assert row["status"] == "rejected" and hostile[image_id] in row["reason"], row
+    elif image_id in hostile:
+      assert row["status"] in ("written", "rejected"), row
+    else:
+      assert row["status"] == "written", row
+  assert peak < 1024, f"peak RSS {peak:.0f} MB for a job of {len(outcomes)} slides"

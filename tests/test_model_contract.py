@@ -26,7 +26,8 @@ def test_contract_round_trips_through_json_and_names_the_classes():
   binary = contract_of(pcam)
   assert binary.task == "binary" and binary.tiles_per_bag == 1
   assert binary.class_names == ("negative", "positive")
-  assert "bags of 4 tiles of 32 px (png) at level 1" in contract.describe()
+  assert ("bags of 4 tiles of 32 px (png) at 2 um/px (else downsample 4)"
+          in contract.describe())
 
 
 def test_no_flags_means_the_models_own_settings():

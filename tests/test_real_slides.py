@@ -141,9 +141,8 @@ def test_the_tiny_slides_at_their_own_size():
                                         and openslide.OpenSlide.detect_format(
                                             str(REAL_SLIDES / n))))
 def test_levels_and_regions_with_signal_equal_openslides(name):
-  """Bag tiles can be plain background (the DAPI slide's chosen tiles are near
-  black): here each level's size and a region around the slide's centre, where
-  there is signal, are compared with OpenSlide's."""
+  """Besides the bag tiles: each level's size and a region around the slide's
+  centre, where there is signal, are compared with OpenSlide's."""
   from histopipe.components.slide_reader import open_slide
   path = str(REAL_SLIDES / name)
   with open_slide(path) as ours, openslide.OpenSlide(path) as reference:
@@ -158,3 +157,46 @@ def test_levels_and_regions_with_signal_equal_openslides(name):
           (round(x * level.downsample), round(y * level.downsample)), level.index, (size, size))))
       assert mine.std() > 2, f"{name} level {level.index}: no signal to compare"
       assert _psnr(mine, theirs) >= 33, (name, level.index)
+
+
+def _decoded(tile: bytes) -> np.ndarray:
+  return cv2.cvtColor(cv2.imdecode(np.frombuffer(tile, np.uint8), cv2.IMREAD_COLOR),
+                      cv2.COLOR_BGR2RGB)
+
+
+def test_a_scan_without_the_level_asked_for_is_read_finer_and_shrunk():
+  """CMU-1-Small-Region has one level at 0.499 um/px (and Aperio's thumbnail,
+  downsample 3.87). At 1 um/px no level is close: level 0 is read and shrunk
+  by 2.004, and each tile equals OpenSlide's level-0 region of that
+  footprint, shrunk by OpenCV. The default 2 um/px takes the thumbnail
+  level (1.93 um/px, within the tolerance) as it is."""
+  import dataclasses
+  path = str(REAL_SLIDES / "CMU-1-Small-Region.svs")
+  at_1um = TilingConfig(target_mpp=1.0, tile_size=128, tiles_per_slide=6)
+  bag = tile_slide(path, at_1um).bag
+  assert bag.level == 0
+  assert bag.mpp * bag.level_downsample == pytest.approx(1.0)
+  valid = [i for i, v in enumerate(bag.tile_valid) if v]
+  assert len(valid) == 6
+  side = round(at_1um.tile_size * bag.level_downsample)
+  with openslide.OpenSlide(path) as slide:
+    for i in valid:
+      region = _on_white(np.asarray(slide.read_region((bag.tile_x[i], bag.tile_y[i]), 0,
+                                                      (side, side))))
+      reference = cv2.resize(region, (at_1um.tile_size,) * 2, interpolation=cv2.INTER_AREA)
+      assert _psnr(_decoded(bag.tiles[i]), reference) >= 33, i
+  default = tile_slide(path, dataclasses.replace(at_1um, target_mpp=2.0)).bag
+  assert default.level == 1 and default.mpp * default.level_downsample == pytest.approx(1.93,
+                                                                                        abs=0.01)
+
+
+def test_fluorescence_tiles_are_where_the_light_is():
+  """The DAPI scan's background is black: its chosen tiles must hold the
+  stained nuclei (bright), not the dark glass."""
+  path = str(REAL_SLIDES / "test3-DAPI-2.ndpi")
+  bag = tile_slide(path, TILING).bag
+  with openslide.OpenSlide(path) as slide:
+    background = float(np.median(np.asarray(slide.get_thumbnail((256, 256)))[..., :3].max(-1)))
+  for i in (i for i, v in enumerate(bag.tile_valid) if v):
+    brightest = _decoded(bag.tiles[i]).max(axis=-1)
+    assert float(brightest.mean()) > background + 15, (i, brightest.mean(), background)

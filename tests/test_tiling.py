@@ -71,5 +71,5 @@ def test_blank_slide_is_rejected_for_no_tissue(tmp_path):
 def test_slide_smaller_than_one_tile_is_rejected(tmp_path):
   path = str(tmp_path / "small.tiff")
   tifffile.imwrite(path, np.full((20, 20, 3), 200, np.uint8), photometric="rgb")
-  with pytest.raises(SlideError, match="level"):
+  with pytest.raises(SlideError, match="smaller than one 32 px tile"):
     tile_slide(path, dataclasses.replace(TINY, level=0))

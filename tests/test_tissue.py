@@ -1,9 +1,10 @@
 """Tissue mask, tile scoring and selection on small arrays."""
 
+import cv2
 import numpy as np
 import pytest
 
-from histopipe.components import tissue
+from histopipe.components import synthetic, tissue
 
 PINK = (230, 170, 205)
 WHITE = (245, 245, 245)
@@ -28,6 +29,52 @@ def test_mask_of_blank_slide_is_empty_and_specks_are_removed():
   assert not tissue.tissue_mask(image).any()
   image[10, 10] = PINK  # one pixel of dust
   assert not tissue.tissue_mask(image).any()
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+  return float((a & b).sum() / (a | b).sum())
+
+
+@pytest.fixture(scope="module")
+def stained():
+  """A synthetic H&E biopsy thumbnail and its tissue mask."""
+  image = synthetic.render_tissue(np.random.default_rng(0), 768, 1024,
+                                  synthetic.morphology_for_grade(2))
+  return image, tissue.tissue_mask(image)
+
+
+@pytest.mark.parametrize("saturation_kept", [0.0, 0.15])
+def test_grayscale_and_faded_slides_have_the_tissue_of_the_stained_one(stained,
+                                                                      saturation_kept):
+  """The same biopsy with its colour gone or faded to 15% of its saturation:
+  found by darkness, the mask matches the stained one's (saturation alone
+  found 0% and 14% of it)."""
+  image, reference = stained
+  hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+  hsv[..., 1] = (hsv[..., 1] * saturation_kept).astype(np.uint8)
+  faded = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+  assert reference.mean() > 0.15
+  assert not tissue.is_fluorescence(faded)
+  assert _iou(tissue.tissue_mask(faded), reference) > 0.9
+
+
+def test_a_grayscale_scan_has_the_tissue_of_the_stained_one(stained):
+  image, reference = stained
+  gray = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=-1)
+  assert _iou(tissue.tissue_mask(gray), reference) > 0.9
+
+
+def test_fluorescence_tissue_is_what_shines(stained):
+  """A dark-field image (the stained biopsy's darkness as blue light, as a
+  DAPI scan): tissue is the bright part, the dark background is not."""
+  image, reference = stained
+  light = 255 - cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+  dapi = np.zeros_like(image)
+  dapi[..., 2] = light
+  assert tissue.is_fluorescence(dapi)
+  mask = tissue.tissue_mask(dapi)
+  assert _iou(mask, reference) > 0.8
+  assert not mask[0:20, 0:20].any() or reference[0:20, 0:20].any()
 
 
 def test_tile_fractions_follow_the_mask_at_lower_resolution():

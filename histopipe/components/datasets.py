@@ -3,7 +3,10 @@
 Three layouts, detected from the folder or named with `--format`:
 
 * panda: `train.csv` (`image_id,data_provider,isup_grade,gleason_score`) and
-  `train_images/<image_id>.tiff` whole-slide images -> bags of N tiles;
+  `train_images/<image_id>.tiff` whole-slide images -> bags of N tiles; also
+  any label file with those columns and slides of any type the readers take
+  (.svs, .ndpi, ...) in `train_images/`, in the folder itself, or where
+  `data.slide_pattern` (`--slides GLOB`) says;
 * pcam (Kaggle Histopathologic Cancer Detection): `train_labels.csv`
   (`id,label`) and `train/<id>.tif` 96x96 patches -> bags of one tile;
 * idc (breast IDC): `<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<0|1>.png`
@@ -23,12 +26,15 @@ import hashlib
 import re
 from typing import List, NamedTuple, Optional
 
-from histopipe.components.labels import SlideLabel, read_binary_labels, read_panda_labels
+from histopipe.components.labels import (PANDA_COLUMNS, SlideLabel, read_binary_labels,
+                                         read_panda_labels)
+from histopipe.components.slide_reader import SLIDE_SUFFIXES
 from histopipe.core import storage
 from histopipe.core.errors import UserError
 
 FORMATS = ("panda", "pcam", "idc")
 PANDA_LABELS = "train.csv"
+PANDA_SLIDES = "train_images/*"
 PCAM_LABELS = "train_labels.csv"
 PCAM_PATCHES = "train/*.tif"
 IDC_PATCHES = "*/*/*.png"
@@ -59,8 +65,26 @@ def _require_folder(data_dir: str) -> None:
     raise DatasetError(f"{data_dir}: no such data folder")
 
 
-def detect_format(data_dir: str) -> str:
+def _label_columns(path: str) -> List[str]:
+  """The header of a CSV file ([] if it cannot be read)."""
+  try:
+    with storage.open_file(path, "rb") as f:
+      first = f.readline(65536).decode("utf-8-sig", errors="replace")
+  except (OSError, ValueError):
+    return []
+  return [column.strip() for column in first.strip().split(",")]
+
+
+def detect_format(data_dir: str, labels_file: str = "") -> str:
+  """The layout of `data_dir`: by its label file's columns when one is named,
+  else by the files it holds."""
   _require_folder(data_dir)
+  if labels_file:
+    columns = _label_columns(labels_path(data_dir, labels_file))
+    if set(PANDA_COLUMNS) <= set(columns):
+      return "panda"
+    if {"id", "label"} <= set(columns):
+      return "pcam"
   if storage.exists(storage.join(data_dir, PANDA_LABELS)):
     return "panda"
   if storage.exists(storage.join(data_dir, PCAM_LABELS)):
@@ -77,7 +101,30 @@ def with_detected_format(config, data_dir: str):
   if config.data.format != "auto":
     return config
   return dataclasses.replace(config, data=dataclasses.replace(
-      config.data, format=detect_format(data_dir)))
+      config.data, format=detect_format(data_dir, config.data.labels_file)))
+
+
+def slide_pattern(data_dir: str, pattern: str) -> str:
+  """The glob the slides are searched with: `pattern` (relative to the data
+  folder, or absolute), or by default `train_images/*` when that folder
+  exists, else the data folder's own files."""
+  pattern = pattern or default_slide_pattern(data_dir)
+  return pattern if storage.is_url(pattern) else storage.join(data_dir, pattern)
+
+
+def default_slide_pattern(data_dir: str) -> str:
+  """`train_images/*` when slides are there (PANDA), else `*`: the files in
+  the data folder itself."""
+  in_panda_folder = storage.glob(storage.join(data_dir, PANDA_SLIDES))
+  if any(path.lower().endswith(SLIDE_SUFFIXES) for path in in_panda_folder):
+    return PANDA_SLIDES
+  return "*"
+
+
+def slide_files(data_dir: str, pattern: str) -> List[str]:
+  """The slide files `slide_pattern` finds, of the types the readers take."""
+  return [path for path in storage.glob(slide_pattern(data_dir, pattern))
+          if path.lower().endswith(SLIDE_SUFFIXES)]
 
 
 def _require_most_files(labels, paths, data_dir: str, pattern: str, labels_name: str) -> None:
@@ -90,9 +137,9 @@ def _require_most_files(labels, paths, data_dir: str, pattern: str, labels_name:
   entries = storage.listdir(data_dir)
   shown = ", ".join(entries[:6]) + (f", … ({len(entries)} entries)" if len(entries) > 6 else "")
   raise DatasetError(
-      f"{missing} of {len(labels)} slides in {labels_name} have no file matching "
-      f"{pattern!r} under {data_dir} (it holds: {shown or 'nothing'}); set "
-      "data.slide_pattern to where the slide files are")
+      f"{missing} of {len(labels)} slides in {labels_name} have no slide file matching "
+      f"{pattern!r} (the folder {data_dir} holds: {shown or 'nothing'}); say where the "
+      "slides are with --slides GLOB (data.slide_pattern)")
 
 
 def _join(labels, paths, labels_name: str, kind: str) -> List[SlideTask]:
@@ -113,17 +160,19 @@ def labels_path(data_dir: str, labels_file: str) -> str:
   return storage.join(data_dir, labels_file)
 
 
-def plan_panda(data_dir: str, slide_pattern: str, labels_file: str) -> List[SlideTask]:
+def plan_panda(data_dir: str, pattern: str, labels_file: str) -> List[SlideTask]:
   labels = read_panda_labels(labels_path(data_dir, labels_file))
-  paths = {image_id_from_path(p): p for p in storage.glob(storage.join(data_dir, slide_pattern))}
-  _require_most_files(labels, paths, data_dir, slide_pattern, storage.basename(labels_file))
+  paths = {image_id_from_path(p): p for p in slide_files(data_dir, pattern)}
+  _require_most_files(labels, paths, data_dir, slide_pattern(data_dir, pattern),
+                      storage.basename(labels_file))
   return _join(labels, paths, storage.basename(labels_file), kind="slide")
 
 
 def plan_pcam(data_dir: str, labels_file: str = PCAM_LABELS) -> List[SlideTask]:
   labels = read_binary_labels(labels_path(data_dir, labels_file), data_provider="pcam")
   paths = {image_id_from_path(p): p for p in storage.glob(storage.join(data_dir, PCAM_PATCHES))}
-  _require_most_files(labels, paths, data_dir, PCAM_PATCHES, storage.basename(labels_file))
+  _require_most_files(labels, paths, data_dir, storage.join(data_dir, PCAM_PATCHES),
+                      storage.basename(labels_file))
   return _join(labels, paths, storage.basename(labels_file), kind="patch")
 
 
@@ -152,14 +201,14 @@ def plan_idc(data_dir: str) -> List[SlideTask]:
   return tasks
 
 
-def plan(data_dir: str, data_format: str, slide_pattern: str,
+def plan(data_dir: str, data_format: str, pattern: str,
          labels_file: str = "") -> List[SlideTask]:
   """Every item of the folder; raises LabelFileError on a bad label file."""
   _require_folder(data_dir)
   if data_format == "auto":
-    data_format = detect_format(data_dir)
+    data_format = detect_format(data_dir, labels_file)
   if data_format == "panda":
-    return plan_panda(data_dir, slide_pattern, labels_file or PANDA_LABELS)
+    return plan_panda(data_dir, pattern, labels_file or PANDA_LABELS)
   if data_format == "pcam":
     return plan_pcam(data_dir, labels_file or PCAM_LABELS)
   if data_format == "idc":
@@ -167,32 +216,32 @@ def plan(data_dir: str, data_format: str, slide_pattern: str,
   raise DatasetError(f"unknown format {data_format!r}; choose from auto, {', '.join(FORMATS)}")
 
 
-def input_files(data_dir: str, data_format: str, slide_pattern: str,
+def input_files(data_dir: str, data_format: str, pattern: str,
                 labels_file: str = "") -> List[str]:
   """Every file a run reads from the folder: the label file and the slides or patches."""
   if data_format == "auto":
-    data_format = detect_format(data_dir)
+    data_format = detect_format(data_dir, labels_file)
   if data_format == "idc":
     return storage.glob(storage.join(data_dir, IDC_PATCHES))
   if data_format == "panda":
-    labels, pattern = labels_file or PANDA_LABELS, slide_pattern
-  elif data_format == "pcam":
-    labels, pattern = labels_file or PCAM_LABELS, PCAM_PATCHES
-  else:
-    raise DatasetError(f"unknown format {data_format!r}; choose from auto, {', '.join(FORMATS)}")
-  return [labels_path(data_dir, labels)] + storage.glob(storage.join(data_dir, pattern))
+    return [labels_path(data_dir, labels_file or PANDA_LABELS)] + slide_files(data_dir,
+                                                                              pattern)
+  if data_format == "pcam":
+    return [labels_path(data_dir, labels_file or PCAM_LABELS)] + storage.glob(
+        storage.join(data_dir, PCAM_PATCHES))
+  raise DatasetError(f"unknown format {data_format!r}; choose from auto, {', '.join(FORMATS)}")
 
 
-def input_fingerprint(data_dir: str, data_format: str, slide_pattern: str,
+def input_fingerprint(data_dir: str, data_format: str, pattern: str,
                       labels_file: str = "") -> str:
   """Changes whenever a label file or an input file is added, removed, resized
   or rewritten: the label file's bytes (small, and an edit in the same second
   as the last write still counts), and the size and modification time or
   object generation of each slide (slides are not read)."""
   if data_format == "auto":
-    data_format = detect_format(data_dir)
+    data_format = detect_format(data_dir, labels_file)
   digest = hashlib.sha256()
-  files = input_files(data_dir, data_format, slide_pattern, labels_file)
+  files = input_files(data_dir, data_format, pattern, labels_file)
   total = 0
   for index, path in enumerate(files):
     described = storage.info(path) if storage.exists(path) else storage.FileInfo(path, -1, "")

@@ -13,12 +13,13 @@ memory stays at one band plus the thumbnail whatever the slide's size.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from histopipe.components.slide_reader import (PLAUSIBLE_MPP, WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS,
-                                               Level, SlideError, area_average)
+                                               Level, ReadLimits, SlideError, area_average,
+                                               thumbnail_level)
 
 
 def _rgb(rgba: np.ndarray) -> np.ndarray:
@@ -33,9 +34,10 @@ def _rgb(rgba: np.ndarray) -> np.ndarray:
 class OpenSlideSlide:
   """A slide opened with OpenSlide: `levels` from largest to smallest."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, limits: Optional[ReadLimits] = None):
     import openslide  # pylint: disable=import-outside-toplevel (loads a C library)
     self.path = path
+    self.limits = limits or ReadLimits()
     try:
       self._slide = openslide.OpenSlide(path)
     except openslide.OpenSlideUnsupportedFormatError as e:
@@ -70,6 +72,7 @@ class OpenSlideSlide:
   def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
     """RGB uint8 [height, width, 3] at `level` pixel coords; outside is white."""
     import openslide  # pylint: disable=import-outside-toplevel
+    self.limits.check_time(self.path)
     downsample = self.levels[level].downsample
     try:
       region = self._slide.read_region((int(round(x * downsample)), int(round(y * downsample))),
@@ -80,12 +83,16 @@ class OpenSlideSlide:
 
   def read_level(self, level: int) -> np.ndarray:
     """A whole level as RGB uint8; meant for small levels only."""
+    self.limits.check_level(self.path, self.levels[level])
     return self.read_region(level, 0, 0, self.levels[level].width, self.levels[level].height)
 
-  def thumbnail(self, max_side: int = 2048) -> Tuple[np.ndarray, float]:
+  def thumbnail(self, max_side: int = 2048,
+                max_downsample: float = float("inf")) -> Tuple[np.ndarray, float]:
     """The slide at most `max_side` px on its long side, and its downsample:
-    the smallest level, area-averaged, read in bands of rows."""
-    level = self.levels[-1]
+    the smallest level at most `max_downsample`, area-averaged, read in
+    bands of rows."""
+    level = thumbnail_level(self.levels, max_downsample)
+    self.limits.check_level(self.path, level)
     factor = max(1, -(-max(level.width, level.height) // max_side))
     if factor == 1:
       return self.read_level(level.index), level.downsample

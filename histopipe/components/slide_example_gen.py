@@ -135,8 +135,15 @@ class SlideExampleGenDriver(example_gen_driver.FileBasedDriver):
 
 def input_pattern(data_dir: str, data: DataConfig) -> str:
   """The input split's file pattern (the slides, for PANDA)."""
-  data_format = datasets.detect_format(data_dir) if data.format == "auto" else data.format
-  return {"panda": data.slide_pattern, "pcam": datasets.PCAM_PATCHES,
+  data_format = (datasets.detect_format(data_dir, data.labels_file) if data.format == "auto"
+                 else data.format)
+  # A bucket, or a data root given only at run time (a Kubeflow parameter), is
+  # not looked into when the pipeline is built: there the default is
+  # train_images/*.
+  local = isinstance(data_dir, str) and not storage.is_url(data_dir)
+  default = datasets.default_slide_pattern(data_dir) if local else datasets.PANDA_SLIDES
+  return {"panda": data.slide_pattern or default,
+          "pcam": datasets.PCAM_PATCHES,
           "idc": datasets.IDC_PATCHES}[data_format]
 
 

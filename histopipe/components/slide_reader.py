@@ -15,7 +15,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import List, Tuple
+import time
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -54,6 +55,12 @@ WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS = 16 * 2**20
 PLAUSIBLE_MPP = (0.05, 20.0)
 
 
+# File name endings of whole slides the backends read (tifffile: TIFF family;
+# OpenSlide: Aperio, Hamamatsu, 3DHistech, Leica, Ventana, Philips, DICOM).
+SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".vms", ".mrxs", ".scn", ".bif",
+                  ".svslide", ".dcm")
+
+
 # OpenSlide's names of the formats the TIFF reader handles itself; anything
 # else OpenSlide recognises (hamamatsu, mirax, leica, ventana, philips, dicom,
 # ...) goes to OpenSlide.
@@ -67,6 +74,38 @@ MAX_TIFF_PAGES = 4096
 # Default budget for one decoded TIFF tile or strip (TilingConfig has the
 # configured one): a PANDA tile is 0.75 MB, a single-strip bomb gigabytes.
 DEFAULT_MAX_SEGMENT_BYTES = 256 * 2**20
+
+# Default budget for a level read whole (the thumbnail's level): 4 Gpx, a
+# single-level 65k x 65k scan, about a minute of decoding.
+DEFAULT_MAX_LEVEL_PIXELS = 2**32
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadLimits:
+  """What reading one slide may cost; a slide over any limit is rejected
+  with the setting's name (TilingConfig holds the configured values).
+
+  The time limit is checked before each TIFF segment is decoded and each
+  region is read, so a file that decodes slowly forever stops itself; a read
+  that blocks inside one call (a stalled mount) is the job watchdog's case
+  (slide_stages.TileSlideFn).
+  """
+  max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES
+  max_level_pixels: int = DEFAULT_MAX_LEVEL_PIXELS
+  max_seconds: float = 0.0  # 0: no limit
+  started: float = dataclasses.field(default_factory=time.monotonic)
+
+  def check_time(self, path: str) -> None:
+    if self.max_seconds and time.monotonic() - self.started > self.max_seconds:
+      raise SlideError(path, f"reading took longer than {self.max_seconds:g} s "
+                       "(tiling.max_seconds_per_slide)")
+
+  def check_level(self, path: str, level: "Level") -> None:
+    """Before a level is read whole."""
+    if level.width * level.height > self.max_level_pixels:
+      raise SlideError(path, f"level {level.index} is {level.width}x{level.height} px, over "
+                       f"the budget of {self.max_level_pixels:,} px for a level read whole "
+                       "(tiling.max_level_pixels)")
 
 
 def choose_backend(path: str, backend: str = "auto") -> str:
@@ -88,23 +127,22 @@ def choose_backend(path: str, backend: str = "auto") -> str:
   return "tifffile" if vendor is None or vendor in TIFF_READER_FORMATS else "openslide"
 
 
-def open_slide(path: str, backend: str = "auto",
-               max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES):
+def open_slide(path: str, backend: str = "auto", limits: Optional[ReadLimits] = None):
   """The slide at `path` through the backend `choose_backend` picks; both
   backends have the same interface (levels, mpp, read_region, read_level,
-  thumbnail, close)."""
+  thumbnail, close) and keep to `limits`."""
   if choose_backend(path, backend) == "openslide":
     from histopipe.components.openslide_reader import OpenSlideSlide  # pylint: disable=import-outside-toplevel (it imports this module)
-    return OpenSlideSlide(path)
-  return TiffSlide(path, max_segment_bytes=max_segment_bytes)
+    return OpenSlideSlide(path, limits)
+  return TiffSlide(path, limits)
 
 
 class TiffSlide:
   """A pyramidal RGB TIFF: `levels` from largest to smallest."""
 
-  def __init__(self, path: str, max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES):
+  def __init__(self, path: str, limits: Optional[ReadLimits] = None):
     self.path = path
-    self.max_segment_bytes = max_segment_bytes
+    self.limits = limits or ReadLimits()
     self._segment_cache: "collections.OrderedDict" = collections.OrderedDict()
     # In a bucket: a file object that fetches the byte ranges tifffile asks for.
     self._remote = None
@@ -234,17 +272,21 @@ class TiffSlide:
 
   def read_level(self, level: int) -> np.ndarray:
     """A whole level as RGB uint8; meant for small levels only."""
+    self.limits.check_level(self.path, self.levels[level])
     page = self._pages[level]
     return self.read_region(level, 0, 0, page.imagewidth, page.imagelength)
 
-  def thumbnail(self, max_side: int = 2048) -> Tuple[np.ndarray, float]:
+  def thumbnail(self, max_side: int = 2048,
+                max_downsample: float = float("inf")) -> Tuple[np.ndarray, float]:
     """The slide at most `max_side` px on its long side, and its downsample.
 
-    From the smallest level; when even that is larger (a single-level slide),
-    it is shrunk one TIFF segment at a time, so memory stays at one segment
-    plus the thumbnail whatever the slide's size.
+    From the smallest level at most `max_downsample` (see `thumbnail_level`);
+    when that is larger than `max_side` (a single-level slide), it is shrunk
+    one TIFF segment at a time, so memory stays at one segment plus the
+    thumbnail whatever the slide's size.
     """
-    level = self.levels[-1]
+    level = thumbnail_level(self.levels, max_downsample)
+    self.limits.check_level(self.path, level)
     factor = max(1, -(-max(level.width, level.height) // max_side))
     if factor == 1:
       return self.read_level(level.index), level.downsample
@@ -317,10 +359,12 @@ class TiffSlide:
     return decoded
 
   def _read_and_decode(self, page, index: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+    self.limits.check_time(self.path)
     decoded_bytes = _segment_bytes(page)
-    if decoded_bytes > self.max_segment_bytes:
+    budget = self.limits.max_segment_bytes
+    if decoded_bytes > budget:
       raise SlideError(self.path, f"a TIFF segment would decode to {decoded_bytes / 2**20:,.0f} "
-                       f"MiB, over the budget of {self.max_segment_bytes / 2**20:,.0f} MiB "
+                       f"MiB, over the budget of {budget / 2**20:,.0f} MiB "
                        "(tiling.max_segment_bytes)")
     offset = page.dataoffsets[index]
     bytecount = page.databytecounts[index]
@@ -339,6 +383,14 @@ class TiffSlide:
       raise SlideError(self.path, f"TIFF segment {index} is empty")
     segment = segment[0]  # drop the depth axis: [length, width, samples]
     return _to_rgb(segment), (indices[2], indices[3])
+
+
+def thumbnail_level(levels: List[Level], max_downsample: float) -> Level:
+  """The smallest level with downsample at most `max_downsample` (level 0 if
+  none is): a tissue mask needs a few pixels per tile, and a scanner's
+  smallest level can be a few dozen pixels wide (NDPI)."""
+  fine_enough = [level for level in levels if level.downsample <= max_downsample]
+  return max(fine_enough, key=lambda level: level.downsample) if fine_enough else levels[0]
 
 
 def _segment_count(page) -> int:

@@ -14,6 +14,7 @@ import bisect
 import csv
 import hashlib
 import io
+import threading
 from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 import apache_beam as beam
@@ -122,12 +123,40 @@ class TileSlideFn(CountingDoFn):
     yield from self._tile(task)
     self._progress.step()
 
+  def _cut_watched(self, task: SlideTask):
+    """`cut_bag` in a thread this worker waits on for twice the slide's time
+    budget: the reader's own clock stops a slow decode, but a read blocked
+    inside one call (a stalled network mount) never returns to look at it.
+    Such a thread is abandoned, not killed (Python cannot), and the slide
+    rejected. A daemon thread per slide, not a pool: an abandoned pool
+    thread would hold the process open at exit."""
+    seconds = self._tiling.max_seconds_per_slide
+    if not seconds:
+      return cut_bag(task.path, task.kind, self._tiling, task.tile_x, task.tile_y)
+    outcome: Dict[str, Any] = {}
+
+    def cut() -> None:
+      try:
+        outcome["tiled"] = cut_bag(task.path, task.kind, self._tiling, task.tile_x, task.tile_y)
+      except BaseException as e:  # pylint: disable=broad-except (handed to the waiting thread)
+        outcome["error"] = e
+
+    thread = threading.Thread(target=cut, name=f"tile {task.image_id}", daemon=True)
+    thread.start()
+    thread.join(2 * seconds)
+    if thread.is_alive():
+      raise SlideError(task.path, f"no answer after {2 * seconds:g} s: reading is blocked "
+                       "(tiling.max_seconds_per_slide)")
+    if "error" in outcome:
+      raise outcome["error"]
+    return outcome["tiled"]
+
   def _tile(self, task: SlideTask) -> Iterator[Any]:
     if task.problem:
       yield self._reject(task, task.problem)
       return
     try:
-      tiled = cut_bag(task.path, task.kind, self._tiling, task.tile_x, task.tile_y)
+      tiled = self._cut_watched(task)
     except SlideError as e:
       yield self._reject(task, e.reason)
       return

@@ -8,8 +8,6 @@ that draws the slide (previews, attention heatmaps) need not open it again.
 
 from __future__ import annotations
 
-import logging
-import math
 from typing import List, NamedTuple
 
 import cv2
@@ -17,7 +15,7 @@ import numpy as np
 
 from histopipe.components import tissue
 from histopipe.components.bag_features import SlideBag
-from histopipe.components.slide_reader import Level, SlideError, TiffSlide, open_slide
+from histopipe.components.slide_reader import Level, ReadLimits, SlideError, TiffSlide, open_slide
 from histopipe.core import storage
 from histopipe.core.configs import TilingConfig
 
@@ -25,6 +23,9 @@ from histopipe.core.configs import TilingConfig
 # Long side of the thumbnail the tissue mask is computed on: a 256 px tile at
 # downsample 4 of a 25k px slide still spans ~40 mask pixels a side.
 THUMBNAIL_MAX_SIDE = 1024
+# Mask pixels a tile spans at least, where the slide has a level fine enough:
+# a coarser mask calls a tile tissue for its neighbours' sake.
+MASK_PIXELS_PER_TILE = 4
 
 
 def encode_tile(tile_rgb: np.ndarray, tiling: TilingConfig) -> bytes:
@@ -40,24 +41,49 @@ def encode_tile(tile_rgb: np.ndarray, tiling: TilingConfig) -> bytes:
   return buf.tobytes()
 
 
-def choose_level(slide, tiling: TilingConfig) -> Level:
-  """The level to cut tiles from (see TilingConfig for the order of rules)."""
+class TileScale(NamedTuple):
+  """Where tiles are cut: a level, and how many level-0 pixels a tile pixel
+  spans. `read_factor` > 1: a tile is read as `read_factor` times as many
+  pixels of the level and shrunk (the level is finer than the scale asked)."""
+  level: Level
+  downsample: float
 
-  def nearest(value_of_level, target: float) -> Level:
-    return min(slide.levels, key=lambda l: abs(math.log(value_of_level(l) / target)))
+  @property
+  def read_factor(self) -> float:
+    return self.downsample / self.level.downsample
 
+
+def choose_scale(slide, tiling: TilingConfig) -> TileScale:
+  """The level and scale tiles are cut at (see TilingConfig for the rules).
+
+  The scale asked for is `target_mpp` when the slide states a plausible MPP,
+  else `level_downsample`. The coarsest level no coarser than the scale
+  (within `scale_tolerance`) is read; if it is within the tolerance it is cut
+  as it is, else its tiles are read larger and shrunk to the scale. A scale
+  finer than level 0 cuts level 0 as it is: shrinking can not add detail.
+  """
+  if tiling.level >= 0:
+    if tiling.level >= len(slide.levels):
+      raise SlideError(slide.path, f"slide has {len(slide.levels)} level(s); the config "
+                       f"asks for level {tiling.level} (set tiling.level to -1 to choose "
+                       "the level by scale)")
+    level = slide.levels[tiling.level]
+    return TileScale(level, level.downsample)
   if tiling.target_mpp > 0 and slide.mpp > 0:
-    return nearest(lambda l: slide.mpp * l.downsample, tiling.target_mpp)
-  if tiling.target_mpp > 0:
-    logging.warning("%s: no plausible MPP in the file; choosing the level by "
-                    "downsample/index instead of %.2f um/px", slide.path, tiling.target_mpp)
-  if tiling.level_downsample > 0:
-    return nearest(lambda l: l.downsample, tiling.level_downsample)
-  if tiling.level >= len(slide.levels):
-    raise SlideError(slide.path, f"slide has {len(slide.levels)} level(s); the config "
-                     f"asks for level {tiling.level} (set level_downsample or "
-                     "target_mpp to choose by scale)")
-  return slide.levels[tiling.level]
+    downsample = tiling.target_mpp / slide.mpp
+  elif tiling.level_downsample > 0:
+    downsample = tiling.level_downsample
+  else:
+    raise SlideError(slide.path, "no scale to tile at: the slide states no MPP and "
+                     "tiling.level_downsample is 0")
+  tolerance = max(tiling.scale_tolerance, 1.0)
+  finer = [l for l in slide.levels if l.downsample <= downsample * tolerance]
+  if not finer:
+    return TileScale(slide.levels[0], slide.levels[0].downsample)
+  level = max(finer, key=lambda l: l.downsample)
+  if level.downsample * tolerance >= downsample:
+    return TileScale(level, level.downsample)
+  return TileScale(level, downsample)
 
 
 class TiledSlide(NamedTuple):
@@ -67,19 +93,46 @@ class TiledSlide(NamedTuple):
   thumbnail_downsample: float  # level-0 pixels per thumbnail pixel
 
 
+def read_limits(tiling: TilingConfig) -> ReadLimits:
+  """The reader's budgets for one slide, its clock started now."""
+  return ReadLimits(max_segment_bytes=tiling.max_segment_bytes,
+                    max_level_pixels=tiling.max_level_pixels,
+                    max_seconds=tiling.max_seconds_per_slide)
+
+
+def read_tile(slide, scale: TileScale, x: int, y: int, tile_size: int) -> np.ndarray:
+  """The tile at (x, y) in pixels of `scale`, `tile_size` px a side."""
+  if scale.read_factor == 1.0:
+    return slide.read_region(scale.level.index, x, y, tile_size, tile_size)
+  # The same footprint for every tile: a tile is `side` level pixels, shrunk.
+  factor = scale.read_factor
+  side = int(round(tile_size * factor))
+  region = slide.read_region(scale.level.index, int(round(x * factor)), int(round(y * factor)),
+                             side, side)
+  return cv2.resize(region, (tile_size, tile_size), interpolation=cv2.INTER_AREA)
+
+
 def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
   """The bag of one slide; raises SlideError with the reason when unusable."""
-  with open_slide(path, tiling.reader, tiling.max_segment_bytes) as slide:
-    level = choose_level(slide, tiling)
-    if level.width < tiling.tile_size or level.height < tiling.tile_size:
-      raise SlideError(path, f"level {level.index} is {level.width}x"
-                       f"{level.height} px, smaller than one "
-                       f"{tiling.tile_size} px tile")
-    thumbnail, thumbnail_downsample = slide.thumbnail(max_side=THUMBNAIL_MAX_SIDE)
+  limits = read_limits(tiling)
+  with open_slide(path, tiling.reader, limits) as slide:
+    scale = choose_scale(slide, tiling)
+    # The grid of tiles covers the slide at the tiling scale: the level's own
+    # size when it is cut as it is.
+    grid_width, grid_height = scale.level.width, scale.level.height
+    if scale.read_factor != 1.0:
+      grid_width = int(slide.levels[0].width / scale.downsample)
+      grid_height = int(slide.levels[0].height / scale.downsample)
+    if grid_width < tiling.tile_size or grid_height < tiling.tile_size:
+      raise SlideError(path, f"the slide is {grid_width}x{grid_height} px at downsample "
+                       f"{scale.downsample:.3g}, smaller than one {tiling.tile_size} px tile")
+    thumbnail, thumbnail_downsample = slide.thumbnail(
+        max_side=THUMBNAIL_MAX_SIDE,
+        max_downsample=tiling.tile_size * scale.downsample / MASK_PIXELS_PER_TILE)
     mask = tissue.tissue_mask(thumbnail)
     if not mask.any():
       raise SlideError(path, "no tissue found")
-    fractions = tissue.tile_tissue_fractions(mask, level.width, level.height,
+    fractions = tissue.tile_tissue_fractions(mask, grid_width, grid_height,
                                              tiling.tile_size)
     chosen = tissue.select_tiles(fractions, tiling.tiles_per_slide,
                                  tiling.min_tissue_fraction)
@@ -90,13 +143,14 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
     tiles: List[bytes] = []
     xs, ys = [], []
     for choice in chosen:
+      limits.check_time(path)  # tiles read from cached segments decode nothing
       x, y = choice.col * tiling.tile_size, choice.row * tiling.tile_size
-      pixels = slide.read_region(level.index, x, y, tiling.tile_size, tiling.tile_size)
+      pixels = read_tile(slide, scale, x, y, tiling.tile_size)
       if out_size != tiling.tile_size:
         pixels = cv2.resize(pixels, (out_size, out_size), interpolation=cv2.INTER_AREA)
       tiles.append(encode_tile(pixels, tiling))
-      xs.append(int(round(x * level.downsample)))
-      ys.append(int(round(y * level.downsample)))
+      xs.append(int(round(x * scale.downsample)))
+      ys.append(int(round(y * scale.downsample)))
     padding = tiling.tiles_per_slide - len(chosen)
     white = encode_tile(np.full((out_size, out_size, 3), 255, np.uint8), tiling)
     bag = SlideBag(
@@ -105,8 +159,8 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
         tile_x=xs + [-1] * padding,
         tile_y=ys + [-1] * padding,
         tile_tissue=[c.tissue_fraction for c in chosen] + [0.0] * padding,
-        level=level.index,
-        level_downsample=level.downsample,
+        level=scale.level.index,
+        level_downsample=scale.downsample,
         tile_size=tiling.tile_size,
         mpp=slide.mpp,
         slide_width=slide.levels[0].width,
@@ -118,7 +172,7 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
 def _read_patch(path: str, tiling: TilingConfig) -> np.ndarray:
   """A small RGB image: TIFF through the slide reader, anything else via OpenCV."""
   if path.lower().endswith((".tif", ".tiff")):
-    with TiffSlide(path, tiling.max_segment_bytes) as slide:
+    with TiffSlide(path, read_limits(tiling)) as slide:
       return slide.read_level(0)
   data = np.frombuffer(storage.read_bytes(path), np.uint8)
   if data.size == 0:

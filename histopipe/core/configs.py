@@ -50,14 +50,20 @@ def _settings(cls):
 class TilingConfig:
   """How SlideExampleGen cuts a slide into a bag of tiles."""
   tiles_per_slide: int = 16
-  tile_size: int = 256  # pixels at the chosen level
-  # Which level to cut from, first that applies: the level nearest `target_mpp`
-  # um/px when the slide states a plausible MPP; the level nearest
-  # `level_downsample`; else the level with index `level` (PANDA's middle
-  # level, downsample 4, as in the original ResNet50 MIL approach).
-  target_mpp: float = 0.0
-  level_downsample: float = 0.0
-  level: int = 1
+  tile_size: int = 256  # pixels at the tiling scale
+  # The scale tiles are cut at, so slides from different scanners give tiles
+  # of the same magnification: `target_mpp` um/px when the slide states a
+  # plausible MPP, else `level_downsample` level-0 px per tile px. Default:
+  # PANDA's middle level (0.5 um/px x 4 = 2 um/px, about 5x), as in the
+  # original ResNet50 MIL approach. 0 turns a rule off.
+  target_mpp: float = 2.0
+  level_downsample: float = 4.0
+  # A level within this factor of the scale is cut as it is (Karolinska's
+  # PANDA level 1 is 1.81 um/px); otherwise the nearest finer level is read
+  # and shrunk to the scale (single-level slides, pyramids with gaps).
+  scale_tolerance: float = 1.25
+  # >= 0: cut from the level with this index as it is, whatever its scale.
+  level: int = -1
   min_tissue_fraction: float = 0.25  # tiles with less tissue are not taken
   tile_format: Literal["png", "jpeg"] = "png"  # PNG is lossless
   jpeg_quality: int = 90
@@ -68,6 +74,13 @@ class TilingConfig:
   # A TIFF tile or strip that would decode to more bytes is refused before it
   # is decoded (a decompression bomb); a PANDA tile is 0.75 MB.
   max_segment_bytes: int = 256 * 2**20
+  # A level read whole (for the tissue thumbnail: the smallest level) may have
+  # at most this many pixels: 4 Gpx, a single-level 65k x 65k scan.
+  max_level_pixels: int = 2**32
+  # A slide still being read after this many seconds is rejected (checked
+  # between TIFF segments and regions); a read blocked inside one call is
+  # abandoned by the job's watchdog at twice this. 0: no limit.
+  max_seconds_per_slide: float = 300.0
 
 
 @_settings
@@ -76,7 +89,10 @@ class DataConfig:
   # panda, pcam, idc, or auto (detected from the folder when the pipeline is
   # built, so only for local folders): see components/datasets.py.
   format: Literal["auto", "panda", "pcam", "idc"] = "panda"
-  slide_pattern: str = "train_images/*.tif*"  # PANDA slides, relative to the data folder
+  # PANDA slides: a glob relative to the data folder (or absolute); files of
+  # any slide type the readers take (.svs, .ndpi, .tiff, ...). "": the files
+  # in train_images/, else those in the data folder itself.
+  slide_pattern: str = ""
   labels_file: str = ""  # "" = the format's own (train.csv, train_labels.csv)
   # Hash buckets per split (by patient): the Trainer early-stops on "valid",
   # the Evaluator gates on "eval", which training never saw. 70/15/15.
@@ -314,7 +330,7 @@ def full_config() -> PipelineConfig:
       # tiles of 256 px PNG took 8x the encoding time (70 ms a slide, most of
       # tiling), 6x the bytes (4.7 vs 0.8 MB a bag) and 4x the decoding time
       # in training (1.3 vs 0.3 ms a tile). PNG stays available: lossless.
-      tiling=TilingConfig(tiles_per_slide=36, tile_size=256, level=1, tile_format="jpeg"),
+      tiling=TilingConfig(tiles_per_slide=36, tile_size=256, tile_format="jpeg"),
       model=ModelConfig(backbone="resnet50", input_size=224),
       training=TrainingConfig(batch_size=4, epochs=30, learning_rate=1e-4,
                               frozen_backbone_epochs=2),
@@ -330,7 +346,7 @@ def demo_config() -> PipelineConfig:
   """Fits `make demo` in minutes on 2 CPU cores: 8 tiles of 64 px per bag."""
   return PipelineConfig(
       preset="demo",
-      tiling=TilingConfig(tiles_per_slide=8, tile_size=64, level=1),
+      tiling=TilingConfig(tiles_per_slide=8, tile_size=64),
       model=ModelConfig(backbone="resnet50", input_size=64, dense_units=128,
                         attention_units=64, dropout=0.2, batchnorm_momentum=0.9),
       training=TrainingConfig(batch_size=8, epochs=12, learning_rate=1e-3),

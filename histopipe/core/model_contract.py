@@ -65,9 +65,10 @@ class ModelContract:
   def describe(self) -> str:
     """One line for people: what the model takes."""
     tiling = self.tiling
-    level = (f"{tiling.target_mpp} um/px" if tiling.target_mpp else
-             f"downsample {tiling.level_downsample:g}" if tiling.level_downsample else
-             f"level {tiling.level}")
+    scales = ([f"{tiling.target_mpp:g} um/px"] if tiling.target_mpp else []) + (
+        [f"downsample {tiling.level_downsample:g}"] if tiling.level_downsample else [])
+    level = f"level {tiling.level}" if tiling.level >= 0 else " (else ".join(scales) + (
+        ")" if len(scales) == 2 else "")
     return (f"{self.format} {self.task} model: bags of {self.tiles_per_bag} tiles of "
             f"{tiling.tile_size} px ({tiling.tile_format}) at {level}, "
             f"input {self.input_size} px")
