@@ -22,7 +22,7 @@ What it does, in one process:
    tiles N x K slides (enough work to amortise start-up) from N drawn files;
    every method below goes through the same N x K list.
 
-2. Timings, all with `full_config().tiling` (36 tiles of 256 px from level 1,
+2. Timings, all with `full_config().tiling` (36 tiles of 256 px at 2 um/px: level 1 here,
    JPEG q90 unless `--tile-format png`), on the same slides, each measured once, wall clock
    (`time.perf_counter`), with the slide files warm in the page cache (they
    were just written or read):
@@ -45,6 +45,27 @@ What it does, in one process:
        detection, no encoding, no Beam.
    (c2) (c) and encoding each tile as (a) does: the least work that yields
        (a)'s bags once the tiles are known.
+   (c3) The necessary work alone, one thread: no Beam, no `tile_slide`, no
+       `TiffSlide`. Per slide, `tifffile.TiffFile` opens the file; every
+       TIFF tile of the lowest level is read (`fh.read`) and decoded by
+       tifffile's per-segment `page.decode(data, index,
+       jpegtables=page.jpegtables)`, as `components/slide_reader.py` does
+       (as fast as `page.asarray(maxworkers=1)` here, and it is the same
+       decode as the tile step), and the level is shrunk to the pipeline's
+       thumbnail (`components.tiling.THUMBNAIL_MAX_SIDE`, by
+       `slide_reader.area_average`, so the mask sees the same pixels); then
+       `tissue.tissue_mask`, `tissue.tile_tissue_fractions` and
+       `tissue.select_tiles` choose the tiles, only the TIFF tiles under each
+       chosen 256 px tile of the tiled level are decoded (decoded TIFF tiles
+       kept in a plain dict for the slide, since neighbouring tiles share
+       them) and assembled, and each tile is encoded as (a) does
+       (`components.tiling.encode_tile`, after `resize_to` if set). The
+       level is the pipeline's own, `components.tiling.choose_scale` on the
+       opened slide, learnt once per distinct file before the clock starts
+       (metadata, ~4 ms a slide); (c3) cuts it as it is and refuses a slide
+       the pipeline would read at another scale and shrink. Its tiles must
+       be (a)'s (`same tiles as (a)` in the notes; a warning if not).
+       Targets: (a)/(c3) >= 0.6 and (d)/(c3) >= 1.0.
    (d1) `run_tile_job` with `--direct_running_mode=multi_processing
        --direct_num_workers=1`: one worker process, as (d) runs them.
    (d) the same with `--direct_num_workers=2`; (d)/(d1) is the scaling from
@@ -76,14 +97,15 @@ What it does, in one process:
    in a reader without one), wrapped at run time, never edited, during (c)
    and (e); (a) and (d) run
    the same `tile_slide` so they decode what (e) decodes; for (b) it is every
-   TIFF tile of level 1. "Tissue in chosen tiles" is the mean fraction of
-   non-white pixels (any channel < `components.tissue.WHITE_LEVEL`) over the
-   tiles each method keeps, a check that a faster method does not pick worse
-   tiles. tiles/s counts tiles cut from the slide (bag padding excluded).
+   TIFF tile of level 1; (c3) counts its own `page.decode` calls. "Tissue in
+   chosen tiles" is the mean fraction of non-white pixels (any channel <
+   `components.tissue.WHITE_LEVEL`) over the tiles each method keeps, a check
+   that a faster method does not pick worse tiles. tiles/s counts tiles cut
+   from the slide (bag padding excluded).
 
 3. Prints a Markdown table (rates and the throughput ratios (a)/(b),
-   (a)/(c), (d)/(a)) and writes it, with all raw numbers, to
-   `WORKDIR/tiling_results.json`.
+   (a)/(c), (d)/(a), (a)/(c3), (d)/(c3)) and writes it, with all raw
+   numbers, to `WORKDIR/tiling_results.json`.
 """
 
 from __future__ import annotations
@@ -113,7 +135,8 @@ import tifffile  # noqa: E402
 
 from histopipe.components import bag_features, slide_reader, synthetic, tissue  # noqa: E402
 from histopipe.components.tile_job import bag_files, run_tile_job  # noqa: E402
-from histopipe.components.tiling import encode_tile, tile_slide  # noqa: E402
+from histopipe.components.tiling import (  # noqa: E402
+    THUMBNAIL_MAX_SIDE, choose_scale, encode_tile, tile_slide)
 from histopipe.core.configs import PipelineConfig, TilingConfig, full_config  # noqa: E402
 
 DEFAULT_WORKDIR = os.path.join(tempfile.gettempdir(), "histopipe-bench", "tiling")
@@ -382,17 +405,18 @@ def level_segment_count(path: str, level: int) -> int:
 
 
 def bench_kaggle(key: str, method: str, paths: Sequence[str], tiling: TilingConfig,
-                 maxworkers: Optional[int]) -> Result:
+                 level: int, maxworkers: Optional[int]) -> Result:
+  """(b) on `level`, the level (a) tiles."""
   tissue_values, tiles_kept = [], 0
   start = time.perf_counter()
   for path in paths:
-    tiles = kaggle_tiles(path, tiling.level, tiling.tile_size, tiling.tiles_per_slide,
+    tiles = kaggle_tiles(path, level, tiling.tile_size, tiling.tiles_per_slide,
                          maxworkers)
     encoded = [encode_tile(tile, tiling) for tile in tiles]
     tiles_kept += len(encoded)
     tissue_values.extend(tiles)  # arrays; scored after the clock stops
   seconds = time.perf_counter() - start
-  decoded = np.mean([level_segment_count(p, tiling.level) for p in paths])
+  decoded = np.mean([level_segment_count(p, level) for p in paths])
   tissue_mean = float(np.mean([non_white_fraction(t) for t in tissue_values]))
   threads = "tifffile default threads" if maxworkers is None else f"maxworkers={maxworkers}"
   return Result(key, method, seconds, len(paths), tiles_kept, float(decoded), tissue_mean,
@@ -432,6 +456,102 @@ def bench_floor_and_encode(key: str, method: str, paths_by_id: Dict[str, str],
         tiles_read += 1
   seconds = time.perf_counter() - start
   return Result(key, method, seconds, len(bags), tiles_read, notes=tiling.tile_format)
+
+
+def pipeline_level(path: str, tiling: TilingConfig) -> Tuple[int, float]:
+  """(index, downsample) of the level the pipeline tiles in `path`:
+  `choose_scale` on the opened slide, so (c3) follows whatever rule it has."""
+  with slide_reader.open_slide(path, tiling.reader) as slide:
+    scale = choose_scale(slide, tiling)
+    with tifffile.TiffFile(path) as tif:  # (c3) takes level i as page i (PANDA layout)
+      sizes = [(p.imagewidth, p.imagelength) for p in tif.pages]
+      tiled = all(p.is_tiled for p in tif.pages)
+    if sizes != [(l.width, l.height) for l in slide.levels] or not tiled:
+      raise ValueError(f"{path}: (c3) needs one tiled TIFF page per level, largest first")
+  if scale.read_factor != 1.0:
+    raise ValueError(f"{path}: (c3) cuts a level as it is; the pipeline would shrink "
+                     f"level {scale.level.index} by {scale.read_factor:.3g}")
+  return scale.level.index, float(scale.downsample)
+
+
+def decode_tiff_tile(fh, page, index: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+  """One TIFF tile, read and decoded by tifffile, and its (y, x) in the page."""
+  fh.seek(page.dataoffsets[index])
+  data = fh.read(page.databytecounts[index])
+  segment, indices, _ = page.decode(data, index, jpegtables=page.jpegtables)
+  return segment[0], (indices[2], indices[3])
+
+
+def necessary_work(path: str, level_index: int, tiling: TilingConfig,
+                   counts: collections.Counter) -> List[Tuple[int, int]]:
+  """(c3) on one slide: the (x, y) of its chosen, encoded tiles at the level;
+  `counts` gets the TIFF tiles decoded, per level."""
+  size = tiling.tile_size
+  with tifffile.TiffFile(path) as tif:
+    fh = tif.filehandle
+    # 1. The lowest level, every TIFF tile decoded, shrunk to the thumbnail.
+    lowest = tif.pages[len(tif.pages) - 1]
+    image = np.full((lowest.imagelength, lowest.imagewidth, 3), 255, np.uint8)
+    for index in range(len(lowest.dataoffsets)):
+      segment, (y, x) = decode_tiff_tile(fh, lowest, index)
+      h, w = min(segment.shape[0], lowest.imagelength - y), min(segment.shape[1],
+                                                                lowest.imagewidth - x)
+      image[y:y + h, x:x + w] = segment[:h, :w]
+    counts[len(tif.pages) - 1] += len(lowest.dataoffsets)
+    factor = max(1, -(-max(image.shape[:2]) // THUMBNAIL_MAX_SIDE))
+    thumbnail = slide_reader.area_average(image, factor) if factor > 1 else image
+    # 2. The mask and the choice of tiles.
+    page = tif.pages[level_index]
+    width, height = page.imagewidth, page.imagelength
+    fractions = tissue.tile_tissue_fractions(tissue.tissue_mask(thumbnail), width, height, size)
+    chosen = tissue.select_tiles(fractions, tiling.tiles_per_slide, tiling.min_tissue_fraction)
+    # 3. Only the TIFF tiles under the chosen tiles, each decoded once per slide.
+    decoded: Dict[int, Tuple[np.ndarray, Tuple[int, int]]] = {}
+    across = -(-width // page.tilewidth)
+    xy = []
+    for choice in chosen:
+      x, y = choice.col * size, choice.row * size
+      x1, y1 = min(x + size, width), min(y + size, height)
+      tile = np.full((size, size, 3), 255, np.uint8)
+      for row in range(y // page.tilelength, (y1 - 1) // page.tilelength + 1):
+        for col in range(x // page.tilewidth, (x1 - 1) // page.tilewidth + 1):
+          index = row * across + col
+          if index not in decoded:
+            decoded[index] = decode_tiff_tile(fh, page, index)
+          segment, (seg_y, seg_x) = decoded[index]
+          ix0, iy0 = max(seg_x, x), max(seg_y, y)
+          ix1 = min(seg_x + segment.shape[1], x1)
+          iy1 = min(seg_y + segment.shape[0], y1)
+          tile[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = segment[
+              iy0 - seg_y:iy1 - seg_y, ix0 - seg_x:ix1 - seg_x]
+      # 4. Encoded as (a) encodes it.
+      if tiling.resize_to and tiling.resize_to != size:
+        tile = cv2.resize(tile, (tiling.resize_to,) * 2, interpolation=cv2.INTER_AREA)
+      encode_tile(tile, tiling)
+      xy.append((x, y))
+    counts[level_index] += len(decoded)
+  return xy
+
+
+def bench_necessary_work(key: str, method: str, paths_by_id: Dict[str, str],
+                         tiling: TilingConfig, reference: Dict[str, ChosenTiles]
+                         ) -> Tuple[Result, Dict[str, ChosenTiles]]:
+  """(c3): mask, choice, decode and encode on one thread, with tifffile and
+  the pipeline's pure functions only; its tiles are checked against (a)'s."""
+  levels = {path: pipeline_level(path, tiling) for path in set(paths_by_id.values())}
+  counts: collections.Counter = collections.Counter()
+  chosen: Dict[str, List[Tuple[int, int]]] = {}
+  start = time.perf_counter()
+  for image_id, path in paths_by_id.items():
+    chosen[image_id] = necessary_work(path, levels[path][0], tiling, counts)
+  seconds = time.perf_counter() - start
+  bags = {image_id: ChosenTiles(*levels[paths_by_id[image_id]], tiling.tile_size, xy, [])
+          for image_id, xy in chosen.items()}
+  same = same_tiles(bags, reference)
+  return Result(key, method, seconds, len(bags), sum(len(xy) for xy in chosen.values()),
+                sum(counts.values()) / len(bags),
+                notes=f"segments decoded per level: {dict(sorted(counts.items()))}; "
+                f"{tiling.tile_format}; {'same' if same else 'OTHER'} tiles as (a)"), bags
 
 
 def bench_plain_loop(key: str, method: str, paths: Sequence[str],
@@ -517,7 +637,7 @@ def same_tiles(bags: Dict[str, ChosenTiles], reference: Dict[str, ChosenTiles]) 
 def throughput_ratios(results: Dict[str, Result]) -> Dict[str, float]:
   """slides/s of the first over slides/s of the second (= time ratio inverted)."""
   pairs = {"(a)/(b)": ("a", "b"), "(a)/(b1)": ("a", "b1"), "(a)/(c)": ("a", "c"),
-           "(a)/(c2)": ("a", "c2"),
+           "(a)/(c2)": ("a", "c2"), "(a)/(c3)": ("a", "c3"), "(d)/(c3)": ("d", "c3"),
            "(d)/(d1)": ("d", "d1"), "(d)/(a)": ("d", "a"), "(e)/(c)": ("e", "c"),
            "(f)/(a)": ("f", "a"), "(f)/(f2)": ("f", "f2")}
   return {name: results[x].slides_per_s / results[y].slides_per_s
@@ -617,15 +737,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       "a", "`run_tile_job`, Beam in-memory, 1 worker", data_dir,
       os.path.join(args.workdir, "out_1_worker"), config, BEAM_ONE_WORKER)
   log("(b) Kaggle baseline: whole level decode, darkest tiles")
-  results["b"] = bench_kaggle("b", "Kaggle notebook: whole level 1 decoded, darkest tiles",
-                              paths, tiling, maxworkers=None)
-  results["b1"] = bench_kaggle("b1", "same, tifffile decode on 1 thread", paths, tiling,
+  level, _ = pipeline_level(paths[0], tiling)  # the bench's slides share one layout
+  results["b"] = bench_kaggle("b", f"Kaggle notebook: whole level {level} decoded, darkest tiles",
+                              paths, tiling, level, maxworkers=None)
+  results["b1"] = bench_kaggle("b1", "same, tifffile decode on 1 thread", paths, tiling, level,
                                maxworkers=1)
   log("(c) floor: read_region on (a)'s tiles only")
   results["c"] = bench_floor("c", "floor: decode only the TIFF tiles under (a)'s tiles",
                              paths_by_id, bags)
   results["c2"] = bench_floor_and_encode(
       "c2", "(c) and encoding each tile as (a) does", paths_by_id, bags, tiling)
+  log("(c3) the necessary work alone, one thread: mask, choice, decode, encode")
+  results["c3"], bags_c3 = bench_necessary_work(
+      "c3", "necessary work alone, one thread: lowest level decoded, mask, choice, "
+      "TIFF tiles under the chosen tiles decoded, encoded", paths_by_id, tiling, bags)
+  if not same_tiles(bags_c3, bags):
+    log("WARNING: (c3) chose other tiles than (a)")
   if not args.skip_multiprocess:
     for key, method, beam_args in (
         ("d1", "`run_tile_job`, Beam multi-processing, 1 worker", BEAM_ONE_WORKER_PROCESS),
@@ -673,7 +800,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   context = {"slides": len(slides), "drawn": len(drawn), "copies": args.copies,
              "copies_note": copies_note, "level0": f"{args.width} x {args.height}",
              "tiles_per_slide": tiling.tiles_per_slide, "tile_size": tiling.tile_size,
-             "level": tiling.level, "tile_format": tiling.tile_format,
+             "level": level, "tile_format": tiling.tile_format,
              "cpus": os.cpu_count(),
              "cpus_busy_elsewhere": [round(busy_before, 2), round(cpus_busy_elsewhere(), 2)]}
   table = markdown_table(results, ratios, context)
