@@ -73,6 +73,17 @@ def _single_strip_bomb(path, side: int) -> None:
     f.write(b"II*\x00" + struct.pack("<I", ifd_at) + ifd + struct.pack("<I", 0) + strip)
 
 
+def _looping_ifd_chain(path) -> None:
+  """A two-page tiled TIFF whose last IFD points back at the first."""
+  _tiled_tiff(path, pages=2)
+  data = bytearray(path.read_bytes())
+  with tifffile.TiffFile(path) as tif:
+    first, last = tif.pages[0].offset, tif.pages[1].offset
+  (count,) = struct.unpack_from("<H", data, last)
+  struct.pack_into("<I", data, last + 2 + 12 * count, first)
+  path.write_bytes(bytes(data))
+
+
 def _many_tiles_tiff(path, side: int, tile: int = 16) -> None:
   """An RGB TIFF of side x side px in tile x tile px deflate tiles, every tile
   offset pointing at the same few bytes: small on disk, but (side / tile)^2
@@ -142,13 +153,7 @@ def test_an_ifd_chain_that_loops_back_ends(tmp_path):
   """The last IFD points back at the first: the reader must stop (tifffile
   walks such a chain forever if its pages are iterated before counted)."""
   path = tmp_path / "loop.tif"
-  _tiled_tiff(path, pages=2)
-  data = bytearray(path.read_bytes())
-  with tifffile.TiffFile(path) as tif:
-    first, last = tif.pages[0].offset, tif.pages[1].offset
-  (count,) = struct.unpack_from("<H", data, last)
-  struct.pack_into("<I", data, last + 2 + 12 * count, first)
-  path.write_bytes(bytes(data))
+  _looping_ifd_chain(path)
   script = f"""
       from histopipe.components.tiling import tile_slide
       from histopipe.components.slide_reader import SlideError
@@ -251,13 +256,7 @@ def test_a_job_of_hostile_files_stays_under_1_gb(tiny_dataset, tmp_path):
   images = data / "train_images"
   _single_strip_bomb(images / "bomb.tiff", 16384)
   _many_tiles_tiff(images / "slow.tiff", 8192)
-  _tiled_tiff(images / "loop.tiff", pages=2)
-  loop = bytearray((images / "loop.tiff").read_bytes())
-  with tifffile.TiffFile(images / "loop.tiff") as tif:
-    first, last = tif.pages[0].offset, tif.pages[1].offset
-  (count,) = struct.unpack_from("<H", loop, last)
-  struct.pack_into("<I", loop, last + 2 + 12 * count, first)
-  (images / "loop.tiff").write_bytes(bytes(loop))
+  _looping_ifd_chain(images / "loop.tiff")
   _tiled_tiff(images / "absurd.tiff")
   _set_tag(images / "absurd.tiff", 256, 1_000_000)
   _set_tag(images / "absurd.tiff", 257, 1_000_000)

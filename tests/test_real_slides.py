@@ -48,6 +48,11 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
   return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
+def _decoded(tile: bytes) -> np.ndarray:
+  return cv2.cvtColor(cv2.imdecode(np.frombuffer(tile, np.uint8), cv2.IMREAD_COLOR),
+                      cv2.COLOR_BGR2RGB)
+
+
 def _on_white(rgba: np.ndarray) -> np.ndarray:
   """OpenSlide's RGBA (transparent outside the scan) on a white background."""
   alpha = rgba[..., 3:4] / 255.0
@@ -86,8 +91,7 @@ def test_every_real_slide_is_tiled_like_the_reference_or_rejected_with_its_reaso
   valid = [i for i, v in enumerate(bag.tile_valid) if v]
   assert valid, "no tile kept"
   for i in valid:
-    ours = cv2.cvtColor(cv2.imdecode(np.frombuffer(bag.tiles[i], np.uint8), cv2.IMREAD_COLOR),
-                        cv2.COLOR_BGR2RGB)
+    ours = _decoded(bag.tiles[i])
     reference = _reference_tile(path, bag.tile_x[i], bag.tile_y[i], bag.tile_size)
     if name in JPEG_SOURCES:
       assert _psnr(ours, reference) >= 33, (name, i)
@@ -117,8 +121,7 @@ def test_a_reader_can_be_forced_in_the_config():
     return
   # If tifffile does read it, its pixels must be OpenSlide's.
   i = bag.tile_valid.index(1)
-  ours = cv2.cvtColor(cv2.imdecode(np.frombuffer(bag.tiles[i], np.uint8), cv2.IMREAD_COLOR),
-                      cv2.COLOR_BGR2RGB)
+  ours = _decoded(bag.tiles[i])
   assert _psnr(ours, _reference_tile(path, bag.tile_x[i], bag.tile_y[i], bag.tile_size)) >= 33
 
 
@@ -130,8 +133,7 @@ def test_the_tiny_slides_at_their_own_size():
   tiny = dataclasses.replace(TILING, tile_size=16, tiles_per_slide=1, min_tissue_fraction=0.0)
   small = str(REAL_SLIDES / "small.svs")
   bag = tile_slide(small, tiny).bag
-  ours = cv2.cvtColor(cv2.imdecode(np.frombuffer(bag.tiles[0], np.uint8), cv2.IMREAD_COLOR),
-                      cv2.COLOR_BGR2RGB)
+  ours = _decoded(bag.tiles[0])
   assert _psnr(ours, _reference_tile(small, 0, 0, 16)) >= 33
   with pytest.raises(SlideError, match="cannot decode TIFF segment"):
     tile_slide(str(REAL_SLIDES / "unreadable.svs"), tiny)
@@ -157,11 +159,6 @@ def test_levels_and_regions_with_signal_equal_openslides(name):
           (round(x * level.downsample), round(y * level.downsample)), level.index, (size, size))))
       assert mine.std() > 2, f"{name} level {level.index}: no signal to compare"
       assert _psnr(mine, theirs) >= 33, (name, level.index)
-
-
-def _decoded(tile: bytes) -> np.ndarray:
-  return cv2.cvtColor(cv2.imdecode(np.frombuffer(tile, np.uint8), cv2.IMREAD_COLOR),
-                      cv2.COLOR_BGR2RGB)
 
 
 def test_a_scan_without_the_level_asked_for_is_read_finer_and_shrunk():

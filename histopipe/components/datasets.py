@@ -106,25 +106,29 @@ def with_detected_format(config, data_dir: str):
 
 def slide_pattern(data_dir: str, pattern: str) -> str:
   """The glob the slides are searched with: `pattern` (relative to the data
-  folder, or absolute), or by default `train_images/*` when that folder
-  exists, else the data folder's own files."""
-  pattern = pattern or default_slide_pattern(data_dir)
-  return pattern if storage.is_url(pattern) else storage.join(data_dir, pattern)
+  folder, or absolute), or by default `train_images/*` when slides are there
+  (PANDA), else the data folder's own files."""
+  if pattern:
+    return pattern if storage.is_url(pattern) else storage.join(data_dir, pattern)
+  return storage.join(data_dir, default_slide_pattern(data_dir))
 
 
 def default_slide_pattern(data_dir: str) -> str:
-  """`train_images/*` when slides are there (PANDA), else `*`: the files in
-  the data folder itself."""
-  in_panda_folder = storage.glob(storage.join(data_dir, PANDA_SLIDES))
-  if any(path.lower().endswith(SLIDE_SUFFIXES) for path in in_panda_folder):
-    return PANDA_SLIDES
-  return "*"
+  """`train_images/*` when slides are there, else `*` (relative)."""
+  return PANDA_SLIDES if _slides_matching(storage.join(data_dir, PANDA_SLIDES)) else "*"
+
+
+def _slides_matching(full_pattern: str) -> List[str]:
+  return [path for path in storage.glob(full_pattern) if path.lower().endswith(SLIDE_SUFFIXES)]
 
 
 def slide_files(data_dir: str, pattern: str) -> List[str]:
-  """The slide files `slide_pattern` finds, of the types the readers take."""
-  return [path for path in storage.glob(slide_pattern(data_dir, pattern))
-          if path.lower().endswith(SLIDE_SUFFIXES)]
+  """The slide files `slide_pattern` finds, of the types the readers take
+  (the default's folder listed once)."""
+  if pattern:
+    return _slides_matching(slide_pattern(data_dir, pattern))
+  return (_slides_matching(storage.join(data_dir, PANDA_SLIDES)) or
+          _slides_matching(storage.join(data_dir, "*")))
 
 
 def _require_most_files(labels, paths, data_dir: str, pattern: str, labels_name: str) -> None:
