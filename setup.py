@@ -33,10 +33,13 @@ setup(
         "fsspec",
         "gcsfs",
         "google-crc32c",
+        # Slide formats tifffile cannot read (NDPI, MRXS, SCN, BIF, Philips):
+        # OpenSlide from a wheel that carries its own library; DICOM WSI.
+        "openslide-python",
+        "openslide-bin",
+        "wsidicom",
     ],
-    # OpenSlide is a test-only dependency: an independent reader to check tiles
-    # against; the GCS emulator is a real GCS API server for the bucket tests.
-    extras_require={"test": ["pytest", "openslide-python", "openslide-bin",
-                             "gcp-storage-emulator"]},
+    # The GCS emulator is a real GCS API server for the bucket tests.
+    extras_require={"test": ["pytest", "gcp-storage-emulator"]},
     entry_points={"console_scripts": ["histopipe=histopipe.cli:main"]},
 )

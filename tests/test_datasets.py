@@ -16,6 +16,8 @@ from histopipe.components.labels import LabelFileError
 from histopipe.components.tile_job import bag_files, run_tile_job
 from histopipe.core.configs import demo_config
 
+from tests.dicom_wsi import write_dicom_wsi
+
 
 def _auto_config():
   """The demo config with the format detected from the folder, as `histopipe tile` does."""
@@ -128,8 +130,9 @@ REAL_SLIDES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fix
 
 
 def test_a_folder_of_scanner_files_with_a_label_csv_needs_no_config(tmp_path, capsys):
-  """Aperio and Hamamatsu files side by side in one folder, a label CSV with
-  PANDA's columns under another name, and a file that is not a slide:
+  """Aperio and Hamamatsu files and a DICOM slide folder side by side in one
+  folder, a label CSV with PANDA's columns under another name, and a file
+  that is not a slide:
   `histopipe tile --data D --labels L` finds the slides (any type the
   readers take), tells the format from the CSV's columns and tiles them."""
   import shutil
@@ -139,17 +142,18 @@ def test_a_folder_of_scanner_files_with_a_label_csv_needs_no_config(tmp_path, ca
   shutil.copy(os.path.join(REAL_SLIDES, "CMU-1-Small-Region.svs"), data / "case-1.svs")
   shutil.copy(os.path.join(REAL_SLIDES, "CMU-1-Small-Region.svs"), data / "case-2.SVS")
   shutil.copy(os.path.join(REAL_SLIDES, "test3-DAPI-2.ndpi"), data / "case-3.ndpi")
+  write_dicom_wsi(os.path.join(REAL_SLIDES, "CMU-1-Small-Region.svs"), str(data / "case-4"), 0.499)
   (data / "notes.txt").write_text("not a slide")
   (data / "grades.csv").write_text("image_id,data_provider,isup_grade,gleason_score\n"
                                    "case-1,lab,2,3+4\ncase-2,lab,0,negative\n"
-                                   "case-3,lab,1,3+3\n")
+                                   "case-3,lab,1,3+3\ncase-4,lab,3,4+4\n")
   out = tmp_path / "out"
   assert cli.main(["tile", "--data", str(data), "--labels", "grades.csv",
                    "--out", str(out)]) == 0
-  assert "3 of 3 slides tiled" in capsys.readouterr().out
+  assert "4 of 4 slides tiled" in capsys.readouterr().out
   with open(out / "slides.csv", encoding="utf-8") as f:
     assert {row["image_id"]: row["status"] for row in csv.DictReader(f)} == {
-        "case-1": "written", "case-2": "written", "case-3": "written"}
+        "case-1": "written", "case-2": "written", "case-3": "written", "case-4": "written"}
 
 
 def test_slides_elsewhere_are_one_clear_error_and_slides_glob_finds_them(tmp_path, capsys):

@@ -35,8 +35,8 @@ EXPECTED = {
     "small.svs": ("tifffile", "smaller than one 64 px tile"),
     "unreadable.svs": ("tifffile", "smaller than one 64 px tile"),
     "unopenable.tiff": ("tifffile", "smaller than one 64 px tile"),
-    "boxes_0.dcm": ("openslide", "smaller than one 64 px tile"),
-    "boxes_1.dcm": ("openslide", "smaller than one 64 px tile"),
+    "boxes_0.dcm": ("wsidicom", "smaller than one 64 px tile"),
+    "boxes_1.dcm": ("wsidicom", "smaller than one 64 px tile"),
     "broken.svs": ("tifffile", "not a readable TIFF"),
 }
 # Where the source pixels are JPEG, two decoders may round differently.

@@ -26,6 +26,7 @@ import hashlib
 import re
 from typing import List, NamedTuple, Optional
 
+from histopipe.components import dicom_reader
 from histopipe.components.labels import (PANDA_COLUMNS, SlideLabel, read_binary_labels,
                                          read_panda_labels)
 from histopipe.components.slide_reader import SLIDE_SUFFIXES
@@ -38,6 +39,7 @@ PANDA_SLIDES = "train_images/*"
 PCAM_LABELS = "train_labels.csv"
 PCAM_PATCHES = "train/*.tif"
 IDC_PATCHES = "*/*/*.png"
+PATCH_SUFFIXES = (".png", ".jpg", ".jpeg")
 IDC_NAME = re.compile(r"(?P<patient>.+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<label>[01])\.png")
 
 
@@ -53,7 +55,16 @@ class SlideTask(NamedTuple):
 
 
 def image_id_from_path(path: str) -> str:
-  return storage.basename(path).split(".", 1)[0]
+  """The file's name without its image type (`.svs`, `.ome.tiff`, `.png`,
+  ...), so dotted names keep their dots (TCGA's `...-DX1.<uuid>.svs`, a
+  DICOM instance named by its UID); a slide folder (DICOM) keeps its name."""
+  name = storage.basename(path.rstrip("/"))
+  lowered = name.lower()
+  for suffix in SLIDE_SUFFIXES + PATCH_SUFFIXES:
+    if lowered.endswith(suffix) and len(name) > len(suffix):
+      name = name[:-len(suffix)]
+      break
+  return name[:-len(".ome")] if name.lower().endswith(".ome") else name
 
 
 class DatasetError(UserError, ValueError):
@@ -119,7 +130,21 @@ def default_slide_pattern(data_dir: str) -> str:
 
 
 def _slides_matching(full_pattern: str) -> List[str]:
-  return [path for path in storage.glob(full_pattern) if path.lower().endswith(SLIDE_SUFFIXES)]
+  """Matching files of a slide type, and local folders of DICOM instances
+  (one slide each); the loose `.dcm` instances of one slide listed once."""
+  matches = storage.glob(full_pattern)
+  slides = [path for path in matches
+            if path.lower().endswith(SLIDE_SUFFIXES) or
+            (not storage.is_url(path) and dicom_reader.is_dicom_folder(path))]
+  return slides if storage.is_url(full_pattern) else dicom_reader.one_file_per_slide(slides)
+
+
+def files_of_slide(path: str) -> List[str]:
+  """The files reading the slide `path` opens: a DICOM slide's instances, or the file."""
+  if storage.is_url(path) or not (path.lower().endswith(dicom_reader.DICOM_SUFFIX) or
+                                  dicom_reader.is_dicom_folder(path)):
+    return [path]
+  return dicom_reader.instance_files(path)
 
 
 def slide_files(data_dir: str, pattern: str) -> List[str]:
@@ -228,8 +253,8 @@ def input_files(data_dir: str, data_format: str, pattern: str,
   if data_format == "idc":
     return storage.glob(storage.join(data_dir, IDC_PATCHES))
   if data_format == "panda":
-    return [labels_path(data_dir, labels_file or PANDA_LABELS)] + slide_files(data_dir,
-                                                                              pattern)
+    return [labels_path(data_dir, labels_file or PANDA_LABELS)] + [
+        file for slide in slide_files(data_dir, pattern) for file in files_of_slide(slide)]
   if data_format == "pcam":
     return [labels_path(data_dir, labels_file or PCAM_LABELS)] + storage.glob(
         storage.join(data_dir, PCAM_PATCHES))

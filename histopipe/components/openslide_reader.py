@@ -1,14 +1,14 @@
 """Slides tifffile cannot read or decodes wrongly, through OpenSlide.
 
 Hamamatsu NDPI (JPEG strips with restart markers), 3DHistech MRXS, Leica SCN,
-Ventana BIF, Philips TIFF and DICOM WSI: OpenSlide (`openslide-python` with
+Ventana BIF and Philips TIFF (DICOM WSI too, when the config names it; by
+default DICOM goes to `dicom_reader`): OpenSlide (`openslide-python` with
 the `openslide-bin` wheel, no system library) reads them all. The class has
 the interface of `slide_reader.TiffSlide` (levels, mpp, read_region,
 read_level, thumbnail), so tiling does not know which backend ran.
 
 OpenSlide reads local files only, and its `get_thumbnail` reads a whole level
-into memory; `thumbnail` here reads the smallest level in bands instead, so
-memory stays at one band plus the thumbnail whatever the slide's size.
+into memory; `thumbnail` here reads the smallest level in bands instead.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from histopipe.components.slide_reader import (PLAUSIBLE_MPP, WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS,
-                                               Level, ReadLimits, SlideError, area_average,
-                                               thumbnail_level)
+from histopipe.components.slide_reader import (PLAUSIBLE_MPP, Level, ReadLimits, SlideError,
+                                               banded_thumbnail)
 
 
 def _rgb(rgba: np.ndarray) -> np.ndarray:
@@ -88,19 +87,6 @@ class OpenSlideSlide:
 
   def thumbnail(self, max_side: int = 2048,
                 max_downsample: float = float("inf")) -> Tuple[np.ndarray, float]:
-    """The slide at most `max_side` px on its long side, and its downsample:
-    the smallest level at most `max_downsample`, area-averaged, read in
-    bands of rows."""
-    level = thumbnail_level(self.levels, max_downsample)
-    self.limits.check_level(self.path, level)
-    factor = max(1, -(-max(level.width, level.height) // max_side))
-    if factor == 1:
-      return self.read_level(level.index), level.downsample
-    if level.width * level.height <= WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS:
-      return area_average(self.read_level(level.index), factor), level.downsample * factor
-    rows = max(factor, (WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS // level.width) // factor * factor)
-    bands = [area_average(self.read_region(level.index, 0, top, level.width,
-                                           min(rows, level.height - top)), factor)
-             for top in range(0, level.height, rows)]
-    return np.concatenate(bands, axis=0), level.downsample * factor
-
+    """The slide at most `max_side` px on its long side, and its downsample
+    (`slide_reader.banded_thumbnail`)."""
+    return banded_thumbnail(self, max_side, max_downsample)

@@ -56,7 +56,8 @@ PLAUSIBLE_MPP = (0.05, 20.0)
 
 
 # File name endings of whole slides the backends read (tifffile: TIFF family;
-# OpenSlide: Aperio, Hamamatsu, 3DHistech, Leica, Ventana, Philips, DICOM).
+# OpenSlide: Aperio, Hamamatsu, 3DHistech, Leica, Ventana, Philips; wsidicom:
+# DICOM, whose slides can also be folders of `.dcm` files).
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".vms", ".mrxs", ".scn", ".bif",
                   ".svslide", ".dcm")
 
@@ -109,12 +110,18 @@ class ReadLimits:
 
 
 def choose_backend(path: str, backend: str = "auto") -> str:
-  """"tifffile" or "openslide" for `path`: by content (OpenSlide's format
-  detection) unless `backend` names one. Objects in a bucket go to tifffile,
-  which reads byte ranges; OpenSlide reads local files only."""
+  """"tifffile", "openslide" or "wsidicom" for `path`: by content (a folder of
+  `.dcm` files or a DICOM file: wsidicom; else OpenSlide's format detection)
+  unless `backend` names one. Objects in a bucket go to tifffile, which reads
+  byte ranges; OpenSlide and the DICOM reader read local files only."""
   if backend != "auto":
     return backend
-  if storage.is_url(path) or not os.path.isfile(path):
+  if storage.is_url(path):
+    return "tifffile"
+  from histopipe.components import dicom_reader  # pylint: disable=import-outside-toplevel (it imports this module)
+  if dicom_reader.is_dicom_folder(path) or dicom_reader.is_dicom_file(path):
+    return "wsidicom"
+  if not os.path.isfile(path):
     return "tifffile"
   try:
     import openslide  # pylint: disable=import-outside-toplevel (loads a C library)
@@ -128,11 +135,18 @@ def choose_backend(path: str, backend: str = "auto") -> str:
 
 
 def open_slide(path: str, backend: str = "auto", limits: Optional[ReadLimits] = None):
-  """The slide at `path` through the backend `choose_backend` picks; both
+  """The slide at `path` through the backend `choose_backend` picks; the
   backends have the same interface (levels, mpp, read_region, read_level,
   thumbnail, close) and keep to `limits`."""
-  if choose_backend(path, backend) == "openslide":
+  chosen = choose_backend(path, backend)
+  if chosen == "wsidicom":
+    from histopipe.components.dicom_reader import DicomSlide  # pylint: disable=import-outside-toplevel (it imports this module)
+    return DicomSlide(path, limits)
+  if chosen == "openslide":
     from histopipe.components.openslide_reader import OpenSlideSlide  # pylint: disable=import-outside-toplevel (it imports this module)
+    if os.path.isdir(path):  # a DICOM folder: OpenSlide opens a slide from any one instance
+      from histopipe.components.dicom_reader import instance_files  # pylint: disable=import-outside-toplevel
+      path = (instance_files(path) or [path])[0]
     return OpenSlideSlide(path, limits)
   return TiffSlide(path, limits)
 
@@ -391,6 +405,27 @@ def thumbnail_level(levels: List[Level], max_downsample: float) -> Level:
   smallest level can be a few dozen pixels wide (NDPI)."""
   fine_enough = [level for level in levels if level.downsample <= max_downsample]
   return max(fine_enough, key=lambda level: level.downsample) if fine_enough else levels[0]
+
+
+def banded_thumbnail(slide, max_side: int,
+                     max_downsample: float = float("inf")) -> Tuple[np.ndarray, float]:
+  """The thumbnail of a slide whose backend reads regions (OpenSlide,
+  wsidicom), and its downsample: the smallest level at most `max_downsample`
+  (`thumbnail_level`), area-averaged, read in bands of rows so memory stays at
+  one band plus the thumbnail whatever the level's size (OpenSlide's own
+  `get_thumbnail` reads the whole level)."""
+  level = thumbnail_level(slide.levels, max_downsample)
+  slide.limits.check_level(slide.path, level)
+  factor = max(1, -(-max(level.width, level.height) // max_side))
+  if factor == 1:
+    return slide.read_level(level.index), level.downsample
+  if level.width * level.height <= WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS:
+    return area_average(slide.read_level(level.index), factor), level.downsample * factor
+  rows = max(factor, (WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS // level.width) // factor * factor)
+  bands = [area_average(slide.read_region(level.index, 0, top, level.width,
+                                          min(rows, level.height - top)), factor)
+           for top in range(0, level.height, rows)]
+  return np.concatenate(bands, axis=0), level.downsample * factor
 
 
 def _segment_count(page) -> int:

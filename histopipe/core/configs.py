@@ -69,8 +69,9 @@ class TilingConfig:
   jpeg_quality: int = 90
   resize_to: int = 0  # 0 keeps tile_size; otherwise tiles are resized to this
   # Slide reader: "auto" picks by the file's content (tifffile for TIFF-family
-  # files it reads, OpenSlide for NDPI, MRXS, SCN, BIF, Philips, DICOM).
-  reader: Literal["auto", "tifffile", "openslide"] = "auto"
+  # files it reads, OpenSlide for NDPI, MRXS, SCN, BIF, Philips, wsidicom for
+  # DICOM WSI files and folders).
+  reader: Literal["auto", "tifffile", "openslide", "wsidicom"] = "auto"
   # A TIFF tile or strip that would decode to more bytes is refused before it
   # is decoded (a decompression bomb); a PANDA tile is 0.75 MB.
   max_segment_bytes: int = 256 * 2**20

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from histopipe.components import bag_features
+from histopipe.components import bag_features, dicom_reader
 from histopipe.components.datasets import image_id_from_path
 from histopipe.components.slide_reader import SlideError
 from histopipe.components.tiling import cut_bag
@@ -38,8 +38,8 @@ def run_model_dir(run_dir: str) -> str:
 
 def explain_slide(slide_path: str, model_dir: str, config: PipelineConfig, out_png: str) -> dict:
   """Writes the heatmap PNG; returns the slide's prediction record (as `predict` prints it)."""
-  if not storage.isfile(slide_path):
-    raise UserError(f"{slide_path}: no such slide file")
+  if not (storage.isfile(slide_path) or dicom_reader.is_dicom_folder(slide_path)):
+    raise UserError(f"{slide_path}: no such slide file (or folder of DICOM instances)")
   model = LoadedModel(model_dir)  # a SavedModel or a serving base's latest version
   image_id = image_id_from_path(slide_path)
   kind = "patch" if config.data.format in PATCH_FORMATS else "slide"

@@ -14,10 +14,10 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, TextIO,
 
 import numpy as np
 
-from histopipe.components import bag_features
+from histopipe.components import bag_features, dicom_reader
 from histopipe.components.bag_features import SlideBag
-from histopipe.components.datasets import image_id_from_path
-from histopipe.components.slide_reader import SlideError
+from histopipe.components.datasets import PATCH_SUFFIXES, image_id_from_path
+from histopipe.components.slide_reader import SLIDE_SUFFIXES as READER_SUFFIXES, SlideError
 from histopipe.components.tiling import cut_bag
 from histopipe.core import signatures
 from histopipe.core.configs import PATCH_FORMATS, PipelineConfig
@@ -25,23 +25,28 @@ from histopipe.core import storage
 from histopipe.core.errors import UserError
 from histopipe.core.progress import progress_bar
 
-SLIDE_SUFFIXES = (".tif", ".tiff", ".png")
+# What a folder given to predict/score is searched for: slides of every type
+# the readers take, and patches.
+SLIDE_SUFFIXES = READER_SUFFIXES + PATCH_SUFFIXES
 # Submission-style CSV headers: PANDA's and PCam's (Kaggle) column names.
 CSV_HEADER = {"isup": ("image_id", "isup_grade"), "binary": ("id", "label")}
 
 
 def find_slides(paths: Iterable[str]) -> List[str]:
-  """Files as given; folders searched recursively for slide/patch files.
-  Local paths or bucket URLs (core/storage). A path that does not exist is
-  the user's mistake: UserError."""
+  """Files as given; folders searched recursively for slide/patch files (a
+  DICOM slide once: by its folder when the series is alone in it), and a
+  folder of DICOM instances given itself is one slide. Local paths or bucket URLs (core/storage). A path that does not
+  exist is the user's mistake: UserError."""
   found = []
   for path in paths:
     if not storage.exists(path):
       raise UserError(f"{path}: no such slide file or folder")
-    if storage.isdir(path):
-      found.extend(storage.find(path, SLIDE_SUFFIXES))
-    else:
-      found.append(path)
+    if storage.is_url(path) or not dicom_reader.is_dicom_folder(path):
+      if storage.isdir(path):
+        found.extend(dicom_reader.one_file_per_slide(storage.find(path, SLIDE_SUFFIXES),
+                                                       root=path))
+        continue
+    found.append(path)
   return found
 
 
