@@ -324,7 +324,8 @@ class TiffSlide:
       sums[y0:y0 + len(rows), x0:x0 + len(cols)] += block
       counts[y0:y0 + len(rows), x0:x0 + len(cols), 0] += np.outer(
           np.diff(np.append(rows, seg_h)), np.diff(np.append(cols, seg_w)))
-    out = np.where(counts > 0, np.round(sums / np.maximum(counts, 1)), 255).astype(np.uint8)
+    out = np.where(counts > 0, np.floor(sums / np.maximum(counts, 1) + 0.5),
+                   255).astype(np.uint8)
     return out, level.downsample * factor
 
   def read_region(self, level: int, x: int, y: int, width: int,
@@ -447,19 +448,56 @@ def _segment_bytes(page) -> int:
 
 def area_average(image: np.ndarray, factor: int) -> np.ndarray:
   """`image` shrunk by `factor`: each output pixel is the mean of its
-  factor x factor block, the blocks on the right and bottom edges clipped."""
+  factor x factor block (halves rounded up), the blocks on the right and
+  bottom edges clipped.
+
+  The whole blocks of factors up to 8 go through OpenCV's area resize in
+  float32 (5x faster than the summed-area table on a PANDA lowest level):
+  for an integer factor it is the block sum times 1/factor^2, exact to
+  ~1e-3, while a mean that is not a tie is at least 1/64 from one, so the
+  rounding below is exact. The edge blocks and larger factors use the
+  summed-area table.
+  """
+  height, width = image.shape[:2]
+  full_height, full_width = height // factor * factor, width // factor * factor
+  if factor > _FAST_AREA_MAX_FACTOR or not full_height or not full_width:
+    return _area_average_by_table(image, factor)
+  out = np.empty((-(-height // factor), -(-width // factor)) + image.shape[2:], np.uint8)
+  means = cv2.resize(image[:full_height, :full_width].astype(np.float32),
+                     (full_width // factor, full_height // factor), interpolation=cv2.INTER_AREA)
+  out[:full_height // factor, :full_width // factor] = np.floor(
+      means + (0.5 + _TIE_MARGIN)).reshape(out[:full_height // factor,
+                                                :full_width // factor].shape)
+  if full_width < width:
+    out[:, -1] = _area_average_by_table(image[:, full_width:], factor)[:, 0]
+  if full_height < height:
+    out[-1, :] = _area_average_by_table(image[full_height:, :], factor)[0]
+  return out
+
+
+# Factors up to this take OpenCV's float32 area resize; its error (~f^2 x
+# 255 x 6e-8) stays well under the margin, and the margin under 1/f^2.
+_FAST_AREA_MAX_FACTOR = 8
+_TIE_MARGIN = 4e-3
+
+
+def _area_average_by_table(image: np.ndarray, factor: int) -> np.ndarray:
+  """`area_average` from a summed-area table: any factor, any edge."""
   height, width = image.shape[:2]
   # Block sums from the summed-area table: 4 corner lookups per block.
   # cv2 sums in int32, which wraps past 8 Mpx of white; the differences of
   # wrapped values are still exact, since each block sum is far below 2**31.
   table = cv2.integral(image)  # [height + 1, width + 1, 3]
+  if table.ndim == 2:
+    table = table[..., None]
   corners = _every(_every(table, factor, height, axis=0), factor, width, axis=1)
   sums = corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
   rows = np.diff(np.append(np.arange(0, height, factor), height))  # block heights
   cols = np.diff(np.append(np.arange(0, width, factor), width))
   counts = np.outer(rows, cols).astype(np.float32)[..., None]
-  # float32 rounds exactly as float64 here: sums < 2**24 and halves are exact.
-  return np.round(sums.astype(np.float32) / counts).astype(np.uint8)
+  # float32 is exact here: sums < 2**24, and a tie (k + 1/2) is representable.
+  means = np.floor(sums.astype(np.float32) / counts + 0.5).astype(np.uint8)
+  return means.reshape(means.shape[:2] + image.shape[2:])
 
 
 def _every(table: np.ndarray, step: int, end: int, axis: int) -> np.ndarray:
