@@ -11,7 +11,14 @@ in this process, on localhost). Per slide and repeat:
   total    tiling + serialization + the gRPC call
 
 Prints p50/p95 of `total` and each part's median and share, and writes
-JSON to --out. The model is whatever --model-dir holds: `make demo`'s
+JSON to --out.
+
+With `--concurrency 1,4,16`, a load phase follows against `histopipe
+serve-dev` in its own process (as a client meets a server): for each N,
+`histopipe predict`'s own loop (`slide_predictions.predict_slides`, N slides
+tiled and in flight at once) over the slides x repeats; per slide the time
+from its tiling's start to its answer, p50/p95/p99, and slides per second
+(with its ratio to N = 1). The model is whatever --model-dir holds: `make demo`'s
 pushed model (8 tiles of 64 px), or a `full`-preset one (36 tiles, 224 px).
 
     python bench/serving.py --model-dir demo/out/serving_model --data demo/data
@@ -22,8 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
+from concurrent import futures
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,7 +46,8 @@ from histopipe.components.tiling import cut_bag  # noqa: E402
 from histopipe.core.configs import load_config  # noqa: E402
 from histopipe.serving.client import GrpcPredictClient  # noqa: E402
 from histopipe.serving.dev_server import DevServer  # noqa: E402
-from histopipe.serving.slide_predictions import find_slides  # noqa: E402
+from histopipe.serving.slide_predictions import (find_slides, predict_one,  # noqa: E402
+                                                 predict_slides)
 
 
 def _percentile(values, q: float) -> float:
@@ -52,6 +63,8 @@ def main(argv=None) -> int:
   parser.add_argument("--slides", type=int, default=8, help="slides to use (default 8)")
   parser.add_argument("--repeats", type=int, default=5, help="passes over them (default 5)")
   parser.add_argument("--out", default="serving_results.json")
+  parser.add_argument("--concurrency", default="",
+                      help="comma-separated slides in flight for the load phase, e.g. 1,4,16")
   args = parser.parse_args(argv)
 
   config = load_config(args.config, preset=args.preset)
@@ -102,10 +115,64 @@ def main(argv=None) -> int:
   for part in parts:
     print(f"  {part:8s} median {medians[part] * 1e3:7.1f} ms  "
           f"({results['share_of_median_parts'][part]:.0%})")
+  if args.concurrency:
+    results["load"] = load_phase(args.model_dir, paths * args.repeats, config,
+                                 [int(n) for n in args.concurrency.split(",")])
   with open(args.out, "w") as f:
     json.dump(results, f, indent=2)
   print(f"results: {args.out}")
   return 0
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def load_phase(model_dir: str, paths, config, levels) -> list:
+  """predict's loop at each concurrency against a serve-dev process."""
+  port = _free_port()
+  server = subprocess.Popen([sys.executable, "-m", "histopipe", "serve-dev", "--model-dir",
+                             model_dir, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  rows = []
+  try:
+    client = GrpcPredictClient(f"localhost:{port}", "histopipe", retries=8)
+    client.signatures()  # waits until it serves
+    list(predict_slides(paths[:4], client, config))  # warm-up
+    print("\nload: slides in flight | p50 ms | p95 ms | p99 ms | slides/s | vs 1")
+    for level in levels:
+      latencies = []
+
+      def timed(path):
+        start = time.perf_counter()
+        record = predict_one(path, client, config)
+        latencies.append(time.perf_counter() - start)
+        return record
+
+      start = time.perf_counter()
+      with futures.ThreadPoolExecutor(level) as pool:
+        records = list(pool.map(timed, paths))
+      wall = time.perf_counter() - start
+      rejected = sum("rejected" in r for r in records)
+      if rejected:
+        raise RuntimeError(f"{rejected} slide(s) rejected at concurrency {level}")
+      row = {"concurrency": level, "slides": len(paths),
+             "p50_ms": _percentile(latencies, 50) * 1e3,
+             "p95_ms": _percentile(latencies, 95) * 1e3,
+             "p99_ms": _percentile(latencies, 99) * 1e3,
+             "slides_per_s": len(paths) / wall}
+      row["throughput_vs_1"] = row["slides_per_s"] / rows[0]["slides_per_s"] if rows else 1.0
+      rows.append(row)
+      print(f"  {level:4d} | {row['p50_ms']:6.0f} | {row['p95_ms']:6.0f} | "
+            f"{row['p99_ms']:6.0f} | {row['slides_per_s']:8.2f} | "
+            f"{row['throughput_vs_1']:.2f}", flush=True)
+    client.close()
+  finally:
+    server.kill()
+    server.wait()
+  return rows
 
 
 if __name__ == "__main__":

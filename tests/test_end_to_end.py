@@ -377,25 +377,13 @@ def test_editing_one_label_reruns_the_example_gen_and_every_step_below(runs):
   assert after.uri != before.uri
 
 
-def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(tmp_path, capsys):
+def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(pcam_run):
   """PCam layout: `histopipe synth --format pcam`, then `run` detects the
   format, tunes (two trials), trains the one-sigmoid model with the best
   values and gates it on AUC."""
-  data, out = tmp_path / "pcam", tmp_path / "out"
-  assert cli.main(["synth", "--format", "pcam", "--out", str(data), "--slides", "40"]) == 0
-  config = tmp_path / "config.json"
-  config.write_text(json.dumps({
-      "preset": "demo",
-      "model": {"backbone": "small_cnn", "input_size": 32, "dense_units": 16,
-                "attention_units": 8},
-      "training": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8},
-      "evaluation": {"min_auc": -1.0, "max_auc_drop": 2.0},
-      "tuning": {"enabled": True, "max_trials": 2, "epochs": 1,
-                 "learning_rates": [1e-3], "dropouts": [0.2], "poolings": ["mean", "max"]},
-  }))
-  assert cli.main(["run", "--data", str(data), "--out", str(out),
-                   "--config", str(config)]) == 0
-  printed = capsys.readouterr().out
+  out = pcam_run.out
+  assert pcam_run.exit_code == 0
+  printed = pcam_run.printed
   assert "slides: 40 tiled, 0 rejected of 40" in printed
   assert "eval ROC AUC:" in printed and "kappa" not in printed
   assert "blessed: yes" in printed

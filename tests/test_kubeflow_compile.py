@@ -40,21 +40,39 @@ def compiled(tmp_path_factory):
   return out, text, json_format.ParseDict(yaml.safe_load(text), pipeline_spec_pb2.PipelineSpec())
 
 
-def _task_name(name):
-  return "latest_blessed_model_resolver" if name.startswith("latest_blessed") else name
+# The local DAG with one change: the Evaluator's baseline is the model now
+# served (open-source KFP refuses resolver tasks).
+KUBEFLOW_UPSTREAM = {
+    **{name: upstream for name, upstream in EXPECTED_UPSTREAM.items()
+       if name != "latest_blessed_model_resolver"},
+    "ServedModel": set(),
+    "Evaluator": {"SlideExampleGen", "Trainer", "ServedModel"},
+}
 
 
 def test_every_component_is_a_task_with_its_dependencies(compiled):
   _, _, spec = compiled
   tasks = spec.root.dag.tasks
-  components = {_task_name(name) for name in tasks}
-  assert components == set(EXPECTED_UPSTREAM)
+  assert set(tasks) == set(KUBEFLOW_UPSTREAM)
   for name, task in tasks.items():
-    if name.startswith("latest_blessed"):
-      continue
-    upstream = {_task_name(t) for t in task.dependent_tasks}
-    assert upstream == EXPECTED_UPSTREAM[name], name
+    assert set(task.dependent_tasks) == KUBEFLOW_UPSTREAM[name], name
   assert spec.default_pipeline_root == "gs://bucket/root"
+
+
+def test_every_task_runs_on_open_source_kfp(compiled):
+  """KFP's Argo compiler refuses resolver executors ("resolver executors not
+  implemented") and Google-only custom jobs: every executor is a container.
+  The served-model step reads the serving folder, so KFP must not cache it."""
+  _, _, spec = compiled
+  deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec),
+                                     pipeline_spec_pb2.PipelineDeploymentConfig())
+  assert {name: executor.WhichOneof("spec") for name, executor in deployment.executors.items()
+          } == {f"{name}_executor": "container" for name in KUBEFLOW_UPSTREAM}
+  served = spec.root.dag.tasks["ServedModel"]
+  assert not served.caching_options.enable_cache
+  assert spec.root.dag.tasks["Trainer"].caching_options.enable_cache
+  parameters = spec.components["ServedModel"].input_definitions.parameters
+  assert set(parameters) == {"serving_model_dir"}
 
 
 def test_trainer_asks_for_a_gpu_and_every_step_has_limits(compiled):
@@ -65,7 +83,7 @@ def test_trainer_asks_for_a_gpu_and_every_step_has_limits(compiled):
   executors = deployment.executors
   containers = {name[:-len("_executor")]: e.container for name, e in executors.items()
                 if e.HasField("container")}
-  assert set(containers) == set(EXPECTED_UPSTREAM) - {"latest_blessed_model_resolver"}
+  assert set(containers) == set(KUBEFLOW_UPSTREAM)
   trainer = containers["Trainer"].resources
   assert trainer.accelerator.type == "nvidia.com/gpu" and trainer.accelerator.count == 1
   assert trainer.cpu_limit == 8 and trainer.memory_limit == 32

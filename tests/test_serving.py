@@ -221,3 +221,70 @@ def test_score_writes_predict_records_for_every_slide_with_beam(
   assert rows[0] == ["image_id", "isup_grade"]
   assert sorted(rows[1:]) == sorted([k, str(r["grade"])] for k, r in scored.items()
                                     if "rejected" not in r)
+
+
+def test_concurrent_predict_keeps_the_input_order_and_the_records(
+    server, tiny_dataset, config_file):
+  from histopipe.serving.slide_predictions import predict_slides
+  _, slides = tiny_dataset
+  config = load_config(config_file)
+  paths = [slide.path for slide in slides] + ["/no/such/slide.tiff"]
+  with serving_client.GrpcPredictClient(f"localhost:{server.port}", "histopipe") as client:
+    one_at_a_time = list(predict_slides(paths, client, config))
+    four_at_once = list(predict_slides(paths, client, config, concurrency=4))
+  assert four_at_once == one_at_a_time
+  assert [r["image_id"] for r in four_at_once] == [s.image_id for s in slides] + ["slide"]
+
+
+def _start_dev_server(model_dir: str, port: int):
+  import subprocess
+  import sys
+  return subprocess.Popen(
+      [sys.executable, "-m", "histopipe", "serve-dev", "--model-dir", model_dir,
+       "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_predict_survives_a_server_restart_and_loses_no_slide(model_dir, tiny_dataset,
+                                                             config_file):
+  """A real `serve-dev` process is killed (SIGKILL) after the third slide and
+  started again on the same port: the client's retries carry the run over,
+  and every slide ends as a correct prediction. Then the server is killed
+  for good: the remaining slides end as rejected records naming the server,
+  and the run still ends."""
+  from histopipe.serving.slide_predictions import predict_slides
+  _, slides = tiny_dataset
+  config = load_config(config_file)
+  port = _free_port()
+  first = _start_dev_server(model_dir, port)
+  second = None
+  try:
+    patient = serving_client.GrpcPredictClient(f"localhost:{port}", "histopipe",
+                                               deadline_s=10, retries=8, backoff_s=0.5)
+    patient.signatures()  # waits (retrying) until the server is up
+    records = []
+    for record in predict_slides([s.path for s in slides], patient, config):
+      records.append(record)
+      if len(records) == 3:
+        first.kill()
+        assert first.wait(timeout=30) == -9
+        second = _start_dev_server(model_dir, port)
+    assert second is not None and second.poll() is None
+    assert [r["image_id"] for r in records] == [s.image_id for s in slides]
+    assert not [r for r in records if "rejected" in r]
+    for slide, record in zip(slides, records):
+      bag = cut_bag(slide.path, "slide", config.tiling).bag
+      assert record["grade"] == sum(bag.tile_valid) % 6, slide.image_id
+    # Gone for good: each slide costs its retries, then is a rejected record.
+    second.kill()
+    second.wait(timeout=30)
+    hasty = serving_client.GrpcPredictClient(f"localhost:{port}", "histopipe",
+                                             deadline_s=2, retries=1, backoff_s=0.1)
+    lost = list(predict_slides([s.path for s in slides[:2]], hasty, config))
+    assert [r["image_id"] for r in lost] == [s.image_id for s in slides[:2]]
+    assert all(r["rejected"].startswith("server: predict") and "gave up after 2 tries"
+               in r["rejected"] for r in lost), lost
+  finally:
+    for process in (first, second):
+      if process is not None and process.poll() is None:
+        process.kill()
+        process.wait(timeout=30)

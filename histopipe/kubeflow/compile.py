@@ -1,11 +1,14 @@
-"""Compiles the same DAG as the local runner into a KFP v2 pipeline spec.
+"""Compiles the local runner's DAG into a KFP v2 pipeline spec.
 
 `KubeflowDagRunner` (v1) is gone in TFX 1.16; `KubeflowV2DagRunner` writes a
 PipelineJob (the spec plus a runtime config). Kubeflow Pipelines takes the
 spec itself as a package, so we write its `pipelineSpec` as YAML with the
 pipeline root as `defaultPipelineRoot`. Each step gets its container limits
 from `KubeflowConfig` (the Trainer and Tuner a GPU); `data_root` is a pipeline
-parameter, so one compiled spec serves any slide folder. The image must hold
+parameter, so one compiled spec serves any slide folder. One difference from
+the local DAG: the Evaluator's baseline is the model now served
+(`components/served_model.py`), because open-source KFP refuses TFX's
+resolver tasks ("resolver executors not implemented"). The image must hold
 this package (kubeflow/Dockerfile): Transform, Tuner and Trainer load
 `trainer.*` by module path, never from a local file.
 """
@@ -24,6 +27,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
 from histopipe.components.beam_flags import merge_beam_args, require_filled
+from histopipe.components.served_model import NEVER_CACHED
 from histopipe.core.configs import BEAM_PRESETS, KubeflowConfig, PipelineConfig, StepResources
 from histopipe.core.errors import UserError
 from histopipe.core.storage import make_output_dir
@@ -59,7 +63,7 @@ def _set_resources(spec: dict, kubeflow: KubeflowConfig) -> None:
   limits = step_resources(kubeflow)
   for name, executor in spec["deploymentSpec"]["executors"].items():
     if "container" not in executor:
-      continue  # resolvers run in KFP's driver
+      continue  # importers: no container
     component = name[:-len("_executor")]
     resources = limits.get(component, kubeflow.light_step)
     executor["container"]["resources"] = json_format.MessageToDict(
@@ -92,7 +96,8 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
       name=DATA_ROOT_PARAMETER, ptype=str, default=data_root)
   dag = pipeline_dag.create_pipeline(config, data_root=data_root_parameter,
                                      pipeline_root=pipeline_root,
-                                     serving_model_dir=serving_model_dir)
+                                     serving_model_dir=serving_model_dir,
+                                     baseline=pipeline_dag.BASELINE_SERVED)
   with tempfile.TemporaryDirectory() as scratch:
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
@@ -108,6 +113,11 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     parameters[DATA_ROOT_PARAMETER]["defaultValue"] = data_root
   _set_resources(spec, config.kubeflow)
+  # A step that reads state outside the pipeline (the served model) must run
+  # every time: KFP would otherwise reuse its output from the cache. (No
+  # cachingOptions is KFP's "off", as TFX writes it for an uncached pipeline.)
+  for task_name in NEVER_CACHED:
+    spec["root"]["dag"]["tasks"][task_name].pop("cachingOptions", None)
   make_output_dir(os.path.dirname(os.path.abspath(output_file)))
   with open(output_file, "w") as f:
     yaml.safe_dump(spec, f, sort_keys=False)

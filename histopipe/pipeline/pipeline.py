@@ -1,8 +1,8 @@
 """The DAG, built from one PipelineConfig.
 
 SlideExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform
--> [Tuner, when enabled] -> Trainer -> Evaluator (baseline: latest blessed
-model) -> Pusher.
+-> [Tuner, when enabled] -> Trainer -> Evaluator (baseline: the latest blessed
+model, or on Kubeflow the model now served) -> Pusher.
 The local runner and the Kubeflow compiler both call `create_pipeline`.
 """
 
@@ -21,6 +21,7 @@ from tfx.types import standard_artifacts
 from histopipe.components import bag_features
 from histopipe.components.datasets import with_detected_format
 from histopipe.components.pusher import IdempotentPusher
+from histopipe.components.served_model import BaselineEvaluator, ServedModel
 from histopipe.components.slide_example_gen import SlideExampleGen
 from histopipe.core import signatures
 from histopipe.core.configs import PipelineConfig
@@ -29,6 +30,8 @@ from histopipe.trainer import features, metrics
 METRICS_MODULE = metrics.__name__  # TFMA loads the custom metrics by module path
 PREPROCESSING_FN = "histopipe.trainer.preprocessing.preprocessing_fn"
 RUN_FN = "histopipe.trainer.task.run_fn"
+BASELINE_RESOLVER = "resolver"
+BASELINE_SERVED = "served"
 TUNER_FN = "histopipe.trainer.tuning.tuner_fn"
 
 
@@ -116,11 +119,18 @@ def trainer_settings(config: PipelineConfig) -> PipelineConfig:
 def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                     serving_model_dir: str,
                     metadata_connection_config: Optional[object] = None,
-                    enable_cache: bool = True) -> tfx.dsl.Pipeline:
+                    enable_cache: bool = True,
+                    baseline: str = BASELINE_RESOLVER) -> tfx.dsl.Pipeline:
   """The DAG. With `enable_cache`, a step whose inputs, settings and code are
   those of an earlier execution reuses its outputs: each step gets only the
   settings it depends on, so changing `training.epochs` re-runs the Trainer
-  and what follows, not the tiling or the Transform."""
+  and what follows, not the tiling or the Transform.
+
+  The Evaluator's baseline: TFX's latest-blessed-model Resolver
+  (`BASELINE_RESOLVER`, the local runner: it reuses the blessed model's own
+  artifact, so an unchanged re-run stays cached), or the model now served
+  (`BASELINE_SERVED`, `components/served_model.py`: open-source Kubeflow
+  Pipelines cannot run resolver tasks)."""
   # "auto" becomes the data folder's format here, once, so every component
   # (and the Trainer's choice of task) sees the same one.
   if isinstance(data_root, str):  # a Kubeflow RuntimeParameter is resolved at run time
@@ -159,17 +169,22 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       run_fn=RUN_FN,
       hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
       **training_inputs)
-  baseline_resolver = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing),
-  ).with_id("latest_blessed_model_resolver")
-  evaluator = tfx.components.Evaluator(
+  if baseline == BASELINE_RESOLVER:
+    baseline_step = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+  elif baseline == BASELINE_SERVED:
+    baseline_step = ServedModel(serving_model_dir=serving_model_dir)
+  else:
+    raise ValueError(f"unknown baseline {baseline!r}: {BASELINE_RESOLVER} or {BASELINE_SERVED}")
+  evaluator = BaselineEvaluator(
       examples=example_gen.outputs["examples"],
       model=trainer.outputs["model"],
-      baseline_model=baseline_resolver.outputs["model"],
+      baseline_model=baseline_step.outputs["model"],
       example_splits=["eval"],
-      eval_config=eval_config(config))
+      eval_config=eval_config(config)).with_id("Evaluator")
   pusher = IdempotentPusher(
       model=trainer.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
@@ -181,7 +196,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       pipeline_root=pipeline_root,
       components=[example_gen, statistics_gen, schema_gen, example_validator,
                   transform] + ([tuner] if tuner else []) +
-                 [trainer, baseline_resolver, evaluator, pusher],
+                 [trainer, baseline_step, evaluator, pusher],
       enable_cache=enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(config.beam_pipeline_args))

@@ -3,13 +3,16 @@
 Tiling is `components.tiling.cut_bag`, the code SlideExampleGen runs, with
 the pipeline's TilingConfig, so the served model sees the tiles it was
 trained on. A slide that cannot be tiled becomes a "rejected" record with its
-reason; a server that cannot be reached stops the run (ServingError).
+reason; a server that cannot be reached at the start stops the run
+(ServingError), one that goes away during it costs each slide its retries,
+then the slide is a rejected record.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from concurrent import futures
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Union
 
 import numpy as np
@@ -24,6 +27,7 @@ from histopipe.core.configs import PATCH_FORMATS, PipelineConfig
 from histopipe.core import storage
 from histopipe.core.errors import UserError
 from histopipe.core.progress import progress_bar
+from histopipe.serving.client import ServingError
 
 # What a folder given to predict/score is searched for: slides of every type
 # the readers take, and patches.
@@ -85,18 +89,35 @@ def cut_request(path: str, config: PipelineConfig) -> Union[SlideRequest, dict]:
   return SlideRequest(image_id, bag, bag_features.serialize_request(bag, image_id))
 
 
+def predict_one(path: str, client, config: PipelineConfig) -> dict:
+  """The slide's record: its prediction, or {"image_id", "path", "rejected":
+  reason} when it cannot be tiled or the server did not answer (after the
+  client's retries): no slide is lost to a server that went away."""
+  request = cut_request(path, config)
+  if not isinstance(request, SlideRequest):
+    return request
+  try:
+    outputs = client.predict({signatures.EXAMPLES: np.array([request.example], dtype=object)})
+  except ServingError as e:
+    return {"image_id": request.image_id, "path": path, "rejected": f"server: {e}"}
+  return prediction_record(request.image_id, request.bag, outputs)
+
+
 def predict_slides(paths: List[str], client, config: PipelineConfig,
-                   progress: bool = False) -> Iterator[dict]:
-  """A record per path: a prediction, or {"image_id", "path", "rejected": reason}."""
+                   progress: bool = False, concurrency: int = 1) -> Iterator[dict]:
+  """A record per path, in the order of `paths`; `concurrency` slides are
+  tiled and in flight at once (threads: the decoders, the model server and
+  the network wait without the GIL; gRPC channels are thread-safe)."""
   counter = progress_bar("predicting", len(paths), enabled=progress)
-  for path in paths:
-    request = cut_request(path, config)
-    if isinstance(request, SlideRequest):
-      outputs = client.predict({signatures.EXAMPLES: np.array([request.example], dtype=object)})
-      yield prediction_record(request.image_id, request.bag, outputs)
-    else:
-      yield request
-    counter.update()
+  if concurrency <= 1:
+    for path in paths:
+      yield predict_one(path, client, config)
+      counter.update()
+  else:
+    with futures.ThreadPoolExecutor(concurrency, thread_name_prefix="predict") as pool:
+      for record in pool.map(lambda path: predict_one(path, client, config), paths):
+        yield record
+        counter.update()
   counter.close()
 
 
@@ -121,12 +142,13 @@ def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextI
 
 
 def predict_to(paths: List[str], client, config: PipelineConfig, out: TextIO,
-               csv_path: str = "", progress: bool = False) -> Dict[str, int]:
+               csv_path: str = "", progress: bool = False,
+               concurrency: int = 1) -> Dict[str, int]:
   """`histopipe predict`: checks that the server has the model and signature
   before tiling anything, then writes a JSON line per slide to `out` (and the
   submission CSV to `csv_path`). Returns counts of predicted and rejected."""
   client.signatures()
-  records = predict_slides(paths, client, config, progress=progress)
+  records = predict_slides(paths, client, config, progress=progress, concurrency=concurrency)
   if not csv_path:
     return write_records(records, out, None, config.task)
   with open(csv_path, "w", newline="") as csv_file:

@@ -1,0 +1,181 @@
+"""`histopipe kubeflow run-local`: a compiled package executed task by task as
+the KFP v2 backend would (kfp's ExecutorInput in each task's own container
+command, run as a subprocess), end to end on a small PCam-style set; its
+pushed model has the signatures `histopipe run` pushes; a second run takes
+the first run's served model as the Evaluator's baseline.
+"""
+
+import glob
+import json
+import os
+import re
+
+import pytest
+import tensorflow as tf
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from histopipe import cli
+from histopipe.kubeflow import run_local
+from tests.conftest import PCAM_CONFIG
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def package(pcam_run, tmp_path_factory):
+  """The package compiled from the shared PCam run's data and settings (one
+  epoch, no tuner: the signatures do not depend on them)."""
+  work = tmp_path_factory.mktemp("kfp_local")
+  config = work / "config.json"
+  config.write_text(json.dumps({**PCAM_CONFIG, "training": {**PCAM_CONFIG["training"],
+                                                            "epochs": 1},
+                                "tuning": {"enabled": False}}))
+  package = work / "pipeline.yaml"
+  assert cli.main(["kubeflow", "compile", "--out", str(package), "--image",
+                   "registry.example/histopipe:test", "--pipeline-root", str(work / "root"),
+                   "--data-root", str(pcam_run.data), "--serving-dir", str(work / "serving"),
+                   "--config", str(config), "--format", "pcam"]) == 0
+  return work, package
+
+
+@pytest.fixture(scope="module")
+def local_model(pcam_run):
+  """What `histopipe run` pushed from the same data."""
+  assert pcam_run.exit_code == 0
+  (saved_model,) = glob.glob(str(pcam_run.out / "serving_model" / "*" / "saved_model.pb"))
+  return os.path.dirname(saved_model)
+
+
+@pytest.fixture(scope="module")
+def two_runs(package):
+  """The package run twice, as `run-local` does it (KFP's step cache on)."""
+  work, package_file = package
+  return [run_local.run_package(str(package_file), str(work / "tasks"), run_id=run_id)
+          for run_id in ("first", "second")]
+
+
+def _signatures(model_dir):
+  """Each signature's inputs and outputs: name, dtype and shape."""
+  loaded = tf.saved_model.load(model_dir)
+  described = {}
+  for name, function in loaded.signatures.items():
+    inputs = function.structured_input_signature[1]
+    described[name] = (
+        {k: (v.dtype.name, v.shape.as_list()) for k, v in inputs.items()},
+        {k: (v.dtype.name, v.shape.as_list()) for k, v in function.structured_outputs.items()})
+  return described
+
+
+def test_the_package_runs_end_to_end_and_pushes_what_the_local_run_pushes(
+    package, two_runs, local_model):
+  work, package_file = package
+  first = two_runs[0]
+  spec = run_local.load_package(str(package_file))
+  assert [task.name for task in first.tasks] == run_local.task_order(spec)
+  assert {task.name for task in first.tasks} == set(spec.root.dag.tasks)
+  assert all(task.kind == "container" and not task.cached for task in first.tasks)
+  # Each task ran its own container command with the ExecutorInput KFP builds.
+  trainer_input = json_format.Parse(
+      open(os.path.join(first.work_dir, "Trainer", "executor_input.json")).read(),
+      pipeline_spec_pb2.ExecutorInput())
+  examples = trainer_input.inputs.artifacts["examples"].artifacts[0]
+  assert examples.uri == first.output("SlideExampleGen", "examples")["uri"]
+  assert examples.type.instance_schema.startswith("title: tfx.Examples")
+  model_uri = trainer_input.outputs.artifacts["model"].artifacts[0].uri
+  assert re.fullmatch(re.escape(f"{work}/root/histopipe/first/Trainer/") + r"[0-9a-f]{12}/model",
+                      model_uri)
+  # The command is the package's own, with `{{$}}` replaced by that input.
+  container = json_format.MessageToDict(spec.deployment_spec)["executors"][
+      "Trainer_executor"]["container"]
+  argv = json.load(open(os.path.join(first.work_dir, "Trainer", "command.json")))
+  expected = container["command"] + container["args"]
+  assert len(argv) == len(expected)
+  for ran, declared in zip(argv, expected):
+    if declared == "{{$}}":
+      assert json_format.Parse(ran, pipeline_spec_pb2.ExecutorInput()) == trainer_input
+    else:
+      assert ran == declared
+  pushed = glob.glob(str(work / "serving" / "*" / "saved_model.pb"))
+  assert len(pushed) >= 1
+  first_version = first.output("Pusher", "pushed_model")["metadata"]["pushed_version"]
+  model_dir = str(work / "serving" / first_version)
+  assert _signatures(model_dir) == _signatures(local_model)
+  assert set(_signatures(model_dir)) >= {"serving_default"}
+
+
+def test_the_second_run_takes_the_served_model_as_its_baseline(package, two_runs):
+  """Nothing changed but what is served: KFP's cache reuses the tiling,
+  statistics, Transform and training; the served-model step (never cached)
+  finds the first run's push, so the Evaluator runs again against it."""
+  work = package[0]
+  first, second = two_runs
+  assert first.output("ServedModel", "model")["metadata"]["served_version"] == ""
+  assert "baseline_model" not in first.output("Evaluator", "blessing")["metadata"]
+  assert {task.name for task in second.tasks if not task.cached} == {
+      "ServedModel", "Evaluator", "Pusher"}
+  assert second.output("Trainer", "model") == first.output("Trainer", "model")
+  first_version = first.output("Pusher", "pushed_model")["metadata"]["pushed_version"]
+  served = second.output("ServedModel", "model")
+  assert served["metadata"]["served_version"] == first_version
+  assert served["metadata"]["served_from"] == str(work / "serving" / first_version)
+  assert os.path.exists(os.path.join(served["uri"], "Format-Serving", "saved_model.pb"))
+  blessing = second.output("Evaluator", "blessing")["metadata"]
+  assert blessing["baseline_model"] == served["uri"]
+  # The same model again: the idempotent Pusher records the version it found.
+  assert second.output("Pusher", "pushed_model")["metadata"]["pushed_version"] == first_version
+
+
+def _spec_with(extra_tasks=None, extra_executors=None, parameters=None):
+  """A tiny hand-written package: one container task, plus what is given."""
+  spec = {
+      "pipelineInfo": {"name": "tiny"}, "schemaVersion": "2.1.0",
+      "root": {"inputDefinitions": {"parameters": parameters or {}},
+               "dag": {"tasks": {"echo": {"taskInfo": {"name": "echo"},
+                                          "componentRef": {"name": "echo"}},
+                                 **(extra_tasks or {})}}},
+      "components": {"echo": {"executorLabel": "echo_executor"},
+                     **{name: {"executorLabel": f"{name}_executor"}
+                        for name in (extra_tasks or {})}},
+      "deploymentSpec": {"executors": {
+          "echo_executor": {"container": {"image": "x", "command": ["python", "-c", "pass"]}},
+          **(extra_executors or {})}},
+  }
+  return spec
+
+
+def test_what_cannot_run_locally_is_refused_before_anything_runs(tmp_path):
+  package = tmp_path / "p.yaml"
+  package.write_text(yaml.safe_dump(_spec_with(
+      extra_tasks={"resolve": {"taskInfo": {"name": "resolve"},
+                               "componentRef": {"name": "resolve"}}},
+      extra_executors={"resolve_executor": {"resolver": {"outputArtifactQueries": {}}}})))
+  with pytest.raises(run_local.PackageError, match="resolve: a resolver task"):
+    run_local.run_package(str(package), str(tmp_path / "out"), pipeline_root=str(tmp_path))
+  assert not (tmp_path / "out").exists()
+
+
+def test_parameters_are_typed_by_the_package_and_checked(tmp_path, capsys):
+  package = tmp_path / "p.yaml"
+  package.write_text(yaml.safe_dump(_spec_with(parameters={
+      "n": {"parameterType": "NUMBER_INTEGER"},
+      "name": {"parameterType": "STRING", "defaultValue": "x"}})))
+  spec = run_local.load_package(str(package))
+  values = run_local.pipeline_parameters(spec, {"n": "3", "name": "007"})
+  assert values["n"].number_value == 3 and values["name"].string_value == "007"
+  for given, message in (({}, "parameter n has no default"),
+                         ({"n": "2.5"}, "not an integer"),
+                         ({"n": "1", "m": "2"}, "unknown parameter")):
+    with pytest.raises(run_local.PackageError, match=message):
+      run_local.pipeline_parameters(spec, given)
+  # Through the CLI: one line, exit status 2.
+  assert cli.main(["kubeflow", "run-local", "--package", str(package),
+                   "--pipeline-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+  assert "parameter n has no default" in capsys.readouterr().err
+
+
+def test_the_image_environment_is_the_dockerfiles():
+  with open(os.path.join(REPO, "histopipe", "kubeflow", "Dockerfile")) as f:
+    env = dict(re.findall(r"^ENV (\w+)=(\S+)$", f.read(), flags=re.M))
+  assert env == run_local.IMAGE_ENV
