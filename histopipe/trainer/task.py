@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import keras_tuner
 import numpy as np
@@ -24,7 +24,7 @@ from histopipe.components import bag_features
 from histopipe.core import signatures
 from histopipe.core.model_contract import CONTRACT_FILE, ModelContract, contract_of
 from histopipe.core.configs import PipelineConfig, TrainingConfig, with_tuned_values
-from histopipe.trainer import features
+from histopipe.trainer import features, warmup
 from histopipe.trainer.augmentation import BagAugmenter
 from histopipe.trainer.metrics import QuadraticWeightedKappa
 from histopipe.trainer.model import build_mil_model, ordinal_targets
@@ -191,10 +191,12 @@ def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransform
 
 
 def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-           config: PipelineConfig, export_dir: str) -> None:
-  """The SavedModel with its signatures, and its contract as a file as well
-  (assets.extra/ travels with the model: the Pusher copies the whole folder,
-  and TF Serving ignores it)."""
+           config: PipelineConfig, export_dir: str,
+           warmup_bags: Sequence[bytes] = ()) -> None:
+  """The SavedModel with its signatures, its contract as a file as well, and
+  TF Serving's warm-up requests, one per bag of `warmup_bags` (serialized bag
+  examples; none, no warm-up file). assets.extra/ travels with the model: the
+  Pusher copies the whole folder; TF Serving reads only the warm-up file."""
   contract = contract_of(config)
   model.save(export_dir, save_format="tf",
              signatures=_serving_signatures(model, tf_transform_output, contract))
@@ -202,6 +204,11 @@ def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
   tf.io.gfile.makedirs(extra)
   with tf.io.gfile.GFile(os.path.join(extra, CONTRACT_FILE), "w") as f:
     f.write(contract.to_json())
+  if warmup_bags:
+    warmup.write_warmup_requests(export_dir, warmup_bags, config.name)
+  else:
+    logging.warning("no bags for TF Serving's warm-up requests: the first requests "
+                    "to each loaded version will be slow")
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
@@ -316,4 +323,6 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
   best = fit_in_phases(model, config, strategy, train, validation, steps_per_epoch,
                        log_dir=os.path.join(fn_args.model_run_dir, "logs"))
   logging.info("best %s during training: %.3f", selection_metric(config), best)
-  export(model, tf_transform_output, config, fn_args.serving_model_dir)
+  # Real bags warm up what clients will send: the same tile format, size and count.
+  export(model, tf_transform_output, config, fn_args.serving_model_dir,
+         warmup_bags=warmup.first_bags(fn_args.eval_files))
