@@ -14,11 +14,12 @@ Prints p50/p95 of `total` and each part's median and share, and writes
 JSON to --out.
 
 With `--concurrency 1,4,16`, a load phase follows against `histopipe
-serve-dev` in its own process (as a client meets a server): for each N,
-`histopipe predict`'s own loop (`slide_predictions.predict_slides`, N slides
-tiled and in flight at once) over the slides x repeats; per slide the time
-from its tiling's start to its answer, p50/p95/p99, and slides per second
-(with its ratio to N = 1). The model is whatever --model-dir holds: `make demo`'s
+serve-dev` in its own process (as a client meets a server): for each N, N
+threads each running `histopipe predict`'s per-slide step
+(`slide_predictions.predict_one`: tile, send, answer) over the slides x
+repeats, as `predict --concurrency N` does; per slide the time from its
+tiling's start to its answer, p50/p95/p99, and slides per second (with its
+ratio to the first N given). The model is whatever --model-dir holds: `make demo`'s
 pushed model (8 tiles of 64 px), or a `full`-preset one (36 tiles, 224 px).
 
     python bench/serving.py --model-dir demo/out/serving_model --data demo/data
@@ -137,11 +138,11 @@ def load_phase(model_dir: str, paths, config, levels) -> list:
                              model_dir, "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   rows = []
+  client = GrpcPredictClient(f"localhost:{port}", "histopipe", retries=8)
   try:
-    client = GrpcPredictClient(f"localhost:{port}", "histopipe", retries=8)
     client.signatures()  # waits until it serves
     list(predict_slides(paths[:4], client, config))  # warm-up
-    print("\nload: slides in flight | p50 ms | p95 ms | p99 ms | slides/s | vs 1")
+    print(f"\nload: slides in flight | p50 ms | p95 ms | p99 ms | slides/s | vs {levels[0]}")
     for level in levels:
       latencies = []
 
@@ -163,13 +164,13 @@ def load_phase(model_dir: str, paths, config, levels) -> list:
              "p95_ms": _percentile(latencies, 95) * 1e3,
              "p99_ms": _percentile(latencies, 99) * 1e3,
              "slides_per_s": len(paths) / wall}
-      row["throughput_vs_1"] = row["slides_per_s"] / rows[0]["slides_per_s"] if rows else 1.0
+      row["throughput_vs_first"] = row["slides_per_s"] / rows[0]["slides_per_s"] if rows else 1.0
       rows.append(row)
       print(f"  {level:4d} | {row['p50_ms']:6.0f} | {row['p95_ms']:6.0f} | "
             f"{row['p99_ms']:6.0f} | {row['slides_per_s']:8.2f} | "
-            f"{row['throughput_vs_1']:.2f}", flush=True)
-    client.close()
+            f"{row['throughput_vs_first']:.2f}", flush=True)
   finally:
+    client.close()
     server.kill()
     server.wait()
   return rows

@@ -231,9 +231,32 @@ def test_concurrent_predict_keeps_the_input_order_and_the_records(
   paths = [slide.path for slide in slides] + ["/no/such/slide.tiff"]
   with serving_client.GrpcPredictClient(f"localhost:{server.port}", "histopipe") as client:
     one_at_a_time = list(predict_slides(paths, client, config))
-    four_at_once = list(predict_slides(paths, client, config, concurrency=4))
+    counting = _InFlight(client)
+    four_at_once = list(predict_slides(paths, counting, config, concurrency=4))
   assert four_at_once == one_at_a_time
   assert [r["image_id"] for r in four_at_once] == [s.image_id for s in slides] + ["slide"]
+  assert counting.most > 1, "the requests were not in flight together"
+
+
+class _InFlight:
+  """A client that counts its predict calls in flight at once (each held
+  50 ms, so calls made together overlap)."""
+
+  def __init__(self, client):
+    import threading
+    self.client, self.now, self.most, self.lock = client, 0, 0, threading.Lock()
+
+  def predict(self, inputs):
+    import time
+    with self.lock:
+      self.now += 1
+      self.most = max(self.most, self.now)
+    try:
+      time.sleep(0.05)
+      return self.client.predict(inputs)
+    finally:
+      with self.lock:
+        self.now -= 1
 
 
 def _start_dev_server(model_dir: str, port: int):
@@ -280,6 +303,8 @@ def test_predict_survives_a_server_restart_and_loses_no_slide(model_dir, tiny_da
     hasty = serving_client.GrpcPredictClient(f"localhost:{port}", "histopipe",
                                              deadline_s=2, retries=1, backoff_s=0.1)
     lost = list(predict_slides([s.path for s in slides[:2]], hasty, config))
+    patient.close()
+    hasty.close()
     assert [r["image_id"] for r in lost] == [s.image_id for s in slides[:2]]
     assert all(r["rejected"].startswith("server: predict") and "gave up after 2 tries"
                in r["rejected"] for r in lost), lost

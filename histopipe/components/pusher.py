@@ -41,17 +41,22 @@ def model_digest(model_dir: str) -> str:
   return digest.hexdigest()
 
 
-def same_model_version(model_dir: str, base_directory: str) -> Optional[str]:
-  """The newest version under `base_directory` holding the same model, or None."""
+def pushed_versions(base_directory: str) -> List[str]:
+  """The numbered version folders under `base_directory` that hold a
+  SavedModel, newest first (TF Serving's own layout)."""
   if not fileio.isdir(base_directory):
-    return None
-  wanted = model_digest(model_dir)
+    return []
   versions = sorted((name.rstrip("/") for name in fileio.listdir(base_directory)
                      if name.rstrip("/").isdigit()), key=int, reverse=True)
-  for version in versions:
-    candidate = os.path.join(base_directory, version)
-    if fileio.exists(os.path.join(candidate, "saved_model.pb")) and \
-        model_digest(candidate) == wanted:
+  return [version for version in versions
+          if fileio.exists(os.path.join(base_directory, version, "saved_model.pb"))]
+
+
+def same_model_version(model_dir: str, base_directory: str) -> Optional[str]:
+  """The newest version under `base_directory` holding the same model, or None."""
+  wanted = model_digest(model_dir)
+  for version in pushed_versions(base_directory):
+    if model_digest(os.path.join(base_directory, version)) == wanted:
       return version
   return None
 

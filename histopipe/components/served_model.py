@@ -5,12 +5,15 @@ refuses resolver tasks (its Argo compiler answers "resolver executors not
 implemented"; only Vertex AI runs them), so a package holding one cannot run
 there at all. The newest version in the Pusher's folder is the last model this
 pipeline blessed (the Pusher pushes blessed models only) and the one TF
-Serving loads by default, so it is the baseline a new model must not fall
-behind. `ServedModel` copies it into a Model artifact (traced in ML Metadata
+Serving answers requests without a version or label with, so it is the
+baseline a new model must not fall behind. (Where an operator routes traffic
+by the `stable` label of kubeflow/serving/models.config, the newest push may
+be a canary not yet promoted: the comparison is then with the canary.) `ServedModel` copies it into a Model artifact (traced in ML Metadata
 like any other input); before anything is served the artifact is empty and
 `BaselineEvaluator` evaluates without a baseline, as TFX does with an empty
-resolver. The step reads state outside the pipeline, so it is never cached
-(`NEVER_CACHED`, applied by both runners).
+resolver. The step reads state outside the pipeline, so it must never be
+cached: `kubeflow/compile.py` removes its caching options (`NEVER_CACHED`);
+the local runner keeps TFX's resolver instead.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
+from histopipe.components.pusher import pushed_versions
+
 SERVING_MODEL_DIR_KEY = "serving_model_dir"
 MODEL_KEY = "model"
 # Custom properties of the output: the version copied ("" when none) and its folder.
@@ -40,14 +45,8 @@ NEVER_CACHED = (COMPONENT_ID,)
 
 def newest_version(serving_model_dir: str) -> Optional[str]:
   """The highest numbered version folder holding a SavedModel, or None."""
-  if not fileio.isdir(serving_model_dir):
-    return None
-  versions = sorted((name.rstrip("/") for name in fileio.listdir(serving_model_dir)
-                     if name.rstrip("/").isdigit()), key=int, reverse=True)
-  for version in versions:
-    if fileio.exists(os.path.join(serving_model_dir, version, "saved_model.pb")):
-      return version
-  return None
+  versions = pushed_versions(serving_model_dir)
+  return versions[0] if versions else None
 
 
 class ServedModelSpec(ComponentSpec):
@@ -85,19 +84,23 @@ class ServedModel(base_component.BaseComponent):
         model=types.Channel(type=standard_artifacts.Model)))
 
 
-def is_empty_model(model: types.Artifact) -> bool:
-  return not fileio.exists(os.path.join(path_utils.serving_model_dir(model.uri),
-                                        "saved_model.pb"))
+def served_nothing(model: types.Artifact) -> bool:
+  """Whether `ServedModel` found nothing served (its explicit mark, so a
+  damaged copy of a served model fails the Evaluator instead of passing as
+  "no baseline")."""
+  return (model.has_custom_property(SERVED_VERSION) and
+          model.get_string_custom_property(SERVED_VERSION) == "")
 
 
 class BaselineEvaluatorExecutor(evaluator_executor.Executor):
-  """TFX's Evaluator, with an empty baseline (nothing served yet) left out."""
+  """TFX's Evaluator, with an empty baseline (nothing served yet) given as no
+  baseline, as TFX's empty resolver output is."""
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
     key = standard_component_specs.BASELINE_MODEL_KEY
-    if any(is_empty_model(model) for model in input_dict.get(key, [])):
-      input_dict = {name: artifacts for name, artifacts in input_dict.items() if name != key}
+    if any(served_nothing(model) for model in input_dict.get(key, [])):
+      input_dict = {**input_dict, key: []}
     super().Do(input_dict, output_dict, exec_properties)
 
 

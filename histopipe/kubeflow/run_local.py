@@ -5,25 +5,33 @@ For each task in dependency order: its parameters (constants, pipeline
 parameters, upstream output parameters, the component's defaults) and input
 artifacts (upstream outputs, as the launcher passes them: name, type, URI,
 metadata), output artifacts provisioned at
-`<pipeline root>/<pipeline>/<run id>/<task>/<uuid>/<key>` as KFP names them,
+`<pipeline root>/<pipeline>/<run id>/<task>/<uuid>/<key>` as KFP names them
+(the launcher's own folders made first),
 all in kfp's own `ExecutorInput` message; that JSON substituted into the
 task's container command and args (`{{$}}` and the launcher's other
 placeholders) and exactly that command run as a subprocess, in this Python
 environment (the image's: `python` is this interpreter's, the image's ENV
-set); then the task's `ExecutorOutput` read back and merged into its outputs
-as the launcher does. Importer tasks are resolved as KFP's importer does (no
-container).
+set, in its WORKDIR's stand-in, the checkout); then the task's
+`ExecutorOutput` read back and merged into its outputs as the launcher does,
+declared output parameters typed from their files. Importer tasks are
+resolved as KFP's importer does (no container; the same artifact for the
+same URI unless `reimport`).
 
 KFP's step cache too: a task whose `cachingOptions` enable it, with the
 cache key of an earlier execution (its image, command and args as compiled,
 its input parameter values and input artifact names, its output names and
-types), reuses that execution's outputs instead of running, as long as they
-still exist (`--no-cache` runs everything). Artifact names are unique per
-execution, as MLMD ids are, so a task downstream of one that ran runs too.
+types, within the pipeline), reuses that execution's outputs instead of
+running, as long as they still exist (`--no-cache` runs everything).
+Artifact names are unique per execution, as MLMD ids are, so a task
+downstream of one that ran runs too. One addition to KFP's key: the digest of
+histopipe's sources here, since this environment stands in for the image and
+its code can change under the same image name.
 
 What it does not do, it refuses before any task runs, naming the task:
 resolver tasks (open-source KFP refuses them too: "resolver executors not
-implemented"), sub-DAGs, conditions, loops, Google-only custom jobs. The
+implemented"), sub-DAGs, conditions, loops, Google-only custom jobs,
+parameters from sources it does not resolve, placeholders the launcher would
+not fill, inputs from tasks that do not exist. The
 `preCacheCheck` lifecycle hook is not run; open-source KFP ignores it too.
 
 Why hand-written: `kfp.local` (kfp >= 2.6) runs components written with the
@@ -55,6 +63,11 @@ IMAGE_ENV = {"TF_USE_LEGACY_KERAS": "1"}
 
 PARAMETER_TYPES = kfp_spec.ParameterType.ParameterTypeEnum
 _PLACEHOLDER = re.compile(r"\{\{\$[^}]*\}\}")
+# What the KFP driver fills in runtime constants; run-local uses the run id
+# for the job and the task name for the task.
+_DRIVER_CONSTANTS = ("{{$.pipeline_job_name}}", "{{$.pipeline_job_resource_name}}",
+                     "{{$.pipeline_job_uuid}}", "{{$.pipeline_task_name}}",
+                     "{{$.pipeline_task_uuid}}")
 
 
 class PackageError(UserError):
@@ -109,6 +122,8 @@ def load_package(path: str) -> kfp_spec.PipelineSpec:
 
 
 def _executor(spec: kfp_spec.PipelineSpec, task_name: str):
+  """The task's component and its executor (the spec keeps the deployment
+  config as a Struct; kfp's own message reads it)."""
   task = spec.root.dag.tasks[task_name]
   component = spec.components[task.component_ref.name]
   deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec),
@@ -139,6 +154,23 @@ def check_supported(spec: kfp_spec.PipelineSpec) -> None:
     for key, artifact in task.inputs.artifacts.items():
       if not artifact.HasField("task_output_artifact"):
         problems.append(f"{name}: input artifact {key} is not an upstream task's output")
+      elif artifact.task_output_artifact.producer_task not in spec.root.dag.tasks:
+        problems.append(f"{name}: input artifact {key} comes from "
+                        f"{artifact.task_output_artifact.producer_task}, which is no task")
+    for key, parameter in task.inputs.parameters.items():
+      source = parameter.WhichOneof("kind")
+      if source not in ("runtime_value", "component_input_parameter", "task_output_parameter"):
+        problems.append(f"{name}: parameter {key} comes from {source}")
+      elif (source == "task_output_parameter" and
+            parameter.task_output_parameter.producer_task not in spec.root.dag.tasks):
+        problems.append(f"{name}: parameter {key} comes from "
+                        f"{parameter.task_output_parameter.producer_task}, which is no task")
+    if kind == "container":
+      for part in list(executor.container.command) + list(executor.container.args):
+        for placeholder in _PLACEHOLDER.findall(part):
+          problem = _placeholder_problem(placeholder, component)
+          if problem:
+            problems.append(f"{name}: {problem}")
   if problems:
     raise PackageError("cannot run this package locally:\n  " + "\n  ".join(problems))
 
@@ -208,30 +240,72 @@ def _parse_parameter(name: str, text: str, kind: int) -> struct_pb2.Value:
   return value
 
 
+_NAMED_PLACEHOLDER = re.compile(r"\{\{\$\.(inputs|outputs)\.(parameters|artifacts)\['([^']+)'\]"
+                                r"(?:\.(uri|path|output_file))?\}\}")
+# The launcher's local paths for remote artifact URIs (its LocalPathForURI).
+_MOUNTED_SCHEMES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
+
+
+def _placeholder_problem(placeholder: str, component) -> str:
+  """Why the launcher could not fill `placeholder` for `component` ("" if it can)."""
+  if placeholder == "{{$}}":
+    return ""
+  found = _NAMED_PLACEHOLDER.fullmatch(placeholder)
+  if not found:
+    return f"unsupported placeholder {placeholder}"
+  side, kind, key, field = found.groups()
+  definitions = getattr(component, "input_definitions" if side == "inputs"
+                        else "output_definitions")
+  if key not in getattr(definitions, kind):
+    return f"{placeholder} names no {side[:-1]} {kind[:-1]} of the component"
+  if (side, kind, field) not in (("inputs", "parameters", None), ("inputs", "artifacts", "uri"),
+                                 ("inputs", "artifacts", "path"), ("outputs", "artifacts", "uri"),
+                                 ("outputs", "artifacts", "path"),
+                                 ("outputs", "parameters", "output_file")):
+    return f"unsupported placeholder {placeholder}"
+  return ""
+
+
+def _parameter_text(value: struct_pb2.Value) -> str:
+  """A parameter as the launcher writes it into a command: strings as they
+  are, whole numbers without a decimal point, the rest as compact JSON."""
+  kind = value.WhichOneof("kind")
+  if kind == "string_value":
+    return value.string_value
+  if kind == "number_value":
+    number = value.number_value
+    return str(int(number)) if number.is_integer() else repr(number)
+  if kind == "bool_value":
+    return "true" if value.bool_value else "false"
+  return json.dumps(json_format.MessageToDict(value), separators=(",", ":"))
+
+
+def _local_path(uri: str) -> str:
+  for scheme, mount in _MOUNTED_SCHEMES.items():
+    if uri.startswith(scheme):
+      return mount + uri[len(scheme):]
+  return uri
+
+
 def _replace_placeholders(text: str, executor_input: kfp_spec.ExecutorInput,
                           as_json: str) -> str:
-  """The launcher's substitutions: the whole input, parameters, artifact
-  URIs and paths (a local pipeline root's path is its URI), output files."""
-  text = text.replace("{{$}}", as_json)
+  """The launcher's substitutions, in one pass (a value is never scanned
+  again): the whole input, parameters, artifact URIs and paths, output
+  files. `check_supported` has checked every placeholder already."""
 
   def one(match: "re.Match[str]") -> str:
     placeholder = match.group(0)
-    found = re.fullmatch(r"\{\{\$\.(inputs|outputs)\.(parameters|artifacts)\['([^']+)'\]"
-                         r"(?:\.(uri|path|output_file))?\}\}", placeholder)
-    if not found:
-      raise PackageError(f"unsupported placeholder {placeholder}")
-    side, kind, key, field = found.groups()
-    if side == "inputs" and kind == "parameters" and field is None:
-      value = json_format.MessageToDict(executor_input.inputs.parameter_values[key])
-      return value if isinstance(value, str) else json.dumps(value)
-    if kind == "artifacts" and field in ("uri", "path"):
-      artifacts = getattr(executor_input, side).artifacts[key].artifacts
-      if not artifacts:
-        raise PackageError(f"{placeholder}: no artifact")
-      return artifacts[0].uri
-    if side == "outputs" and kind == "parameters" and field == "output_file":
+    if placeholder == "{{$}}":
+      return as_json
+    side, kind, key, field = _NAMED_PLACEHOLDER.fullmatch(placeholder).groups()
+    if kind == "parameters":
+      if side == "inputs":
+        return _parameter_text(executor_input.inputs.parameter_values[key])
       return executor_input.outputs.parameters[key].output_file
-    raise PackageError(f"unsupported placeholder {placeholder}")
+    artifacts = getattr(executor_input, side).artifacts[key].artifacts
+    if not artifacts:
+      raise PackageError(f"{placeholder}: no artifact")
+    return artifacts[0].uri if field == "uri" else _local_path(artifacts[0].uri)
 
   return _PLACEHOLDER.sub(one, text)
 
@@ -250,17 +324,29 @@ class _Runner:
     self.artifacts: Dict[str, Dict[str, List[kfp_spec.RuntimeArtifact]]] = {}
     self.parameter_outputs: Dict[str, Dict[str, struct_pb2.Value]] = {}
     self._next_id = int(time.time() * 1000) * 1000  # MLMD-like ids, unique across runs
+    self.run_id = os.path.basename(work_dir)
+    self.code_digest = histopipe_code_digest()
+    self.run_uuid = str(uuid.uuid4())
 
   def _new_name(self) -> str:
     self._next_id += 1
     return str(self._next_id)
+
+  def _with_driver_constants(self, value: struct_pb2.Value, task_name: str) -> struct_pb2.Value:
+    if value.WhichOneof("kind") != "string_value" or "{{$." not in value.string_value:
+      return value
+    text = value.string_value
+    for constant, filled in zip(_DRIVER_CONSTANTS, (self.run_id, self.run_id, self.run_uuid,
+                                                    task_name, str(uuid.uuid4()))):
+      text = text.replace(constant, filled)
+    return struct_pb2.Value(string_value=text)
 
   def _parameter_values(self, name: str, task, component) -> Dict[str, struct_pb2.Value]:
     values: Dict[str, struct_pb2.Value] = {}
     for key, source in task.inputs.parameters.items():
       kind = source.WhichOneof("kind")
       if kind == "runtime_value":
-        values[key] = source.runtime_value.constant
+        values[key] = self._with_driver_constants(source.runtime_value.constant, name)
       elif kind == "component_input_parameter":
         if source.component_input_parameter not in self.parameters:
           raise PackageError(f"{name}: parameter {source.component_input_parameter} has no value")
@@ -289,10 +375,11 @@ class _Runner:
       producer = source.task_output_artifact
       artifacts = self.artifacts[producer.producer_task][producer.output_artifact_key]
       executor_input.inputs.artifacts[key].artifacts.extend(artifacts)
-    salt = uuid.uuid4().hex[:12]
+    salt = str(uuid.uuid4())
     for key, definition in component.output_definitions.artifacts.items():
       artifact = executor_input.outputs.artifacts[key].artifacts.add()
       artifact.type.CopyFrom(definition.artifact_type)
+      artifact.metadata.CopyFrom(definition.metadata)
       artifact.uri = "/".join([self.run_root, name, salt, key])
     task_dir = os.path.join(self.work_dir, name)
     for key in component.output_definitions.parameters:
@@ -303,27 +390,42 @@ class _Runner:
                                                       "output_metadata.json")
     return executor_input
 
-  def _cache_key(self, executor_input: kfp_spec.ExecutorInput, container) -> str:
-    """KFP's cache key: the inputs (parameter values, artifact names), the
-    outputs' names and types, the image, command and args as compiled."""
+  def _cache_key(self, executor_input: kfp_spec.ExecutorInput, component, container) -> str:
+    """KFP's cache key, within this pipeline: the inputs (parameter values,
+    artifact names), the outputs' names and types, the image, command and
+    args as compiled. Here the "image" is this Python environment, whose
+    histopipe code can change under the same image name: its digest counts too."""
     described = {
+        "pipeline": self.spec.pipeline_info.name,
         "parameters": {k: json_format.MessageToDict(v)
                        for k, v in executor_input.inputs.parameter_values.items()},
         "artifacts": {k: [a.name for a in v.artifacts]
                       for k, v in executor_input.inputs.artifacts.items()},
         "outputs": {k: [json_format.MessageToDict(a.type) for a in v.artifacts]
                     for k, v in executor_input.outputs.artifacts.items()},
-        "output_parameters": sorted(executor_input.outputs.parameters),
+        "output_parameters": {k: int(v.parameter_type) for k, v in
+                              component.output_definitions.parameters.items()},
         "container": [container.image, list(container.command), list(container.args)],
+        "code": self.code_digest,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
+  def _read_cache(self) -> dict:
+    """The cache index; one that cannot be read (a run killed while writing
+    it) counts as empty, with a warning."""
+    if not self.cache_file or not os.path.exists(self.cache_file):
+      return {}
+    try:
+      with open(self.cache_file, encoding="utf-8") as f:
+        return json.load(f)
+    except (OSError, ValueError) as e:
+      self.stream.write(f"warning: cache index {self.cache_file} unreadable ({e}); "
+                        "running every task\n")
+      return {}
+
   def _cached(self, name: str, key: str) -> Optional[TaskRun]:
     """An earlier execution with this cache key whose outputs still exist."""
-    if not self.cache_file or not os.path.exists(self.cache_file):
-      return None
-    with open(self.cache_file, encoding="utf-8") as f:
-      entry = json.load(f).get(key)
+    entry = self._read_cache().get(key)
     if entry is None:
       return None
     artifacts = {k: [json_format.ParseDict(a, kfp_spec.RuntimeArtifact()) for a in v]
@@ -338,26 +440,33 @@ class _Runner:
   def _remember(self, name: str, key: str, outputs: Dict[str, List[dict]]) -> None:
     if not self.cache_file:
       return
-    cache = {}
-    if os.path.exists(self.cache_file):
-      with open(self.cache_file, encoding="utf-8") as f:
-        cache = json.load(f)
+    cache = self._read_cache()
     cache[key] = {"task": name, "outputs": outputs,
                   "parameters": {k: json_format.MessageToDict(v)
                                  for k, v in self.parameter_outputs[name].items()}}
-    with open(self.cache_file, "w", encoding="utf-8") as f:
+    # Written aside and renamed: a run killed here leaves the old index whole.
+    partial = self.cache_file + ".partial"
+    with open(partial, "w", encoding="utf-8") as f:
       json.dump(cache, f, indent=1)
+    os.replace(partial, self.cache_file)
 
   def run_container(self, name: str, task, component, container) -> TaskRun:
     executor_input = self.executor_input(name, task, component)
     caching = task.caching_options.enable_cache
-    key = self._cache_key(executor_input, container)
+    key = self._cache_key(executor_input, component, container)
     if caching:
       cached = self._cached(name, key)
       if cached is not None:
         return cached
     task_dir = os.path.join(self.work_dir, name)
     os.makedirs(os.path.dirname(executor_input.outputs.output_file), exist_ok=True)
+    # The launcher's prepareOutputFolders: parents of output files and local artifacts.
+    for definition in executor_input.outputs.parameters.values():
+      os.makedirs(os.path.dirname(definition.output_file), exist_ok=True)
+    for artifacts in executor_input.outputs.artifacts.values():
+      for artifact in artifacts.artifacts:
+        if "://" not in artifact.uri:
+          os.makedirs(os.path.dirname(artifact.uri), exist_ok=True)
     if os.path.exists(executor_input.outputs.output_file):
       os.remove(executor_input.outputs.output_file)  # TFX would read it as the driver's
     with open(os.path.join(task_dir, "executor_input.json"), "w", encoding="utf-8") as f:
@@ -377,19 +486,21 @@ class _Runner:
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
       code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=environment,
-                            cwd=task_dir, check=False).returncode
+                            cwd=image_workdir(), check=False).returncode
     seconds = time.monotonic() - started
     if code != 0:
       raise TaskFailed(f"task {name} failed (exit status {code}); its log: {log_path}")
-    outputs = self._merge_executor_output(name, executor_input)
+    outputs = self._merge_executor_output(name, component, executor_input, log_path)
     if caching:
       self._remember(name, key, outputs)
     return TaskRun(name, "container", False, seconds, log_path, outputs)
 
-  def _merge_executor_output(self, name: str,
-                             executor_input: kfp_spec.ExecutorInput) -> Dict[str, List[dict]]:
+  def _merge_executor_output(self, name: str, component, executor_input: kfp_spec.ExecutorInput,
+                             log_path: str) -> Dict[str, List[dict]]:
     """The launcher's `mergeRuntimeArtifacts`: the executor may set each output's
-    URI and metadata; the provisioned type stays. A missing file is no output."""
+    URI and metadata; the provisioned type stays. A missing file is no output.
+    Output parameters from their files, typed as declared; a declared one
+    the task did not write fails the task, as on KFP."""
     executor_output = kfp_spec.ExecutorOutput()
     path = executor_input.outputs.output_file
     if os.path.exists(path):
@@ -413,9 +524,18 @@ class _Runner:
     self.artifacts[name] = outputs
     self.parameter_outputs[name] = dict(executor_output.parameter_values)
     for key, definition in executor_input.outputs.parameters.items():
-      if key not in self.parameter_outputs[name] and os.path.exists(definition.output_file):
-        with open(definition.output_file, encoding="utf-8") as f:
-          self.parameter_outputs[name][key] = struct_pb2.Value(string_value=f.read())
+      if key in self.parameter_outputs[name]:
+        continue
+      if not os.path.exists(definition.output_file):
+        raise TaskFailed(f"task {name} wrote no output parameter {key} "
+                         f"({definition.output_file}); its log: {log_path}")
+      with open(definition.output_file, encoding="utf-8") as f:
+        text = f.read()
+      kind = component.output_definitions.parameters[key].parameter_type
+      try:
+        self.parameter_outputs[name][key] = _parse_parameter(key, text, kind)
+      except PackageError as e:
+        raise TaskFailed(f"task {name}: output parameter {e}; its log: {log_path}") from None
     return {key: [json_format.MessageToDict(a) for a in artifacts]
             for key, artifacts in outputs.items()}
 
@@ -432,12 +552,40 @@ class _Runner:
     else:
       uri = source.constant.string_value
     ((key, _),) = component.output_definitions.artifacts.items()
-    artifact = kfp_spec.RuntimeArtifact(name=self._new_name(), uri=uri)
+    # Without `reimport`, KFP reuses the artifact already recorded for this
+    # URI and type: the same name, so the tasks downstream can be cached.
+    same = hashlib.sha256(json.dumps([uri, json_format.MessageToDict(importer.type_schema)],
+                                     sort_keys=True).encode()).hexdigest()
+    artifact = kfp_spec.RuntimeArtifact(
+        name=self._new_name() if importer.reimport else f"imported-{same[:16]}", uri=uri)
     artifact.type.CopyFrom(importer.type_schema)
     artifact.metadata.update(json_format.MessageToDict(importer.metadata))
     self.artifacts[name] = {key: [artifact]}
     self.parameter_outputs[name] = {}
     return TaskRun(name, "importer", outputs={key: [json_format.MessageToDict(artifact)]})
+
+
+def histopipe_code_digest() -> str:
+  """sha256 over this environment's histopipe sources (names and bytes)."""
+  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  digest = hashlib.sha256()
+  for folder, folders, files in sorted(os.walk(package)):
+    folders.sort()
+    for name in sorted(files):
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        digest.update(os.path.relpath(path, package).encode())
+        with open(path, "rb") as f:
+          digest.update(f.read())
+  return digest.hexdigest()
+
+
+def image_workdir() -> str:
+  """Where the image runs each command (its WORKDIR, /pipeline, holds
+  setup.py for --setup_file=./setup.py): here, the checkout holding this
+  package's setup.py, else the current folder."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return root if os.path.exists(os.path.join(root, "setup.py")) else os.getcwd()
 
 
 def _exists(uri: str) -> bool:
@@ -447,11 +595,13 @@ def _exists(uri: str) -> bool:
 
 def run_package(package: str, work_dir: str, parameters: Optional[Mapping[str, str]] = None,
                 pipeline_root: str = "", run_id: str = "",
-                stream: TextIO = sys.stderr, use_cache: bool = True) -> LocalRun:
+                stream: Optional[TextIO] = None, use_cache: bool = True) -> LocalRun:
   """Runs every task of `package`; logs, executor inputs and outputs of each
   task go to `work_dir/<run id>/<task>/`, artifacts under the pipeline root
   (the package's `defaultPipelineRoot` unless `pipeline_root` is given), the
-  cache index to `work_dir/cache.json`."""
+  cache index to `work_dir/cache.json`; `run.json` records the tasks that
+  ran, also when one failed."""
+  stream = stream or sys.stderr
   spec = load_package(package)
   check_supported(spec)
   values = pipeline_parameters(spec, parameters or {})
@@ -467,23 +617,24 @@ def run_package(package: str, work_dir: str, parameters: Optional[Mapping[str, s
   os.makedirs(work_dir)
   runner = _Runner(spec, values, run_root, work_dir, stream, cache_file)
   order = task_order(spec)
-  tasks = []
-  for number, name in enumerate(order, 1):
-    task = spec.root.dag.tasks[name]
-    component, executor = _executor(spec, name)
-    stream.write(f"[{number}/{len(order)}] {name} ...\n")
-    stream.flush()
-    if executor.WhichOneof("spec") == "importer":
-      ran = runner.run_importer(name, task, component, executor.importer)
-    else:
-      ran = runner.run_container(name, task, component, executor.container)
-    stream.write(f"[{number}/{len(order)}] {name}: "
-                 + ("cached\n" if ran.cached else f"done in {ran.seconds:.0f} s\n"))
-    stream.flush()
-    tasks.append(ran)
-  record = LocalRun(run_id, run_root, work_dir, tasks)
-  with open(os.path.join(work_dir, "run.json"), "w", encoding="utf-8") as f:
-    json.dump(dataclasses.asdict(record), f, indent=1)
+  record = LocalRun(run_id, run_root, work_dir, [])
+  try:
+    for number, name in enumerate(order, 1):
+      task = spec.root.dag.tasks[name]
+      component, executor = _executor(spec, name)
+      stream.write(f"[{number}/{len(order)}] {name} ...\n")
+      stream.flush()
+      if executor.WhichOneof("spec") == "importer":
+        ran = runner.run_importer(name, task, component, executor.importer)
+      else:
+        ran = runner.run_container(name, task, component, executor.container)
+      stream.write(f"[{number}/{len(order)}] {name}: "
+                   + ("cached\n" if ran.cached else f"done in {ran.seconds:.0f} s\n"))
+      stream.flush()
+      record.tasks.append(ran)
+  finally:
+    with open(os.path.join(work_dir, "run.json"), "w", encoding="utf-8") as f:
+      json.dump(dataclasses.asdict(record), f, indent=1)
   return record
 
 

@@ -28,7 +28,8 @@ from histopipe.core.signatures import SERVING_DEFAULT
 RETRYABLE_GRPC = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                   grpc.StatusCode.RESOURCE_EXHAUSTED)
 RETRYABLE_HTTP = (429, 502, 503, 504)
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a 36-tile PNG bag is ~4 MB; TF Serving's cap is 2 GB
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_CONCURRENCY = 64  # slides in flight at once from one client  # a 36-tile PNG bag is ~4 MB; TF Serving's cap is 2 GB
 
 
 class ServingError(UserError):
@@ -139,6 +140,11 @@ class RestPredictClient:
     self.target, self.model, self.signature = target, model, signature
     self._deadline_s, self._retries, self._backoff_s = deadline_s, retries, backoff_s
     self._session = requests.Session()
+    # One pooled connection per concurrent caller (predict --concurrency up to
+    # this many); urllib3's default of 10 would drop and reopen the others.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=MAX_CONCURRENCY)
+    self._session.mount("http://", adapter)
+    self._session.mount("https://", adapter)
 
   def _call(self, method: str, url: str, what: str, **kwargs) -> dict:
     def once():

@@ -27,7 +27,7 @@ from histopipe.core.configs import PATCH_FORMATS, PipelineConfig
 from histopipe.core import storage
 from histopipe.core.errors import UserError
 from histopipe.core.progress import progress_bar
-from histopipe.serving.client import ServingError
+from histopipe.serving.client import MAX_CONCURRENCY, ServingError
 
 # What a folder given to predict/score is searched for: slides of every type
 # the readers take, and patches.
@@ -98,27 +98,35 @@ def predict_one(path: str, client, config: PipelineConfig) -> dict:
     return request
   try:
     outputs = client.predict({signatures.EXAMPLES: np.array([request.example], dtype=object)})
+    return prediction_record(request.image_id, request.bag, outputs)
   except ServingError as e:
     return {"image_id": request.image_id, "path": path, "rejected": f"server: {e}"}
-  return prediction_record(request.image_id, request.bag, outputs)
+  except Exception as e:  # pylint: disable=broad-except (a proxy's page, a reset stream: one slide's)
+    return {"image_id": request.image_id, "path": path,
+            "rejected": f"server: unexpected {type(e).__name__}: {e}"}
 
 
 def predict_slides(paths: List[str], client, config: PipelineConfig,
                    progress: bool = False, concurrency: int = 1) -> Iterator[dict]:
   """A record per path, in the order of `paths`; `concurrency` slides are
   tiled and in flight at once (threads: the decoders, the model server and
-  the network wait without the GIL; gRPC channels are thread-safe)."""
+  the network wait without the GIL; gRPC channels are thread-safe, and the
+  REST client's connection pool holds as many connections as threads)."""
+  if not 1 <= concurrency <= MAX_CONCURRENCY:
+    raise UserError(f"--concurrency {concurrency}: from 1 to {MAX_CONCURRENCY} slides in flight")
   counter = progress_bar("predicting", len(paths), enabled=progress)
-  if concurrency <= 1:
-    for path in paths:
-      yield predict_one(path, client, config)
-      counter.update()
-  else:
-    with futures.ThreadPoolExecutor(concurrency, thread_name_prefix="predict") as pool:
-      for record in pool.map(lambda path: predict_one(path, client, config), paths):
-        yield record
+  try:
+    if concurrency == 1:
+      for path in paths:
+        yield predict_one(path, client, config)
         counter.update()
-  counter.close()
+    else:
+      with futures.ThreadPoolExecutor(concurrency, thread_name_prefix="predict") as pool:
+        for record in pool.map(lambda path: predict_one(path, client, config), paths):
+          yield record
+          counter.update()
+  finally:
+    counter.close()
 
 
 def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextIO],
