@@ -84,7 +84,8 @@ def test_the_package_runs_end_to_end_and_pushes_what_the_local_run_pushes(
   assert examples.uri == first.output("SlideExampleGen", "examples")["uri"]
   assert examples.type.instance_schema.startswith("title: tfx.Examples")
   model_uri = trainer_input.outputs.artifacts["model"].artifacts[0].uri
-  assert re.fullmatch(re.escape(f"{work}/root/histopipe/first/Trainer/") + r"[0-9a-f]{12}/model",
+  assert re.fullmatch(re.escape(f"{work}/root/histopipe/first/Trainer/") +
+                      r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/model",
                       model_uri)
   # The command is the package's own, with `{{$}}` replaced by that input.
   container = json_format.MessageToDict(spec.deployment_spec)["executors"][
