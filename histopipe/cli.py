@@ -121,7 +121,13 @@ def _predict(args) -> int:
                         progress=not sys.stdout.isatty(), concurrency=args.concurrency)
   print(f"{counts['predicted']} predicted, {counts['rejected']} rejected of {len(paths)}"
         + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr)
-  return 0
+  # A slide rejected for its own content is an answer; one the server never
+  # answered is work left undone, and a run that predicted nothing failed.
+  if counts["server_failed"]:
+    print(f"{counts['server_failed']} slide(s) got no answer from the server: their records "
+          "say why; run predict again on them", file=sys.stderr)
+    return 1
+  return 0 if counts["predicted"] or not paths else 1
 
 
 def _score(args) -> int:

@@ -23,6 +23,7 @@ from histopipe import cli
 from histopipe.components.tiling import cut_bag
 from histopipe.core.configs import load_config
 from histopipe.serving import client as serving_client
+from histopipe.serving import slide_predictions
 from histopipe.serving.dev_server import DevServer
 
 TILES = 4
@@ -184,6 +185,18 @@ def test_predict_command_prints_json_lines_and_a_submission_csv(
   assert f"{len(slides)} predicted, 1 rejected of {len(slides) + 1}" in captured.err
 
 
+def test_predict_exits_1_when_nothing_was_predicted(server, config_file, tmp_path, capsys):
+  """Every slide rejected: the records are written, and the exit status says
+  the run produced nothing (a scheduler must not take it for success)."""
+  broken = tmp_path / "broken.tiff"
+  broken.write_bytes(b"II*\x00not a slide")
+  assert cli.main(["predict", "--server", f"localhost:{server.port}", "--config", config_file,
+                   str(broken)]) == 1
+  captured = capsys.readouterr()
+  assert json.loads(captured.out)["rejected"]
+  assert "0 predicted, 1 rejected of 1" in captured.err
+
+
 def test_rest_predict_command_matches_grpc(server, tiny_dataset, config_file, capsys):
   _, slides = tiny_dataset
   outputs = []
@@ -297,17 +310,21 @@ def test_predict_survives_a_server_restart_and_loses_no_slide(model_dir, tiny_da
     for slide, record in zip(slides, records):
       bag = cut_bag(slide.path, "slide", config.tiling).bag
       assert record["grade"] == sum(bag.tile_valid) % 6, slide.image_id
-    # Gone for good: each slide costs its retries, then is a rejected record.
+    # Gone for good: the first BREAKER_FAILURES slides cost their retries,
+    # the rest are rejected unsent; every slide is a record.
     second.kill()
     second.wait(timeout=30)
     hasty = serving_client.GrpcPredictClient(f"localhost:{port}", "histopipe",
                                              deadline_s=2, retries=1, backoff_s=0.1)
-    lost = list(predict_slides([s.path for s in slides[:2]], hasty, config))
+    tried = slide_predictions.BREAKER_FAILURES
+    lost = list(predict_slides([s.path for s in slides[:tried + 2]], hasty, config))
     patient.close()
     hasty.close()
-    assert [r["image_id"] for r in lost] == [s.image_id for s in slides[:2]]
+    assert [r["image_id"] for r in lost] == [s.image_id for s in slides[:tried + 2]]
     assert all(r["rejected"].startswith("server: predict") and "gave up after 2 tries"
-               in r["rejected"] for r in lost), lost
+               in r["rejected"] for r in lost[:tried]), lost
+    assert all(r["rejected"].startswith(f"server: not sent: the last {tried} slides got no "
+                                        "answer") for r in lost[tried:]), lost
   finally:
     for process in (first, second):
       if process is not None and process.poll() is None:

@@ -5,13 +5,16 @@ the pipeline's TilingConfig, so the served model sees the tiles it was
 trained on. A slide that cannot be tiled becomes a "rejected" record with its
 reason; a server that cannot be reached at the start stops the run
 (ServingError), one that goes away during it costs each slide its retries,
-then the slide is a rejected record.
+then the slide is a rejected record; after `BREAKER_FAILURES` slides in a
+row got no answer, the rest are rejected without waiting on their retries
+(the server is gone: each record says so, and `predict` exits 1).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import threading
 from concurrent import futures
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Union
 
@@ -34,6 +37,41 @@ from histopipe.serving.client import MAX_CONCURRENCY, ServingError
 SLIDE_SUFFIXES = READER_SUFFIXES + PATCH_SUFFIXES
 # Submission-style CSV headers: PANDA's and PCam's (Kaggle) column names.
 CSV_HEADER = {"isup": ("image_id", "isup_grade"), "binary": ("id", "label")}
+# Slides in a row the server failed (after their retries) before the rest
+# are not sent: a server gone for good would cost every remaining slide its
+# whole retry budget (minutes each with the default deadline).
+BREAKER_FAILURES = 3
+# What a rejected record's reason starts with when the server, not the slide, failed.
+SERVER_FAILED = "server: "
+
+
+class ServerBreaker:
+  """Counts slides in a row the server failed; open after `limit` of them.
+
+  Hand-written rather than a circuit-breaker package: it never closes again
+  on a timer (a batch job has no later traffic to probe with), so it is a
+  counter under a lock, shared by the threads of `--concurrency`."""
+
+  def __init__(self, limit: int = BREAKER_FAILURES):
+    self._limit, self._failures, self._last = limit, 0, ""
+    self._lock = threading.Lock()
+
+  def failed(self, reason: str) -> None:
+    with self._lock:
+      self._failures += 1
+      self._last = reason
+
+  def answered(self) -> None:
+    with self._lock:
+      self._failures = 0
+
+  def refusal(self) -> Optional[str]:
+    """The reason to reject a slide without sending it, or None to send it."""
+    with self._lock:
+      if self._failures < self._limit:
+        return None
+      return (f"not sent: the last {self._failures} slides got no answer from the "
+              f"server ({self._last})")
 
 
 def find_slides(paths: Iterable[str]) -> List[str]:
@@ -89,21 +127,30 @@ def cut_request(path: str, config: PipelineConfig) -> Union[SlideRequest, dict]:
   return SlideRequest(image_id, bag, bag_features.serialize_request(bag, image_id))
 
 
-def predict_one(path: str, client, config: PipelineConfig) -> dict:
+def predict_one(path: str, client, config: PipelineConfig,
+                breaker: Optional[ServerBreaker] = None) -> dict:
   """The slide's record: its prediction, or {"image_id", "path", "rejected":
   reason} when it cannot be tiled or the server did not answer (after the
-  client's retries): no slide is lost to a server that went away."""
+  client's retries): no slide is lost to a server that went away. With a
+  `breaker` open, the slide is rejected without being sent."""
+  breaker = breaker or ServerBreaker()
   request = cut_request(path, config)
   if not isinstance(request, SlideRequest):
     return request
+  refusal = breaker.refusal()
+  if refusal:
+    return {"image_id": request.image_id, "path": path, "rejected": SERVER_FAILED + refusal}
   try:
     outputs = client.predict({signatures.EXAMPLES: np.array([request.example], dtype=object)})
-    return prediction_record(request.image_id, request.bag, outputs)
   except ServingError as e:
-    return {"image_id": request.image_id, "path": path, "rejected": f"server: {e}"}
+    reason = str(e)
   except Exception as e:  # pylint: disable=broad-except (a proxy's page, a reset stream: one slide's)
-    return {"image_id": request.image_id, "path": path,
-            "rejected": f"server: unexpected {type(e).__name__}: {e}"}
+    reason = f"unexpected {type(e).__name__}: {e}"
+  else:
+    breaker.answered()
+    return prediction_record(request.image_id, request.bag, outputs)
+  breaker.failed(reason)
+  return {"image_id": request.image_id, "path": path, "rejected": SERVER_FAILED + reason}
 
 
 def predict_slides(paths: List[str], client, config: PipelineConfig,
@@ -115,14 +162,16 @@ def predict_slides(paths: List[str], client, config: PipelineConfig,
   if not 1 <= concurrency <= MAX_CONCURRENCY:
     raise UserError(f"--concurrency {concurrency}: from 1 to {MAX_CONCURRENCY} slides in flight")
   counter = progress_bar("predicting", len(paths), enabled=progress)
+  breaker = ServerBreaker()
   try:
     if concurrency == 1:
       for path in paths:
-        yield predict_one(path, client, config)
+        yield predict_one(path, client, config, breaker)
         counter.update()
     else:
       with futures.ThreadPoolExecutor(concurrency, thread_name_prefix="predict") as pool:
-        for record in pool.map(lambda path: predict_one(path, client, config), paths):
+        for record in pool.map(lambda path: predict_one(path, client, config, breaker),
+                               paths):
           yield record
           counter.update()
   finally:
@@ -132,16 +181,18 @@ def predict_slides(paths: List[str], client, config: PipelineConfig,
 def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextIO],
                   task: str) -> Dict[str, int]:
   """JSON lines to `out`; predictions also as `image_id,isup_grade` (or
-  `id,label`) rows to `csv_file`. Returns counts of predicted and rejected."""
+  `id,label`) rows to `csv_file`. Returns counts of predicted and rejected,
+  and of the rejected those the server failed ("server_failed")."""
   writer = csv.writer(csv_file) if csv_file else None
   if writer:
     writer.writerow(CSV_HEADER[task])
-  counts = {"predicted": 0, "rejected": 0}
+  counts = {"predicted": 0, "rejected": 0, "server_failed": 0}
   for record in records:
     out.write(json.dumps(record) + "\n")
     out.flush()
     if "rejected" in record:
       counts["rejected"] += 1
+      counts["server_failed"] += record["rejected"].startswith(SERVER_FAILED)
       continue
     counts["predicted"] += 1
     if writer:
