@@ -13,6 +13,8 @@ setup(
     description="TFX pipeline for deep learning on histopathology whole-slide images",
     python_requires=">=3.9,<3.11",
     packages=find_packages(include=["histopipe", "histopipe.*"]),
+    # model-card-toolkit's JSON schema, which the model cards are checked against.
+    package_data={"histopipe.components": ["model_card.schema.json"]},
     install_requires=[
         "tfx[kfp]==1.16.0",
         "apache-beam[gcp]==2.59.0",
@@ -38,6 +40,12 @@ setup(
         "openslide-python",
         "openslide-bin",
         "wsidicom",
+        # Drift statistics (TFDV, also TFX's), referral metrics, model cards.
+        "tensorflow-data-validation",
+        "scikit-learn",
+        "pandas",
+        "jinja2",
+        "jsonschema",
     ],
     # The GCS emulator is a real GCS API server for the bucket tests.
     extras_require={"test": ["pytest", "gcp-storage-emulator"]},

@@ -115,12 +115,16 @@ def _predict(args) -> int:
   paths = find_slides(args.slides)
   with connect(args.server, args.model, rest=args.rest, deadline_s=args.deadline,
                retries=args.retries) as client:
-    config = _model_settings(args, client.contract())
+    contract = client.contract()
+    config = _model_settings(args, contract)
     # Records on a terminal show progress themselves; piped, a counter on stderr does.
     counts = predict_to(paths, client, config, sys.stdout, csv_path=args.csv or "",
-                        progress=not sys.stdout.isatty(), concurrency=args.concurrency)
-  print(f"{counts['predicted']} predicted, {counts['rejected']} rejected of {len(paths)}"
-        + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr)
+                        progress=not sys.stdout.isatty(), concurrency=args.concurrency,
+                        referral_settings=contract.referral if contract else None)
+  referred = (f", {counts['referred']} of them referred (uncertain)"
+              if contract and contract.referral else "")
+  print(f"{counts['predicted']} predicted{referred}, {counts['rejected']} rejected of "
+        f"{len(paths)}" + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr)
   # A slide rejected for its own content is an answer; one the server never
   # answered is work left undone, and a run that predicted nothing failed.
   if counts["server_failed"]:
@@ -136,14 +140,24 @@ def _score(args) -> int:
   from histopipe.serving.saved_model import read_contract
   from histopipe.serving.slide_predictions import find_slides
   paths = find_slides([args.data])
-  config = _model_settings(args, read_contract(args.model_dir))
+  contract = read_contract(args.model_dir)
+  config = _model_settings(args, contract)
   start = time.time()
+  referral_settings = contract.referral if contract else None
   counts = score_slides(args.model_dir, paths, config, args.out, csv_path=args.csv or "",
                         beam_args=merge_beam_args(config.beam_pipeline_args, args.beam_arg or []),
-                        progress=True)
-  print(f"{counts['predicted']} scored, {counts['rejected']} rejected of {len(paths)} in "
+                        progress=True, referral_settings=referral_settings)
+  referred = f" ({counts['referred']} referred)" if referral_settings else ""
+  print(f"{counts['predicted']} scored{referred}, {counts['rejected']} rejected of {len(paths)} in "
         f"{time.time() - start:.1f} s; records: {args.out}"
         + (f"; CSV: {args.csv}" if args.csv else ""))
+  from histopipe.serving.saved_model import resolve_version_dir
+  from histopipe.serving.skew import check_skew, skew_path
+  skew = check_skew(resolve_version_dir(args.model_dir)[0], args.out, config.evaluation)
+  print(f"{skew['summary']}; report: {skew_path(args.out)}")
+  if skew["drifted"]:
+    print("warning: the scored slides differ from the model's training slides (scanner, stain "
+          "or focus); check the flagged statistics before trusting the grades", file=sys.stderr)
   return 0
 
 

@@ -97,7 +97,9 @@ class _Runs:
     return self._run()
 
   def _strict_gate(self) -> Ran:
-    self.config["evaluation"] = {"min_kappa": 2.0, "max_kappa_drop": 2.0}
+    # Drift compared even on these few bags (against the first run's model).
+    self.config["evaluation"] = {"min_kappa": 2.0, "max_kappa_drop": 2.0,
+                                 "min_drift_bags": 1}
     return self._run()
 
   def _unchanged(self) -> Ran:
@@ -147,11 +149,59 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(runs):
   assert "eval quadratic weighted kappa:" in printed
   assert "eval cancer vs benign ROC AUC:" in printed
   assert "blessed: yes" in printed
+  assert "input drift: not checked (no earlier model's training statistics)" in printed
+  assert "\nreferral: " in printed
   assert "from the cache" not in printed
   assert fresh.run.complete and not fresh.run.cached_steps
+  # The model carries the image statistics of its training bags, by provider.
+  from histopipe.components import drift
+  model_uri = fresh.run.output("Trainer", "model").uri
+  training = drift.model_training_statistics(os.path.join(model_uri, "Format-Serving"))
+  assert training.datasets[0].name == drift.ALL_BAGS
+  assert {d.name for d in training.datasets[1:]} <= {drift.slice_name(p)
+                                                     for p in ("radboud", "karolinska")}
+  assert training.datasets[0].num_examples == len(_eval_bags(
+      fresh.run.output("SlideExampleGen", "examples").uri, "train"))
+  # The model card, next to the pushed version: model-card-toolkit's schema,
+  # this run's slides, rejects, metrics and ML Metadata ids, and the data's
+  # synthetic origin said plainly.
+  import jsonschema
+  from histopipe.components import model_card
+  (pushed_dir,) = glob.glob(str(out / "serving_model" / "*"))
+  card = json.loads(open(os.path.join(pushed_dir, "model_card.json")).read())
+  with open(model_card.SCHEMA_FILE) as f:
+    jsonschema.validate(card, json.load(f))
+  assert card["model_details"]["version"]["name"] == os.path.basename(pushed_dir)
+  examples = fresh.run.output("SlideExampleGen", "examples")
+  assert sum(sum(per.values()) for per in card["model_parameters"]["slides_per_split"].values()
+             ) == len(slides)
+  assert card["model_parameters"]["slides_per_split"]["eval"] and sum(
+      card["model_parameters"]["slides_per_split"]["eval"].values()) == len(
+          _eval_bags(examples.uri))
+  assert sum(card["model_parameters"]["rejected_slides"].values()) == 1
+  kappa = [m for m in card["quantitative_analysis"]["performance_metrics"]
+           if m["slice"] == "overall" and m["type"] == "kappa"]
+  assert kappa and f"eval quadratic weighted kappa: {float(kappa[0]['value']):.3f}" in printed
+  lineage = card["model_details"]["lineage"]
+  assert lineage["examples artifact id"] == examples.id
+  assert lineage["model artifact id"] == fresh.run.output("Trainer", "model").id
+  assert any("SYNTHETIC" in l["description"] for l in card["considerations"]["limitations"])
+  assert card["quantitative_analysis"]["referral"]["metric"] == "kappa"
+  page = open(os.path.join(pushed_dir, "model_card.html")).read()
+  assert "SYNTHETIC" in page and "referral" in page.lower()
+  assert f"model card: {os.path.join(pushed_dir, 'model_card.html')}" in printed
+  # StatisticsGen sees the image statistics, sliced by provider.
+  statistics_uri = fresh.run.output("StatisticsGen", "statistics").uri
+  import tensorflow_data_validation as tfdv
+  statistics = tfdv.load_stats_binary(os.path.join(statistics_uri, "Split-train",
+                                                   "FeatureStats.pb"))
+  assert {d.name for d in statistics.datasets} >= {"All Examples"}
+  assert len(statistics.datasets) > 1
+  names = {f.path.step[0] for f in statistics.datasets[0].features}
+  assert set(drift.bag_features.IMAGE_STATISTICS) <= names
   # A person sees one line per component; the libraries' logs are in run.log.
   progress = fresh.stderr.splitlines()
-  assert progress[0] == "[1/9] SlideExampleGen ..." and "[1/9] SlideExampleGen: done in" in progress[1]
+  assert progress[0] == "[1/11] SlideExampleGen ..." and "[1/11] SlideExampleGen: done in" in progress[1]
   assert all(line.startswith("[") for line in progress), progress
   assert "Trainer" in (out / "run.log").read_text()
 
@@ -256,6 +306,9 @@ def test_predict_against_the_pushed_model_on_the_dev_server(runs, capsys):
     assert record["grade"] == grade
     np.testing.assert_allclose(record["probabilities"], probabilities, atol=1e-5)
     assert abs(sum(t["weight"] for t in record["attention"]) - 1.0) < 1e-4
+    # Referral: the mass off the predicted grade, against the contract's threshold.
+    assert record["uncertainty"] == pytest.approx(1 - probabilities[grade], abs=1e-5)
+    assert record["refer"] == (record["uncertainty"] > served.referral["threshold"])
 
 
 def test_explain_draws_one_slide_and_gives_predicts_record(runs, tmp_path, capsys):
@@ -278,8 +331,12 @@ def test_score_reads_the_bucket_and_agrees_with_predict(runs, tmp_path, capsys):
   out = tmp_path / "scores.jsonl"
   assert cli.main(["score", "--model-dir", str(runs.out / "serving_model"),
                    "--data", f"{runs.data}/train_images", "--out", str(out)]) == 0
-  assert f"{len(runs.slides)} scored, 1 rejected" in capsys.readouterr().out
+  printed = capsys.readouterr().out
   records = {r["image_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+  referred = sum(bool(r.get("refer")) for r in records.values())
+  assert f"{len(runs.slides)} scored ({referred} referred), 1 rejected" in printed
+  # Written beside the records, checked against the model's training statistics.
+  assert "serving skew: " in printed and (tmp_path / "skew.json").exists()
   assert records["corrupt"]["rejected"]  # the reason, as predict gives it
   from histopipe.serving.dev_server import DevServer
   with DevServer(str(runs.out / "serving_model"), "histopipe") as server:
@@ -302,7 +359,17 @@ def test_a_model_below_the_gate_is_not_pushed_and_the_summary_says_why(runs):
   (gate_line,) = [line for line in printed.splitlines() if line.strip().startswith("gate:")]
   assert "kappa" in gate_line and "below the threshold 2.000" in gate_line
   assert sorted(glob.glob(str(runs.out / "serving_model" / "*"))) == pushed_before
-  assert set(strict.run.executed_steps) == {"Evaluator", "Pusher"}
+  assert set(strict.run.executed_steps) == {"Evaluator", "DriftCheck", "Pusher", "ModelCard"}
+  # The same bags as the model it is compared with was trained on (and more):
+  # the drift check ran against that model's training statistics.
+  (drift_line,) = [line for line in printed.splitlines() if line.startswith("input drift:")]
+  assert "Jensen-Shannon divergence" in drift_line, drift_line
+  report = strict.run.output("DriftCheck", "drift_report")
+  written = json.loads(open(os.path.join(report.uri, "drift.json")).read())
+  fresh_model = runs.get("fresh").run.output("Trainer", "model").uri
+  assert written["compared"] and written["baseline"] == fresh_model
+  assert written["slices"]["All Examples"]["baseline_bags"] < written["slices"][
+      "All Examples"]["bags"]  # the training split only, against every split
   assert set(TILING_AND_STATISTICS + ["Trainer"]) <= set(strict.run.cached_steps)
   assert "from the cache" in printed and "Trainer" in printed
   # The same model as the first run: the cache hands over the Trainer's artifact.

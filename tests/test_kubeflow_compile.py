@@ -47,6 +47,7 @@ KUBEFLOW_UPSTREAM = {
        if name != "latest_blessed_model_resolver"},
     "ServedModel": set(),
     "Evaluator": {"SlideExampleGen", "Trainer", "ServedModel"},
+    "DriftCheck": {"SlideExampleGen", "Evaluator", "ServedModel"},
 }
 
 

@@ -115,7 +115,7 @@ def test_the_second_run_takes_the_served_model_as_its_baseline(package, two_runs
   assert first.output("ServedModel", "model")["metadata"]["served_version"] == ""
   assert "baseline_model" not in first.output("Evaluator", "blessing")["metadata"]
   assert {task.name for task in second.tasks if not task.cached} == {
-      "ServedModel", "Evaluator", "Pusher"}
+      "ServedModel", "Evaluator", "DriftCheck", "Pusher", "ModelCard"}
   assert second.output("Trainer", "model") == first.output("Trainer", "model")
   first_version = first.output("Pusher", "pushed_model")["metadata"]["pushed_version"]
   served = second.output("ServedModel", "model")

@@ -19,7 +19,9 @@ EXPECTED_UPSTREAM = {
     "Trainer": {"SlideExampleGen", "Transform", "SchemaGen"},
     "latest_blessed_model_resolver": set(),
     "Evaluator": {"SlideExampleGen", "Trainer", "latest_blessed_model_resolver"},
-    "Pusher": {"Trainer", "Evaluator"},
+    "DriftCheck": {"SlideExampleGen", "Evaluator", "latest_blessed_model_resolver"},
+    "Pusher": {"Trainer", "DriftCheck"},
+    "ModelCard": {"SlideExampleGen", "Trainer", "Evaluator", "DriftCheck", "Pusher"},
 }
 
 

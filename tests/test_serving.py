@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import socket
 
 import grpc
@@ -217,10 +218,29 @@ def test_score_writes_predict_records_for_every_slide_with_beam(
     (folder / os.path.basename(slide.path)).symlink_to(slide.path)
   (folder / "broken.tiff").write_bytes(b"II*\x00not a slide")
   out, out_csv = tmp_path / "scores.jsonl", tmp_path / "scores.csv"
-  assert cli.main(["score", "--model-dir", model_dir, "--data", str(folder), "--out", str(out),
-                   "--csv", str(out_csv), "--config", config_file]) == 0
+  # The model carries training statistics (of all twelve slides' bags), and
+  # the config compares even four bags: score writes skew.json beside the records.
+  from histopipe.components import drift
+  scored_model = tmp_path / "model"
+  shutil.copytree(os.path.join(model_dir, "2"), scored_model / "2")
+  tiling = load_config(config_file).tiling
+  drift.write_statistics(
+      drift.statistics_of_frame(drift.frame_of_bags(
+          [cut_bag(s.path, "slide", tiling).bag for s in slides])),
+      str(scored_model / "2" / "assets.extra" / drift.TRAINING_STATISTICS_FILE))
+  config = json.loads(open(config_file).read())
+  config["evaluation"] = {"min_drift_bags": 1}
+  score_config = tmp_path / "score_config.json"
+  score_config.write_text(json.dumps(config))
+  assert cli.main(["score", "--model-dir", str(scored_model), "--data", str(folder),
+                   "--out", str(out), "--csv", str(out_csv),
+                   "--config", str(score_config)]) == 0
   captured = capsys.readouterr()
   assert "4 scored, 1 rejected of 5" in captured.out
+  skew = json.loads((tmp_path / "skew.json").read_text())
+  assert skew["compared"] and skew["slices"]["All Examples"]["bags"] == 4
+  assert skew["slices"]["All Examples"]["baseline_bags"] == len(slides)
+  assert f"serving skew: " in captured.out and str(tmp_path / "skew.json") in captured.out
   assert "tiling slides for scoring: 5/5" in captured.err  # progress with a rate
   scored = {r["image_id"]: r for r in map(json.loads, out.read_text().splitlines())}
   assert scored["broken"]["rejected"]

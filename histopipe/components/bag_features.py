@@ -7,7 +7,7 @@ the SlideExampleGen writes them with `serialize_bag`.
 from __future__ import annotations
 
 import dataclasses
-from typing import List
+from typing import Dict, List
 
 from histopipe.components import example_proto
 
@@ -27,6 +27,18 @@ TILE_SIZE = "tile_size"  # pixels at `level`
 MPP = "mpp"  # microns per level-0 pixel, 0 when unknown
 SLIDE_WIDTH = "slide_width"  # level 0
 SLIDE_HEIGHT = "slide_height"
+# Image statistics of the bag's real tiles, one float each (bag_statistics.py):
+# what StatisticsGen and the drift checks look at, since tiles are opaque bytes.
+STAT_PREFIX = "img_"
+MEAN_RGB = tuple(f"{STAT_PREFIX}mean_{c}" for c in "rgb")  # 0..255
+STD_RGB = tuple(f"{STAT_PREFIX}std_{c}" for c in "rgb")  # over the bag's pixels
+OD_HAEMATOXYLIN = f"{STAT_PREFIX}od_haematoxylin"  # mean stain optical density
+OD_EOSIN = f"{STAT_PREFIX}od_eosin"
+TISSUE_FRACTION = f"{STAT_PREFIX}tissue_fraction"  # mean over real tiles
+FOCUS = f"{STAT_PREFIX}focus"  # mean variance of the Laplacian of grey
+BYTES_PER_TILE = f"{STAT_PREFIX}bytes_per_tile"  # encoded size, PNG or JPEG
+IMAGE_STATISTICS = MEAN_RGB + STD_RGB + (OD_HAEMATOXYLIN, OD_EOSIN, TISSUE_FRACTION, FOCUS,
+                                         BYTES_PER_TILE)
 
 # Splits are hashed on this feature, so no patient crosses train/eval.
 PARTITION_FEATURE = PATIENT_ID
@@ -46,13 +58,20 @@ class SlideBag:
   mpp: float
   slide_width: int
   slide_height: int
+  # IMAGE_STATISTICS -> value, of the real tiles (empty only in hand-made bags).
+  image_stats: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def serialize_bag(bag: SlideBag, image_id: str, patient_id: str, data_provider: str,
                   label: int, gleason_score: str) -> bytes:
   """The serialized `tf.train.Example` of one bag, built without TensorFlow
   so Beam workers that tile slides never import it."""
+  if bag.image_stats and set(bag.image_stats) != set(IMAGE_STATISTICS):
+    raise ValueError(f"a bag's image statistics are all of {IMAGE_STATISTICS} or none; "
+                     f"got {sorted(bag.image_stats)}")
+  stats = {name: ("float", [value]) for name, value in bag.image_stats.items()}
   return example_proto.serialize_example({
+      **stats,
       IMAGE_ID: ("bytes", [image_id.encode()]),
       PATIENT_ID: ("bytes", [(patient_id or image_id).encode()]),
       DATA_PROVIDER: ("bytes", [data_provider.encode()]),

@@ -321,7 +321,19 @@ def write_dataset(out_dir: str, slides: int, seed: int = 0,
     counter.update()
   counter.close()
   write_labels(os.path.join(out_dir, "train.csv"), written)
+  mark_synthetic(out_dir, seed)
   return written
+
+
+# Written beside every synthetic dataset: the model card of a model trained
+# on it says plainly that it saw no real tissue.
+SYNTHETIC_MARKER = "SYNTHETIC_DATA.txt"
+
+
+def mark_synthetic(out_dir: str, seed: int) -> None:
+  with open(os.path.join(out_dir, SYNTHETIC_MARKER), "w") as f:
+    f.write(f"Made by `histopipe synth` (seed {seed}): drawn, not scanned tissue. A model "
+            "trained on it demonstrates the pipeline and must not be used on patients.\n")
 
 
 def write_labels(path: str, slides) -> None:
@@ -378,4 +390,5 @@ def write_patch_dataset(out_dir: str, patches: int, seed: int = 0, progress: boo
     writer = csv.writer(f)
     writer.writerow(["id", "label"])
     writer.writerows([p.id, p.label] for p in written)
+  mark_synthetic(out_dir, seed)
   return written

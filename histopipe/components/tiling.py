@@ -13,7 +13,7 @@ from typing import List, NamedTuple
 import cv2
 import numpy as np
 
-from histopipe.components import tissue
+from histopipe.components import bag_statistics, tissue
 from histopipe.components.bag_features import SlideBag
 from histopipe.components.slide_reader import Level, ReadLimits, SlideError, TiffSlide, open_slide
 from histopipe.core import storage
@@ -141,6 +141,7 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
                        f"{tiling.min_tissue_fraction}")
     out_size = tiling.resize_to or tiling.tile_size
     tiles: List[bytes] = []
+    pixels_of_tiles: List[np.ndarray] = []
     xs, ys = [], []
     for choice in chosen:
       limits.check_time(path)  # tiles read from cached segments decode nothing
@@ -149,6 +150,7 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
       if out_size != tiling.tile_size:
         pixels = cv2.resize(pixels, (out_size, out_size), interpolation=cv2.INTER_AREA)
       tiles.append(encode_tile(pixels, tiling))
+      pixels_of_tiles.append(pixels)
       xs.append(int(round(x * scale.downsample)))
       ys.append(int(round(y * scale.downsample)))
     padding = tiling.tiles_per_slide - len(chosen)
@@ -165,6 +167,8 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
         mpp=slide.mpp,
         slide_width=slide.levels[0].width,
         slide_height=slide.levels[0].height,
+        image_stats=bag_statistics.image_statistics(
+            pixels_of_tiles, tiles, [c.tissue_fraction for c in chosen]),
     )
   return TiledSlide(bag, thumbnail, thumbnail_downsample)
 
@@ -197,10 +201,12 @@ def tile_patch(path: str, tiling: TilingConfig, tile_x: int = 0, tile_y: int = 0
   if tiling.resize_to:
     pixels = cv2.resize(pixels, (tiling.resize_to, tiling.resize_to),
                         interpolation=cv2.INTER_AREA)
-  bag = SlideBag(tiles=[encode_tile(pixels, tiling)], tile_valid=[1], tile_x=[tile_x],
+  encoded = encode_tile(pixels, tiling)
+  bag = SlideBag(tiles=[encoded], tile_valid=[1], tile_x=[tile_x],
                  tile_y=[tile_y], tile_tissue=[1.0], level=0, level_downsample=1.0,
                  tile_size=max(height, width), mpp=0.0, slide_width=width,
-                 slide_height=height)
+                 slide_height=height,
+                 image_stats=bag_statistics.image_statistics([pixels], [encoded], [1.0]))
   return TiledSlide(bag, original, 1.0)
 
 

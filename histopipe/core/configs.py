@@ -167,6 +167,22 @@ class EvaluationConfig:
   max_kappa_drop: float = 0.05
   min_auc: float = 0.7
   max_auc_drop: float = 0.02
+  # Input drift (components/drift.py): a bag image statistic whose
+  # Jensen-Shannon divergence (TFDV's approximation, on its histograms) from
+  # the latest blessed model's training bags exceeds `max_drift_jsd` flags
+  # the run, overall and per data provider with at least `min_drift_bags`
+  # bags on both sides. Whether a flagged run may push is `block_on_drift`.
+  # Two draws of the same slides differ too: measured on synthetic slides,
+  # the largest divergence of 11 statistics was 0.21 at 40 bags a side and
+  # 0.07 at 80 (a colour-shifted scanner: 0.36), hence 80 bags and 0.15.
+  max_drift_jsd: float = 0.15
+  min_drift_bags: int = 80
+  block_on_drift: bool = False
+  # Referral (core/referral.py): the Trainer picks the uncertainty threshold
+  # on the "valid" split at which the accepted slides reach this kappa
+  # (ISUP) or AUC (binary) with the largest coverage.
+  referral_target_kappa: float = 0.85
+  referral_target_auc: float = 0.95
 
 
 @_settings

@@ -48,6 +48,9 @@ class ModelContract:
   tiling: TilingConfig  # how bags were cut: tile size, level rule, encoding, ...
   preset: str = ""  # what the training run started from; for people, not checked
   version: int = CONTRACT_VERSION
+  # core/referral.choose_threshold's settings, or None (no labelled slides
+  # to choose on, or a model exported before referral existed).
+  referral: Optional[Dict[str, Any]] = None
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -81,13 +84,14 @@ class ModelContract:
         tiling=self.tiling, model=dataclasses.replace(base.model, input_size=self.input_size))
 
 
-def contract_of(config: PipelineConfig) -> ModelContract:
+def contract_of(config: PipelineConfig,
+                referral: Optional[Dict[str, Any]] = None) -> ModelContract:
   """The contract of a model trained with `config` (its format resolved)."""
   return ModelContract(
       format=config.data.format, task=config.task,
       class_names=BINARY_CLASS_NAMES if config.task == "binary" else ISUP_CLASS_NAMES,
       tiles_per_bag=config.tiles_per_bag, input_size=config.model.input_size,
-      tiling=config.tiling, preset=config.preset)
+      tiling=config.tiling, preset=config.preset, referral=referral)
 
 
 def _value(config: PipelineConfig, path: str) -> Any:

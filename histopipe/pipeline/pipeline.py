@@ -1,8 +1,10 @@
 """The DAG, built from one PipelineConfig.
 
-SlideExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform
--> [Tuner, when enabled] -> Trainer -> Evaluator (baseline: the latest blessed
-model, or on Kubeflow the model now served) -> Pusher.
+SlideExampleGen -> StatisticsGen (sliced by data provider) -> SchemaGen ->
+ExampleValidator -> Transform -> [Tuner, when enabled] -> Trainer -> Evaluator
+(baseline: the latest blessed model, or on Kubeflow the model now served) ->
+DriftCheck (this run's bags against the baseline's training bags; passes the
+blessing on) -> Pusher -> ModelCard (next to the pushed version).
 The local runner and the Kubeflow compiler both call `create_pipeline`.
 """
 
@@ -14,12 +16,15 @@ import json
 import os
 from typing import Optional
 
+import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
 from histopipe.components import bag_features
 from histopipe.components.datasets import with_detected_format
+from histopipe.components.drift_check import COMPONENT_ID as DRIFT_CHECK_ID, DriftCheck
+from histopipe.components.model_card import COMPONENT_ID as MODEL_CARD_ID, ModelCard
 from histopipe.components.pusher import IdempotentPusher
 from histopipe.components.served_model import BaselineEvaluator, ServedModel
 from histopipe.components.slide_example_gen import SlideExampleGen
@@ -107,11 +112,16 @@ def code_fingerprint(*subpackages: str) -> str:
 
 
 def trainer_settings(config: PipelineConfig) -> PipelineConfig:
-  """The config as the Trainer and Tuner get it: the gate, the Kubeflow
-  resources and the Beam flags (which they do not read) at their defaults, so
-  changing the gate re-runs the Evaluator, not the training."""
+  """The config as the Trainer and Tuner get it: the gate, the drift check,
+  the Kubeflow resources and the Beam flags (which they do not read) at their
+  defaults, so changing the gate re-runs the Evaluator, not the training. The
+  referral targets stay: the Trainer chooses the referral threshold."""
   defaults = PipelineConfig()
-  return dataclasses.replace(config, evaluation=defaults.evaluation,
+  evaluation = dataclasses.replace(
+      defaults.evaluation,
+      referral_target_kappa=config.evaluation.referral_target_kappa,
+      referral_target_auc=config.evaluation.referral_target_auc)
+  return dataclasses.replace(config, evaluation=evaluation,
                              kubeflow=defaults.kubeflow,
                              beam_pipeline_args=defaults.beam_pipeline_args)
 
@@ -140,7 +150,14 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
   config_json = {"config": trainer_settings(config).to_json(), "code": model_code}
   example_gen = SlideExampleGen(input_base=data_root, config=config,
                                 code_fingerprint=tiling_code)
-  statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+  # Slices by provider (TFDV's SQL slicing: a JSON-serializable option, as
+  # the component's spec requires), so each scanner site's image statistics
+  # show on their own.
+  statistics_gen = tfx.components.StatisticsGen(
+      examples=example_gen.outputs["examples"],
+      stats_options=tfdv.StatsOptions(experimental_slice_sqls=[
+          f"SELECT STRUCT({bag_features.DATA_PROVIDER}) FROM "
+          f"example.{bag_features.DATA_PROVIDER}"]))
   schema_gen = tfx.components.SchemaGen(
       statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
   example_validator = tfx.components.ExampleValidator(
@@ -173,7 +190,9 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
     baseline_step = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing),
+        # The final verdict (the Evaluator's, or withheld for drift).
+        model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing,
+                                       producer_component_id=DRIFT_CHECK_ID),
     ).with_id("latest_blessed_model_resolver")
   elif baseline == BASELINE_SERVED:
     baseline_step = ServedModel(serving_model_dir=serving_model_dir)
@@ -185,18 +204,30 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       baseline_model=baseline_step.outputs["model"],
       example_splits=["eval"],
       eval_config=eval_config(config)).with_id("Evaluator")
+  drift_check = DriftCheck(
+      examples=example_gen.outputs["examples"],
+      baseline_model=baseline_step.outputs["model"],
+      model_blessing=evaluator.outputs["blessing"],
+      max_jsd=config.evaluation.max_drift_jsd, min_bags=config.evaluation.min_drift_bags,
+      block_on_drift=config.evaluation.block_on_drift).with_id(DRIFT_CHECK_ID)
   pusher = IdempotentPusher(
       model=trainer.outputs["model"],
-      model_blessing=evaluator.outputs["blessing"],
+      model_blessing=drift_check.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=serving_model_dir))).with_id("Pusher")
+  model_card = ModelCard(
+      examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+      evaluation=evaluator.outputs["evaluation"],
+      drift_report=drift_check.outputs["drift_report"],
+      blessing=drift_check.outputs["blessing"], pushed_model=pusher.outputs["pushed_model"],
+      config=config, data_root=data_root).with_id(MODEL_CARD_ID)
   return tfx.dsl.Pipeline(
       pipeline_name=config.name,
       pipeline_root=pipeline_root,
       components=[example_gen, statistics_gen, schema_gen, example_validator,
                   transform] + ([tuner] if tuner else []) +
-                 [trainer, baseline_step, evaluator, pusher],
+                 [trainer, baseline_step, evaluator, drift_check, pusher, model_card],
       enable_cache=enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(config.beam_pipeline_args))

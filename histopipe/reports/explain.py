@@ -22,7 +22,7 @@ from histopipe.core.errors import UserError
 from histopipe.core import storage
 from histopipe.core.layout import TRAINER_SERVING_SUBDIR, RunPaths
 from histopipe.reports import figures, lineage
-from histopipe.serving.saved_model import LoadedModel
+from histopipe.serving.saved_model import LoadedModel, read_contract
 from histopipe.serving.slide_predictions import prediction_record
 
 
@@ -49,7 +49,9 @@ def explain_slide(slide_path: str, model_dir: str, config: PipelineConfig, out_p
     raise UserError(f"{slide_path}: cannot be tiled: {e.reason}") from None
   outputs = model.run(signatures.SERVING_DEFAULT, {signatures.EXAMPLES: np.array(
       [bag_features.serialize_request(tiled.bag, image_id)], dtype=object)})
-  record = prediction_record(image_id, tiled.bag, outputs)
+  contract = read_contract(model_dir)
+  record = prediction_record(image_id, tiled.bag, outputs,
+                             contract.referral if contract else None)
   probabilities = np.round(record["probabilities"], 2).tolist()
   figures.attention_heatmap_png(
       tiled.thumbnail, tiled.thumbnail_downsample, tiled.bag,

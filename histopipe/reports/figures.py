@@ -102,3 +102,43 @@ def attention_heatmap_png(thumbnail_rgb: np.ndarray, thumbnail_downsample: float
 
 def class_names(num_classes: int) -> List[str]:
   return ["0", "1"] if num_classes == 2 else [str(k) for k in range(num_classes)]
+
+
+def colour_distributions_png(values_by_provider: Dict[str, Dict[str, np.ndarray]],
+                             titles: Dict[str, str], path: str, title: str) -> None:
+  """One panel per statistic (`titles`: key -> panel title), one histogram
+  per data provider in each: how each site's bags look."""
+  keys = list(titles)
+  figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
+  for axis, key in zip(np.atleast_1d(axes), keys):
+    series = [values[key] for values in values_by_provider.values()]
+    low = min(float(np.min(s)) for s in series)
+    high = max(float(np.max(s)) for s in series)
+    bins = np.linspace(low, high if high > low else low + 1, 21)
+    for provider, values in values_by_provider.items():
+      axis.hist(values[key], bins=bins, alpha=0.5, label=f"{provider} ({len(values[key])})")
+    axis.set_title(titles[key], fontsize=9)
+    axis.tick_params(labelsize=7)
+  np.atleast_1d(axes)[0].legend(fontsize=7)
+  figure.suptitle(title, fontsize=10)
+  figure.tight_layout()
+  save_png(figure, path)
+
+
+def coverage_curve_png(coverage: Sequence[float], metric: Sequence[float], metric_name: str,
+                       chosen: Tuple[float, float], target: float, path: str,
+                       title: str) -> None:
+  """The metric of the accepted slides against the share accepted, with the
+  model's referral threshold marked and the target as a line."""
+  figure, axes = plt.subplots(figsize=(5, 4))
+  axes.plot(coverage, metric, marker=".", linewidth=1.5, label="accepted slides")
+  axes.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:g}")
+  axes.plot([chosen[0]], [chosen[1]], marker="o", markersize=9, color="crimson",
+            label=f"model's threshold: {chosen[0]:.0%} accepted, {metric_name} {chosen[1]:.3f}")
+  axes.set_xlim(0, 1.02)
+  axes.set_xlabel("coverage (share of slides not referred)")
+  axes.set_ylabel(f"{metric_name} of accepted slides")
+  axes.set_title(title, fontsize=10)
+  axes.legend(loc="lower left", fontsize=7)
+  figure.tight_layout()
+  save_png(figure, path)

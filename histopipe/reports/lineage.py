@@ -18,14 +18,15 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
+from histopipe.components import model_card
 from histopipe.core.errors import UserError
 from histopipe.core.layout import require_metadata
 
 _STATE = metadata_store_pb2.Execution.State
 _DONE = (_STATE.COMPLETE, _STATE.CACHED)
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
-# The last step of every run: a run whose Pusher finished went all the way.
-FINAL_STEP = "Pusher"
+# The last step of every run: a run whose model card was written went all the way.
+FINAL_STEP = model_card.COMPONENT_ID
 # Resolver nodes (the latest blessed model) look their inputs up on every run:
 # recorded as executions, but they run no executor and are never cached.
 RESOLVER_TYPE = "tfx.dsl.components.common.resolver.Resolver"

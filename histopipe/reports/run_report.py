@@ -19,15 +19,15 @@ import tensorflow as tf
 from sklearn.metrics import cohen_kappa_score, roc_auc_score, roc_curve
 from tfx.dsl.io import fileio
 
-from histopipe.components import bag_features
+from histopipe.components import bag_features, drift
 from histopipe.components.slide_reader import SlideError, open_slide
 from histopipe.components.slide_stages import read_outcomes
-from histopipe.core import signatures
+from histopipe.core import referral, signatures
 from histopipe.core import storage
 from histopipe.core.errors import UserError
 from histopipe.core.layout import SLIDE_REPORT_DIR, TRAINER_SERVING_SUBDIR, RunPaths
 from histopipe.reports import figures, lineage, run_summary
-from histopipe.serving.saved_model import LoadedModel
+from histopipe.serving.saved_model import LoadedModel, read_contract
 
 THUMBNAIL_MAX_SIDE = 768
 
@@ -161,6 +161,68 @@ def _table(rows: List[List[str]], header: List[str]) -> str:
   return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def referral_section(predictions: EvalPredictions, settings: Optional[dict], task: str,
+                     out_dir: str) -> str:
+  """The coverage curve on the eval split (core/referral.py), the model's
+  threshold (chosen on the valid split) marked on it; HTML."""
+  if not settings:
+    return "<p>The model carries no referral threshold.</p>"
+  name = "AUC" if task == "binary" else "kappa"
+  points = [p for p in referral.coverage_curve(predictions.labels, predictions.grades,
+                                               predictions.probabilities, task)
+            if p.metric is not None]
+  uncertainties = referral.uncertainty(predictions.probabilities, predictions.grades, task)
+  accepted = ~referral.refer(uncertainties, settings["threshold"])
+  scores = predictions.probabilities.reshape(len(predictions.labels), -1)[:, -1]
+  metric = referral.metric_of(predictions.labels[accepted], predictions.grades[accepted],
+                              scores[accepted], task)
+  text = html.escape(referral.describe(settings))
+  if not points or metric is None:
+    return (f"<p>{text}</p><p>The eval split has too few slides of more than one class "
+            "for a coverage curve.</p>")
+  coverage = float(accepted.mean())
+  figures.coverage_curve_png([p.coverage for p in points], [p.metric for p in points], name,
+                             (coverage, metric), settings["target"],
+                             storage.join(out_dir, "referral.png"),
+                             f"Referral on the eval split ({len(predictions.labels)} slides)")
+  return (f"<p>{text}.</p><p>On the eval split (unseen when the threshold was chosen): "
+          f"<b>{coverage:.0%} accepted, {name} {metric:.3f}</b>; "
+          f"{int((~accepted).sum())} of {len(accepted)} slides referred.</p>"
+          '<figure><img src="referral.png" alt="coverage against the metric"></figure>')
+
+
+COLOUR_PANELS = {bag_features.MEAN_RGB[0]: "mean R (stained pixels)",
+                 bag_features.MEAN_RGB[1]: "mean G", bag_features.MEAN_RGB[2]: "mean B",
+                 bag_features.OD_HAEMATOXYLIN: "haematoxylin OD",
+                 bag_features.OD_EOSIN: "eosin OD", bag_features.FOCUS: "focus"}
+
+
+def inputs_section(examples_uri: str, drift_report: dict, out_dir: str) -> str:
+  """Each provider's distribution of the bag image statistics (every split)
+  and DriftCheck's verdict; HTML."""
+  frame = drift.frame_of_examples(drift.read_serialized_bags(
+      [storage.join(examples_uri, "Split-*", "*")]))
+  if frame.empty:
+    return "<p>no bags</p>"
+  by_provider = {provider or "(none)": {key: rows[key].to_numpy() for key in COLOUR_PANELS}
+                 for provider, rows in frame.groupby(bag_features.DATA_PROVIDER)}
+  figures.colour_distributions_png(by_provider, COLOUR_PANELS,
+                                   storage.join(out_dir, "colours.png"),
+                                   f"Bag image statistics by provider ({len(frame)} bags)")
+  rows = []
+  for slice_name, entry in drift_report.get("slices", {}).items():
+    statistics = entry.get("statistics", {})
+    worst = max(statistics.items(), key=lambda item: item[1]["jsd"]) if statistics else None
+    rows.append([slice_name, str(entry["bags"]), str(entry.get("baseline_bags", "–")),
+                 f"{worst[0]} {worst[1]['jsd']:.3f}" if worst else entry.get("skipped", "–"),
+                 ", ".join(entry.get("drifted", [])) or "–"])
+  table = (_table(rows, ["slice", "bags", "baseline bags", "largest divergence", "flagged"])
+           if rows else "")
+  verdict = html.escape(drift_report.get("summary", "input drift: no DriftCheck result"))
+  return (f"<p><b>{verdict}</b></p>{table}"
+          '<figure><img src="colours.png" alt="colour distributions by provider"></figure>')
+
+
 def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
   """Writes `<out_dir>/index.html` and its PNGs (default `<run_dir>/report`); returns the path."""
   paths = RunPaths(os.path.abspath(run_dir))
@@ -197,6 +259,11 @@ def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
   roc_title = "cancer (grade ≥ 1) vs benign" if num_classes > 2 else "label 1 vs 0"
   if curves:
     figures.roc_curves_png(curves, storage.join(out_dir, "roc.png"), f"ROC: {roc_title}")
+
+  contract = read_contract(model_dir)
+  referral_html = referral_section(predictions, contract.referral if contract else None,
+                                   "binary" if num_classes == 2 else "isup", out_dir)
+  inputs_html = inputs_section(summary.examples_uri, summary.drift, out_dir)
 
   slide_paths = {o.image_id: o.path for o in read_outcomes(
       storage.join(summary.examples_uri, SLIDE_REPORT_DIR), fileio.open)}
@@ -239,6 +306,8 @@ text-align:right}}figure{{display:inline-block;margin:6px}}img{{max-width:520px}
 model: {html.escape(model_dir)}</p>
 {f"<p><b>{html.escape(later)}</b></p>" if later else ""}
 <h2>Gate</h2><p><b>{gate}</b>; {html.escape(pushed)}</p><ul>{gate_lines}</ul>
+{f'<p>Model card: <a href="file://{html.escape(summary.model_card)}">'
+ f'{html.escape(summary.model_card)}</a></p>' if summary.model_card else ""}
 <h3>TFMA (what the Evaluator judged, overall slice)</h3>{_table(tfma_rows, ["metric", "value"])}
 <h2>Eval split, from the model's predictions</h2>
 {_table(rows, columns)}
@@ -246,6 +315,10 @@ model: {html.escape(model_dir)}</p>
 {'<figure><img src="roc.png" alt="ROC curves"></figure>' if curves else
  '<p>ROC: the eval split has one class only, so there is no curve (and the AUC TFMA '
  'reports, 0, is a convention, not a measurement).</p>'}
+<h2>Referral of uncertain slides</h2>
+{referral_html}
+<h2>Watching the inputs</h2>
+{inputs_html}
 <h2>Attention on eval slides</h2>
 <p>Each chosen tile coloured by its attention weight (scaled to the slide's largest).</p>
 {images or '<p>no slide files found for the eval bags</p>'}

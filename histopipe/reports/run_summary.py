@@ -10,7 +10,10 @@ from typing import Any, Dict, List, Optional
 import tensorflow_model_analysis as tfma
 from tfx.dsl.io import fileio
 
+from histopipe.components import drift, drift_check, model_card
+from histopipe.core import referral
 from histopipe.core.layout import REJECTS_FILE, SLIDE_REPORT_DIR, RunPaths
+from histopipe.core.model_contract import CONTRACT_FILE, ModelContract
 from histopipe.reports import lineage
 from histopipe.trainer.metrics import AUC, CANCER_AUC, KAPPA
 
@@ -30,6 +33,11 @@ class RunSummary:
   blessed: Optional[bool] = None
   gate_failures: List[str] = dataclasses.field(default_factory=list)
   pushed_to: str = ""
+  # DriftCheck's report (components/drift.py) and whether it held the push back.
+  drift: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  blocked_by_drift: bool = False
+  referral: Optional[Dict[str, Any]] = None  # the trained model's contract's
+  model_card: str = ""  # model_card.html: beside the pushed version, else in the artifact
   # The Tuner's completed trials, best first: {"score", <hyperparameter>: value}.
   tuner_trials: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
   # This run's artifacts, for reports: the Examples (with slide_report/) and
@@ -88,6 +96,10 @@ def summarize(paths: RunPaths, complete: bool = False) -> RunSummary:
   model = run.output("Trainer", "model")
   if model is not None:
     summary.model_uri = model.uri
+    contract_path = os.path.join(model.uri, "Format-Serving", "assets.extra", CONTRACT_FILE)
+    if fileio.exists(contract_path):
+      with fileio.open(contract_path) as f:
+        summary.referral = ModelContract.from_json(f.read()).referral
 
   tuner_results = run.output("Tuner", "tuner_results")
   if tuner_results is not None:
@@ -112,9 +124,19 @@ def summarize(paths: RunPaths, complete: bool = False) -> RunSummary:
   blessing = run.output("Evaluator", "blessing")
   if blessing is not None:
     summary.blessed = bool(_custom(blessing, "blessed"))
+  drift_report = run.output(drift_check.COMPONENT_ID, drift_check.REPORT_KEY)
+  if drift_report is not None:
+    with fileio.open(os.path.join(drift_report.uri, drift_check.REPORT_FILE)) as f:
+      summary.drift = json.load(f)
+  final_blessing = run.output(drift_check.COMPONENT_ID, drift_check.BLESSING_KEY)
+  if final_blessing is not None:
+    summary.blocked_by_drift = bool(_custom(final_blessing, "blocked_by_drift"))
   pushed = run.output("Pusher", "pushed_model")
   if pushed is not None and _custom(pushed, "pushed"):
     summary.pushed_to = _custom(pushed, "pushed_destination") or ""
+  card = run.output(model_card.COMPONENT_ID, "model_card")
+  if card is not None:
+    summary.model_card = os.path.join(summary.pushed_to or card.uri, model_card.CARD_HTML)
   return summary
 
 
@@ -149,8 +171,18 @@ def format_summary(summary: RunSummary) -> str:
     lines.append(f"blessed: {'yes' if summary.blessed else 'no'}")
   for failure in summary.gate_failures:
     lines.append(f"  gate: {failure}")
-  lines.append(f"pushed to: {summary.pushed_to}" if summary.pushed_to
-               else "pushed: no (model not blessed)")
+  if summary.model_uri:
+    lines.append(referral.describe(summary.referral))
+  if summary.drift:
+    lines.append(summary.drift.get("summary") or drift.summary_line(summary.drift))
+  if summary.pushed_to:
+    lines.append(f"pushed to: {summary.pushed_to}")
+  elif summary.blocked_by_drift:
+    lines.append("pushed: no (input drift, and evaluation.block_on_drift is set)")
+  else:
+    lines.append("pushed: no (model not blessed)")
+  if summary.model_card:
+    lines.append(f"model card: {summary.model_card}")
   if summary.cached_steps:
     lines.append(f"from the cache ({len(summary.cached_steps)} steps, inputs, settings and code "
                  f"unchanged): {', '.join(summary.cached_steps)}")

@@ -75,10 +75,13 @@ class SavedModelHandler(inference.ModelHandler[SlideRequest, Dict[str, np.ndarra
 _COUNTERS = "histopipe.score"
 
 
-def _record(result: inference.PredictionResult) -> dict:
+def _record(result: inference.PredictionResult, referral_settings: Optional[dict]) -> dict:
   request = result.example
   beam.metrics.Metrics.counter(_COUNTERS, "predicted").inc()
-  return prediction_record(request.image_id, request.bag, result.inference)
+  record = prediction_record(request.image_id, request.bag, result.inference, referral_settings)
+  if record.get("refer"):
+    beam.metrics.Metrics.counter(_COUNTERS, "referred").inc()
+  return record
 
 
 def _rejected(record: dict) -> dict:
@@ -88,9 +91,11 @@ def _rejected(record: dict) -> dict:
 
 def score_slides(model_dir: str, paths: List[str], config: PipelineConfig, out_path: str,
                  csv_path: str = "", beam_args: Sequence[str] = (),
-                 progress: bool = False) -> Dict[str, int]:
+                 progress: bool = False,
+                 referral_settings: Optional[dict] = None) -> Dict[str, int]:
   """Writes `out_path` (JSON lines, one per path) and, if asked, `csv_path`;
-  returns counts of predicted and rejected slides."""
+  returns counts of predicted, rejected and referred slides (`referral_settings`:
+  the model contract's referral threshold)."""
   options = PipelineOptions(list(beam_args))
   counter = ItemProgress("tiling slides for scoring", len(paths) if progress else 0,
                          shared=not single_worker(options))
@@ -101,7 +106,7 @@ def score_slides(model_dir: str, paths: List[str], config: PipelineConfig, out_p
                   "rejected", main="requests"))
   predicted = (requests.requests
                | "Predict" >> inference.RunInference(SavedModelHandler(model_dir))
-               | "ToRecords" >> beam.Map(_record))
+               | "ToRecords" >> beam.Map(_record, referral_settings))
   rejected = requests.rejected | "CountRejected" >> beam.Map(_rejected)
   records = (predicted, rejected) | "AllRecords" >> beam.Flatten()
   _ = (records | "ToJson" >> beam.Map(json.dumps)
@@ -113,7 +118,7 @@ def score_slides(model_dir: str, paths: List[str], config: PipelineConfig, out_p
                                              header=csv_line(CSV_HEADER[config.task])))
   result = pipeline.run()
   result.wait_until_finish()
-  counts = {"predicted": 0, "rejected": 0}
+  counts = {"predicted": 0, "rejected": 0, "referred": 0}
   for metric in result.metrics().query(
       beam.metrics.MetricsFilter().with_namespace(_COUNTERS))["counters"]:
     counts[metric.key.metric.name] += metric.committed

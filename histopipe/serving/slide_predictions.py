@@ -25,7 +25,7 @@ from histopipe.components.bag_features import SlideBag
 from histopipe.components.datasets import PATCH_SUFFIXES, image_id_from_path
 from histopipe.components.slide_reader import SLIDE_SUFFIXES as READER_SUFFIXES, SlideError
 from histopipe.components.tiling import cut_bag
-from histopipe.core import signatures
+from histopipe.core import referral, signatures
 from histopipe.core.configs import PATCH_FORMATS, PipelineConfig
 from histopipe.core import storage
 from histopipe.core.errors import UserError
@@ -92,18 +92,31 @@ def find_slides(paths: Iterable[str]) -> List[str]:
   return found
 
 
-def prediction_record(image_id: str, bag: SlideBag, outputs: Dict[str, np.ndarray]) -> dict:
+def prediction_record(image_id: str, bag: SlideBag, outputs: Dict[str, np.ndarray],
+                      referral_settings: Optional[dict] = None) -> dict:
   """One slide's outputs (batch of one) as a JSON-ready record; attention per
-  real tile with its level-0 position and size."""
+  real tile with its level-0 position and size; the prediction's uncertainty
+  and, when the model carries a referral threshold, whether to refer it."""
   attention = np.asarray(outputs[signatures.ATTENTION]).reshape(-1)
+  probabilities = np.asarray(outputs[signatures.PROBABILITIES]).reshape(1, -1)
+  grade = int(np.asarray(outputs[signatures.GRADE]).reshape(-1)[0])
+  # One probability: P(label 1) of a binary model; else one per ISUP grade.
+  task = "binary" if probabilities.shape[1] == 1 else "isup"
+  uncertain = float(referral.uncertainty(probabilities, [grade], task)[0])
+  refer = ({"refer": bool(referral.refer(uncertain, referral_settings["threshold"]))}
+           if referral_settings else {})
   side = round(bag.tile_size * bag.level_downsample)
   tiles = [{"x": int(x), "y": int(y), "size": side, "weight": round(float(w), 6)}
            for x, y, valid, w in zip(bag.tile_x, bag.tile_y, bag.tile_valid, attention) if valid]
   return {"image_id": image_id,
-          "grade": int(np.asarray(outputs[signatures.GRADE]).reshape(-1)[0]),
-          "probabilities": [round(float(p), 6) for p in
-                            np.asarray(outputs[signatures.PROBABILITIES]).reshape(-1)],
-          "attention": tiles}
+          "grade": grade,
+          "probabilities": [round(float(p), 6) for p in probabilities.reshape(-1)],
+          "uncertainty": round(uncertain, 6), **refer,
+          "attention": tiles,
+          # The bag's image statistics (colour, stain, focus...): what the
+          # skew check compares with the model's training bags.
+          "image_stats": {name: round(float(value), 4)
+                          for name, value in bag.image_stats.items()}}
 
 
 class SlideRequest(NamedTuple):
@@ -128,7 +141,8 @@ def cut_request(path: str, config: PipelineConfig) -> Union[SlideRequest, dict]:
 
 
 def predict_one(path: str, client, config: PipelineConfig,
-                breaker: Optional[ServerBreaker] = None) -> dict:
+                breaker: Optional[ServerBreaker] = None,
+                referral_settings: Optional[dict] = None) -> dict:
   """The slide's record: its prediction, or {"image_id", "path", "rejected":
   reason} when it cannot be tiled or the server did not answer (after the
   client's retries): no slide is lost to a server that went away. With a
@@ -148,13 +162,14 @@ def predict_one(path: str, client, config: PipelineConfig,
     reason = f"unexpected {type(e).__name__}: {e}"
   else:
     breaker.answered()
-    return prediction_record(request.image_id, request.bag, outputs)
+    return prediction_record(request.image_id, request.bag, outputs, referral_settings)
   breaker.failed(reason)
   return {"image_id": request.image_id, "path": path, "rejected": SERVER_FAILED + reason}
 
 
 def predict_slides(paths: List[str], client, config: PipelineConfig,
-                   progress: bool = False, concurrency: int = 1) -> Iterator[dict]:
+                   progress: bool = False, concurrency: int = 1,
+                   referral_settings: Optional[dict] = None) -> Iterator[dict]:
   """A record per path, in the order of `paths`; `concurrency` slides are
   tiled and in flight at once (threads: the decoders, the model server and
   the network wait without the GIL; gRPC channels are thread-safe, and the
@@ -166,12 +181,12 @@ def predict_slides(paths: List[str], client, config: PipelineConfig,
   try:
     if concurrency == 1:
       for path in paths:
-        yield predict_one(path, client, config, breaker)
+        yield predict_one(path, client, config, breaker, referral_settings)
         counter.update()
     else:
       with futures.ThreadPoolExecutor(concurrency, thread_name_prefix="predict") as pool:
-        for record in pool.map(lambda path: predict_one(path, client, config, breaker),
-                               paths):
+        for record in pool.map(
+            lambda path: predict_one(path, client, config, breaker, referral_settings), paths):
           yield record
           counter.update()
   finally:
@@ -186,7 +201,7 @@ def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextI
   writer = csv.writer(csv_file) if csv_file else None
   if writer:
     writer.writerow(CSV_HEADER[task])
-  counts = {"predicted": 0, "rejected": 0, "server_failed": 0}
+  counts = {"predicted": 0, "rejected": 0, "server_failed": 0, "referred": 0}
   for record in records:
     out.write(json.dumps(record) + "\n")
     out.flush()
@@ -195,6 +210,7 @@ def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextI
       counts["server_failed"] += record["rejected"].startswith(SERVER_FAILED)
       continue
     counts["predicted"] += 1
+    counts["referred"] += bool(record.get("refer"))
     if writer:
       writer.writerow([record["image_id"], record["grade"]])
   return counts
@@ -202,12 +218,15 @@ def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextI
 
 def predict_to(paths: List[str], client, config: PipelineConfig, out: TextIO,
                csv_path: str = "", progress: bool = False,
-               concurrency: int = 1) -> Dict[str, int]:
+               concurrency: int = 1, referral_settings: Optional[dict] = None
+               ) -> Dict[str, int]:
   """`histopipe predict`: checks that the server has the model and signature
   before tiling anything, then writes a JSON line per slide to `out` (and the
-  submission CSV to `csv_path`). Returns counts of predicted and rejected."""
+  submission CSV to `csv_path`). Returns counts of predicted, rejected and
+  referred."""
   client.signatures()
-  records = predict_slides(paths, client, config, progress=progress, concurrency=concurrency)
+  records = predict_slides(paths, client, config, progress=progress, concurrency=concurrency,
+                           referral_settings=referral_settings)
   if not csv_path:
     return write_records(records, out, None, config.task)
   with open(csv_path, "w", newline="") as csv_file:

@@ -30,14 +30,9 @@ import numpy as np
 import tensorflow as tf
 
 from histopipe.core.configs import AugmentationConfig
+from histopipe.core.stain import HED_FROM_RGB, RGB_FROM_HED
 from histopipe.trainer import features
 
-# Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB), as in
-# scikit-image's rgb_from_hed.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
-                         [0.07, 0.99, 0.11],
-                         [0.27, 0.57, 0.78]], np.float32)
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
 _LOG_256 = float(np.log(256.0))
 # Rec. 601 luma, and RGB <-> YIQ (rows: R, G, B in; columns: Y, I, Q out).
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)

@@ -20,8 +20,8 @@ import tf_keras as keras
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from histopipe.components import bag_features
-from histopipe.core import signatures
+from histopipe.components import bag_features, drift
+from histopipe.core import referral, signatures
 from histopipe.core.model_contract import CONTRACT_FILE, ModelContract, contract_of
 from histopipe.core.configs import PipelineConfig, TrainingConfig, with_tuned_values
 from histopipe.trainer import features, warmup
@@ -190,20 +190,50 @@ def _serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransform
           signatures.METADATA: metadata}
 
 
+def referral_settings(model: keras.Model, validation: tf.data.Dataset,
+                      config: PipelineConfig) -> Optional[dict]:
+  """The referral threshold (core/referral.py) chosen on the validation bags'
+  predictions; None when there are none."""
+  labels, grades, probabilities = [], [], []
+  for batch in validation:
+    inputs, targets = batch[0], batch[1]
+    outputs = model(inputs, training=False)
+    labels.append(np.asarray(targets[features.PROBABILITIES]).reshape(-1))
+    grades.append(np.asarray(outputs[features.GRADE]).reshape(-1))
+    probabilities.append(np.asarray(outputs[features.PROBABILITIES]))
+  if not labels:
+    return None
+  target = (config.evaluation.referral_target_auc if config.task == "binary"
+            else config.evaluation.referral_target_kappa)
+  settings = referral.choose_threshold(np.concatenate(labels), np.concatenate(grades),
+                                       np.concatenate(probabilities), config.task, target)
+  logging.info(referral.describe(settings))
+  return settings
+
+
 def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
            config: PipelineConfig, export_dir: str,
-           warmup_bags: Sequence[bytes] = ()) -> None:
-  """The SavedModel with its signatures, its contract as a file as well, and
+           warmup_bags: Sequence[bytes] = (),
+           training_bags: Sequence[str] = (),
+           referral_choice: Optional[dict] = None) -> None:
+  """The SavedModel with its signatures, its contract as a file as well,
   TF Serving's warm-up requests, one per bag of `warmup_bags` (serialized bag
-  examples; none, no warm-up file). assets.extra/ travels with the model: the
-  Pusher copies the whole folder; TF Serving reads only the warm-up file."""
-  contract = contract_of(config)
+  examples; none, no warm-up file), and the image statistics of the bags in
+  `training_bags` (file patterns; the drift checks' baseline). The contract
+  carries `referral_choice` (referral_settings). assets.extra/
+  travels with the model: the Pusher copies the whole folder; TF Serving
+  reads only the warm-up file."""
+  contract = contract_of(config, referral_choice)
   model.save(export_dir, save_format="tf",
              signatures=_serving_signatures(model, tf_transform_output, contract))
   extra = os.path.join(export_dir, "assets.extra")
   tf.io.gfile.makedirs(extra)
   with tf.io.gfile.GFile(os.path.join(extra, CONTRACT_FILE), "w") as f:
     f.write(contract.to_json())
+  if training_bags:
+    frame = drift.frame_of_examples(drift.read_serialized_bags(training_bags))
+    drift.write_statistics(drift.statistics_of_frame(frame),
+                           os.path.join(extra, drift.TRAINING_STATISTICS_FILE))
   if warmup_bags:
     warmup.write_warmup_requests(export_dir, warmup_bags, config.name)
   else:
@@ -325,4 +355,6 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
   logging.info("best %s during training: %.3f", selection_metric(config), best)
   # Real bags warm up what clients will send: the same tile format, size and count.
   export(model, tf_transform_output, config, fn_args.serving_model_dir,
-         warmup_bags=warmup.first_bags(fn_args.eval_files))
+         warmup_bags=warmup.first_bags(fn_args.eval_files),
+         training_bags=fn_args.train_files,
+         referral_choice=referral_settings(model, validation, config))
