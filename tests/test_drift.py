@@ -170,7 +170,7 @@ def test_drift_check_passes_the_blessing_on_or_withholds_it(lab_statistics, tmp_
       tmp_path / "baseline" / "Format-Serving" / "assets.extra" / drift.TRAINING_STATISTICS_FILE))
   evaluator_blessing = _artifact(standard_artifacts.ModelBlessing, tmp_path / "evaluated",
                                  blessed=1, current_model_id=7)
-  report = _artifact(drift_check.DriftReport, tmp_path / "report")
+  report = _artifact(drift_check.DRIFT_REPORT_TYPE, tmp_path / "report")
   blessing = _artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing")
   drift_check.DriftCheckExecutor().Do(
       {"examples": [examples], "baseline_model": [model], "model_blessing": [evaluator_blessing]},

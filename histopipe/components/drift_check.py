@@ -25,6 +25,7 @@ from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.experimental import simple_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import path_utils
 
@@ -48,9 +49,13 @@ DRIFT_STATUS = "drift"
 BLESSED = "blessed"
 
 
-class DriftReport(types.Artifact):
-  """drift.json (components/drift.py's report) and this run's statistics.pb."""
-  TYPE_NAME = "histopipe.DriftReport"  # namespace.Name: what the KFP v2 compiler accepts
+# The report's artifact type: drift.json (components/drift.py's report) and
+# this run's statistics.pb. A standard type, not a class of our own: on
+# Kubeflow, TFX's container entrypoint imports a custom artifact class from
+# its schema title, which must be "module.Class" with one dot (so no
+# "histopipe.components.drift_check.X"); `system.Metrics` is what KFP shows
+# as metrics.
+DRIFT_REPORT_TYPE = simple_artifacts.Metrics
 
 
 class DriftCheckSpec(ComponentSpec):
@@ -60,7 +65,7 @@ class DriftCheckSpec(ComponentSpec):
   INPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
             BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
             MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing)}
-  OUTPUTS = {REPORT_KEY: ChannelParameter(type=DriftReport),
+  OUTPUTS = {REPORT_KEY: ChannelParameter(type=DRIFT_REPORT_TYPE),
              BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing)}
 
 
@@ -137,5 +142,5 @@ class DriftCheck(base_component.BaseComponent):
     super().__init__(spec=DriftCheckSpec(
         examples=examples, baseline_model=baseline_model, model_blessing=model_blessing,
         max_jsd=float(max_jsd), min_bags=int(min_bags), block_on_drift=int(block_on_drift),
-        drift_report=types.Channel(type=DriftReport),
+        drift_report=types.Channel(type=DRIFT_REPORT_TYPE),
         blessing=types.Channel(type=standard_artifacts.ModelBlessing)))

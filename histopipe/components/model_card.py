@@ -37,6 +37,7 @@ from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.experimental import simple_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from histopipe.components import bag_features, drift, drift_check, synthetic
@@ -52,9 +53,9 @@ SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_ca
 SCHEMA_VERSION = "0.0.2"
 
 
-class ModelCardArtifact(types.Artifact):
-  """model_card.json and model_card.html."""
-  TYPE_NAME = "histopipe.ModelCard"
+# model_card.json and model_card.html: a standard type (see
+# drift_check.DRIFT_REPORT_TYPE for why not a class of our own).
+MODEL_CARD_TYPE = simple_artifacts.File
 
 
 class ModelCardSpec(ComponentSpec):
@@ -63,10 +64,10 @@ class ModelCardSpec(ComponentSpec):
   INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples),
             "model": ChannelParameter(type=standard_artifacts.Model),
             "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
-            "drift_report": ChannelParameter(type=drift_check.DriftReport),
+            "drift_report": ChannelParameter(type=drift_check.DRIFT_REPORT_TYPE),
             "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
             "pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
-  OUTPUTS = {"model_card": ChannelParameter(type=ModelCardArtifact)}
+  OUTPUTS = {"model_card": ChannelParameter(type=MODEL_CARD_TYPE)}
 
 
 def slides_per_split(examples: types.Artifact) -> Dict[str, Dict[str, int]]:
@@ -300,4 +301,4 @@ class ModelCard(base_component.BaseComponent):
     super().__init__(spec=ModelCardSpec(
         examples=examples, model=model, evaluation=evaluation, drift_report=drift_report,
         blessing=blessing, pushed_model=pushed_model, config=config.to_json(),
-        data_root=data_root, model_card=types.Channel(type=ModelCardArtifact)))
+        data_root=data_root, model_card=types.Channel(type=MODEL_CARD_TYPE)))
