@@ -172,7 +172,7 @@ def build_card(config: PipelineConfig, contract: Optional[ModelContract],
           "overview": f"Predicts {task} from a whole-slide image.",
           "documentation": (
               f"Trained by the histopipe TFX pipeline ({config.preset or 'custom'} preset, "
-              f"{config.data.format} data). Blessed by the Evaluator: "
+              f"{config.data.format} data). Blessed (the gate, then the drift check): "
               f"{'yes' if blessed else 'no'}. " + referral.describe(referral_settings) + "."),
           "version": {"name": pushed.get("version", "not pushed"),
                       "date": datetime.date.today().isoformat()},

@@ -109,8 +109,13 @@ def colour_distributions_png(values_by_provider: Dict[str, Dict[str, np.ndarray]
   """One panel per statistic (`titles`: key -> panel title), one histogram
   per data provider in each: how each site's bags look."""
   keys = list(titles)
-  figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
-  for axis, key in zip(np.atleast_1d(axes), keys):
+  columns = min(3, len(keys))
+  rows = -(-len(keys) // columns)
+  figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
+  axes = axes.reshape(-1)
+  for axis in axes[len(keys):]:
+    axis.axis("off")
+  for axis, key in zip(axes, keys):
     series = [values[key] for values in values_by_provider.values()]
     low = min(float(np.min(s)) for s in series)
     high = max(float(np.max(s)) for s in series)
@@ -119,7 +124,7 @@ def colour_distributions_png(values_by_provider: Dict[str, Dict[str, np.ndarray]
       axis.hist(values[key], bins=bins, alpha=0.5, label=f"{provider} ({len(values[key])})")
     axis.set_title(titles[key], fontsize=9)
     axis.tick_params(labelsize=7)
-  np.atleast_1d(axes)[0].legend(fontsize=7)
+  axes[0].legend(fontsize=7)
   figure.suptitle(title, fontsize=10)
   figure.tight_layout()
   save_png(figure, path)
