@@ -43,7 +43,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from histopipe.components import bag_features, drift, drift_check, synthetic
 from histopipe.core import referral, storage
 from histopipe.core.configs import PipelineConfig
-from histopipe.core.layout import REJECTS_FILE, SLIDE_REPORT_DIR
+from histopipe.core.layout import REJECTS_FILE, SLIDE_REPORT_DIR, TRAINER_SERVING_SUBDIR
 from histopipe.core.model_contract import CONTRACT_FILE, ModelContract
 
 COMPONENT_ID = "ModelCard"
@@ -109,7 +109,7 @@ def evaluation_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
 
 
 def _contract(model_uri: str) -> Optional[ModelContract]:
-  path = os.path.join(model_uri, "Format-Serving", "assets.extra", CONTRACT_FILE)
+  path = os.path.join(model_uri, TRAINER_SERVING_SUBDIR, "assets.extra", CONTRACT_FILE)
   if not fileio.exists(path):
     return None
   with fileio.open(path) as f:

@@ -12,7 +12,7 @@ from tfx.dsl.io import fileio
 
 from histopipe.components import drift, drift_check, model_card
 from histopipe.core import referral
-from histopipe.core.layout import REJECTS_FILE, SLIDE_REPORT_DIR, RunPaths
+from histopipe.core.layout import REJECTS_FILE, SLIDE_REPORT_DIR, TRAINER_SERVING_SUBDIR, RunPaths
 from histopipe.core.model_contract import CONTRACT_FILE, ModelContract
 from histopipe.reports import lineage
 from histopipe.trainer.metrics import AUC, CANCER_AUC, KAPPA
@@ -96,7 +96,8 @@ def summarize(paths: RunPaths, complete: bool = False) -> RunSummary:
   model = run.output("Trainer", "model")
   if model is not None:
     summary.model_uri = model.uri
-    contract_path = os.path.join(model.uri, "Format-Serving", "assets.extra", CONTRACT_FILE)
+    contract_path = os.path.join(model.uri, TRAINER_SERVING_SUBDIR, "assets.extra",
+                                 CONTRACT_FILE)
     if fileio.exists(contract_path):
       with fileio.open(contract_path) as f:
         summary.referral = ModelContract.from_json(f.read()).referral
