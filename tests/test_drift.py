@@ -24,7 +24,7 @@ def test_statistics_of_known_pixels():
   """Uniform tiles: means are the colour, spread 0, focus 0; stain density is
   the deconvolution of the colour's optical density; glass is left out."""
   pink = np.full((16, 16, 3), (200, 120, 170), np.uint8)
-  glass = np.full((16, 16, 3), 250, np.uint8)
+  glass = np.full((16, 16, 3), 235, np.uint8)  # a scanner's grey-ish background
   stats = bag_statistics.image_statistics([pink, glass], [b"x" * 10, b"y" * 30], [0.5, 1.0])
   assert [stats[name] for name in bag_features.MEAN_RGB] == [200, 120, 170]
   assert [stats[name] for name in bag_features.STD_RGB] == [0, 0, 0]
@@ -130,7 +130,6 @@ def test_too_few_bags_or_no_baseline_is_said_not_hidden(lab_statistics):
 
 
 def test_slices_by_provider_are_tfdv_statistics():
-  frame = drift.frame_of_bags([])
   rows = [{name: float(i) for name in bag_features.IMAGE_STATISTICS} for i in range(6)]
   for i, row in enumerate(rows):
     row[bag_features.DATA_PROVIDER] = "radboud" if i % 2 else "karolinska"
@@ -151,25 +150,30 @@ def _artifact(artifact_type, uri, **int_properties):
   return artifact
 
 
-@pytest.mark.parametrize("block", [False, True])
-def test_drift_check_passes_the_blessing_on_or_withholds_it(lab_statistics, tmp_path, block):
-  """The DriftCheck executor over Examples of the other scanner's bags and a
-  baseline model carrying the first set's training statistics: the report
-  says drifted; the Evaluator's blessing goes to the Pusher unless
-  block_on_drift."""
+@pytest.mark.parametrize("bags, gate, block, drifted, blessed", [
+    ("other_scanner", 1, False, True, 1),  # flagged, not blocking: pushed
+    ("other_scanner", 1, True, True, 0),  # flagged and blocking: held back
+    ("second_draw", 1, True, False, 1),  # not drifted: blocking changes nothing
+    ("other_scanner", 0, False, True, 0),  # the gate said no: stays no
+])
+def test_drift_check_passes_the_blessing_on_or_withholds_it(lab_statistics, tmp_path, bags,
+                                                          gate, block, drifted, blessed):
+  """The DriftCheck executor over Examples of a set's bags and a baseline
+  model carrying the first set's training statistics: the Evaluator's
+  blessing goes to the Pusher unless the run drifted and block_on_drift."""
   from tfx.types import standard_artifacts
   from histopipe.components import drift_check
   examples = _artifact(standard_artifacts.Examples, tmp_path / "examples")
   examples.split_names = '["eval"]'
   os.makedirs(tmp_path / "examples" / "Split-eval")
   with tf.io.TFRecordWriter(str(tmp_path / "examples" / "Split-eval" / "bags")) as writer:
-    for index, bag in enumerate(lab_statistics["bags"]["other_scanner"]):
+    for index, bag in enumerate(lab_statistics["bags"][bags]):
       writer.write(bag_features.serialize_bag(bag, f"s{index}", "", "", 0, "0+0"))
   model = _artifact(standard_artifacts.Model, tmp_path / "baseline")
   drift.write_statistics(lab_statistics["first"], str(
       tmp_path / "baseline" / "Format-Serving" / "assets.extra" / drift.TRAINING_STATISTICS_FILE))
   evaluator_blessing = _artifact(standard_artifacts.ModelBlessing, tmp_path / "evaluated",
-                                 blessed=1, current_model_id=7)
+                                 blessed=gate, current_model_id=7)
   report = _artifact(drift_check.DRIFT_REPORT_TYPE, tmp_path / "report")
   blessing = _artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing")
   drift_check.DriftCheckExecutor().Do(
@@ -177,12 +181,25 @@ def test_drift_check_passes_the_blessing_on_or_withholds_it(lab_statistics, tmp_
       {"drift_report": [report], "blessing": [blessing]},
       {"max_jsd": 0.15, "min_bags": LAB_SLIDES, "block_on_drift": int(block)})
   written = json.loads((tmp_path / "report" / drift_check.REPORT_FILE).read_text())
-  assert written["drifted"] and written["baseline"] == str(tmp_path / "baseline")
-  assert report.get_string_custom_property("drift") == "drifted"
+  assert written["drifted"] == drifted and written["baseline"] == str(tmp_path / "baseline")
+  assert report.get_string_custom_property("drift") == ("drifted" if drifted else "none")
   assert drift.read_statistics(str(tmp_path / "report" / drift_check.STATISTICS_FILE)
                                ).datasets[0].num_examples == LAB_SLIDES
-  assert blessing.get_int_custom_property("blessed") == int(not block)
-  assert blessing.get_int_custom_property("blocked_by_drift") == int(block)
+  assert blessing.get_int_custom_property("blessed") == blessed
+  assert blessing.get_int_custom_property("blocked_by_drift") == int(gate and block and drifted)
   assert blessing.get_int_custom_property("current_model_id") == 7  # the resolver's link
-  marker = "NOT_BLESSED" if block else "BLESSED"
+  marker = "BLESSED" if blessed else "NOT_BLESSED"
   assert (tmp_path / "blessing" / marker).exists()
+
+
+def test_a_provider_the_model_never_saw_is_compared_with_all_training_bags(lab_statistics):
+  """A new site's bags (here the other scanner's, as provider "new_lab")
+  against training bags of one provider only: not skipped as "no baseline",
+  compared with all the training bags, flagged and named."""
+  first = drift.frame_of_bags(lab_statistics["bags"]["first"], provider="radboud")
+  new = drift.frame_of_bags(lab_statistics["bags"]["other_scanner"], provider="new_lab")
+  report = drift.compare(drift.statistics_of_frame(new), drift.statistics_of_frame(first),
+                         0.15, LAB_SLIDES)
+  entry = report["slices"][drift.slice_name("new_lab")]
+  assert "new" in entry and entry["baseline_bags"] == LAB_SLIDES and entry["drifted"]
+  assert "not in the training bags: data_provider_new_lab" in drift.summary_line(report)

@@ -34,13 +34,14 @@ def test_the_curve_is_sklearns_kappa_of_the_accepted_slides():
   uncertainties = 1 - probabilities[np.arange(len(grades)), grades]
   points = referral.coverage_curve(labels, grades, probabilities, "isup")
   assert points[-1].coverage == 1.0
-  assert points[-1].metric == pytest.approx(cohen_kappa_score(labels, grades,
-                                                              weights="quadratic"))
+  grades_0_to_5 = list(range(6))
+  assert points[-1].metric == pytest.approx(cohen_kappa_score(
+      labels, grades, weights="quadratic", labels=grades_0_to_5))
   for point in points[::17]:
     accepted = uncertainties <= point.threshold
     assert point.accepted == accepted.sum()
-    expected = cohen_kappa_score(labels[accepted], grades[accepted], weights="quadratic") \
-        if len(set(labels[accepted])) > 1 else None
+    expected = cohen_kappa_score(labels[accepted], grades[accepted], weights="quadratic",
+                                 labels=grades_0_to_5) if len(set(labels[accepted])) > 1 else None
     assert point.metric == pytest.approx(expected)
   # Referring the uncertain slides helps: the most certain half beats everything.
   half = [p for p in points if p.coverage >= 0.5][0]
@@ -79,6 +80,16 @@ def test_binary_referral_uses_sklearns_auc():
       roc_auc_score(labels[accepted], positive[accepted, 0]), abs=1e-4)
   assert chosen["metric"] == "auc" and chosen["target_met"] and 0 < chosen["coverage"] < 1
   assert roc_auc_score(labels, positive[:, 0]) < 0.96  # all slides would miss the target
+
+
+def test_kappa_weighs_by_grade_when_a_subset_lacks_grades():
+  """Accepted slides often lack some grades: the quadratic weights stay those
+  of grades 0-5 (as TFMA's kappa and the report compute them)."""
+  labels, grades = np.array([0, 0, 1, 1, 5, 5, 0, 1]), np.array([0, 5, 1, 0, 5, 1, 0, 1])
+  assert referral.metric_of(labels, grades, None, "isup") == pytest.approx(
+      cohen_kappa_score(labels, grades, weights="quadratic", labels=list(range(6))))
+  assert referral.metric_of(labels, grades, None, "isup") != pytest.approx(
+      cohen_kappa_score(labels, grades, weights="quadratic"))
 
 
 def test_too_few_slides_refer_nothing_and_say_so():

@@ -198,6 +198,45 @@ def test_predict_exits_1_when_nothing_was_predicted(server, config_file, tmp_pat
   assert "0 predicted, 1 rejected of 1" in captured.err
 
 
+class _GoneServer:
+  """A client whose every call fails as a server gone for good does."""
+
+  def __init__(self):
+    self.calls = 0
+
+  def predict(self, inputs):
+    self.calls += 1
+    raise serving_client.ServingError("predict: gave up after 2 tries (unavailable)")
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_the_breaker_stops_sending_after_three_failures_in_a_row(tiny_dataset, config_file,
+                                                                 concurrency):
+  """Every slide is a record, in order; once three slides in a row got no
+  answer, no more are sent (with N in flight, at most N - 1 more were
+  already on their way)."""
+  _, slides = tiny_dataset
+  gone = _GoneServer()
+  records = list(slide_predictions.predict_slides(
+      [s.path for s in slides], gone, load_config(config_file), concurrency=concurrency))
+  assert [r["image_id"] for r in records] == [s.image_id for s in slides]
+  assert all(r["rejected"].startswith("server: ") for r in records)
+  limit = slide_predictions.BREAKER_FAILURES
+  assert limit <= gone.calls <= limit + concurrency - 1
+  assert sum("not sent" in r["rejected"] for r in records) == len(slides) - gone.calls
+
+
+def test_predict_exits_1_when_a_slide_got_no_answer(monkeypatch, server, tiny_dataset,
+                                                    config_file, capsys):
+  from histopipe.serving import slide_predictions as predictions
+  _, slides = tiny_dataset
+  monkeypatch.setattr(predictions, "predict_to", lambda *a, **k: {
+      "predicted": 11, "rejected": 1, "server_failed": 1, "referred": 0})
+  assert cli.main(["predict", "--server", f"localhost:{server.port}", "--config", config_file,
+                   slides[0].path]) == 1
+  assert "1 slide(s) got no answer from the server" in capsys.readouterr().err
+
+
 def test_rest_predict_command_matches_grpc(server, tiny_dataset, config_file, capsys):
   _, slides = tiny_dataset
   outputs = []

@@ -4,7 +4,8 @@ A bag's tiles are encoded bytes, so TFX's StatisticsGen learns nothing from
 them. These numbers are what a new scanner or stain protocol changes: colour
 (mean and spread of R, G, B) and stain (mean haematoxylin and eosin optical
 density, by the colour deconvolution the augmentation uses, core/stain.py),
-both over the stained pixels only (optical density above Macenko's 0.15),
+both over the stained pixels only (optical density above Macenko's 0.15 in
+every channel),
 tissue (the tiles' tissue fraction), focus (variance of the Laplacian of the
 grey image, on each tile's centre) and compression (encoded bytes per tile). Computed on the pixels
 the model sees (after any resize), real tiles only: padding is white glass.
@@ -25,8 +26,9 @@ from histopipe.components import bag_features as bf
 from histopipe.core.stain import HED_FROM_RGB, OPTICAL_DENSITY
 
 
-# Pixels whose summed optical density is below this are background (glass,
-# white): Macenko et al.'s beta = 0.15, used by most stain normalizers.
+# Pixels with an optical density below this in any channel are background
+# (glass, white, the palest stroma): Macenko et al.'s beta = 0.15, as stain
+# normalizers apply it. (A scanner's glass at 235 has 0.08 in each channel.)
 MIN_TISSUE_DENSITY = 0.15
 
 
@@ -76,8 +78,8 @@ def image_statistics(tiles_rgb: Sequence[np.ndarray], encoded: Sequence[bytes],
   # Colour and stain of the tissue, not of the glass between it: how much
   # glass a tile holds varies from slide to slide far more than a scanner
   # shifts colours, and would hide that shift.
-  stained = (cv2.transform(density, np.ones((1, 3), np.float32)) >
-             MIN_TISSUE_DENSITY).astype(np.uint8)
+  lowest = np.min(density, axis=2)  # Macenko's rule: dense enough in every channel
+  stained = (lowest > MIN_TISSUE_DENSITY).astype(np.uint8)
   mask = stained if stained.any() else None
   mean, std = cv2.meanStdDev(stack, mask=mask)
   mean_density = np.array(cv2.mean(density, mask=mask)[:3], np.float64)

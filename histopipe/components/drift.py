@@ -155,6 +155,11 @@ def compare(current: statistics_pb2.DatasetFeatureStatisticsList,
     entry: dict = {"bags": int(dataset.num_examples)}
     report["slices"][dataset.name] = entry
     before = previous.get(dataset.name)
+    if before is None and ALL_BAGS in previous:
+      # A site the model never saw (a new scanner, a new lab): compared with
+      # all the training bags, the question being whether it looks like them.
+      entry["new"] = "the model was trained on no bags of this slice: compared with all of them"
+      before = previous[ALL_BAGS]
     if before is None:
       entry["skipped"] = "the model was trained on no bags of this slice"
       continue
@@ -184,10 +189,12 @@ def summary_line(report: dict) -> str:
     return "input drift: not checked (too few bags to compare)"
   jsd, name, slice_ = max(worst)
   where = "" if slice_ == ALL_BAGS else f" ({slice_})"
+  new = sorted(s for s, e in report["slices"].items() if e.get("new"))
   status = "DRIFTED" if report["drifted"] else "none"
   flagged: List[str] = sorted({f"{n}{'' if s == ALL_BAGS else ' (' + s + ')'}"
                                for s, e in report["slices"].items()
                                for n in e.get("drifted", [])})
   return (f"input drift: {status} (largest Jensen-Shannon divergence {jsd:.3f} on "
           f"{name}{where}; threshold {report['max_jsd']:g})" +
-          (f"; flagged: {', '.join(flagged)}" if flagged else ""))
+          (f"; flagged: {', '.join(flagged)}" if flagged else "") +
+          (f"; not in the training bags: {', '.join(new)}" if new else ""))

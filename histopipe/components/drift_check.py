@@ -61,7 +61,9 @@ DRIFT_REPORT_TYPE = simple_artifacts.Metrics
 class DriftCheckSpec(ComponentSpec):
   PARAMETERS = {MAX_JSD_KEY: ExecutionParameter(type=float),
                 MIN_BAGS_KEY: ExecutionParameter(type=int),
-                BLOCK_KEY: ExecutionParameter(type=int)}
+                BLOCK_KEY: ExecutionParameter(type=int),
+                # A digest of this code: a cached check is reused only with it.
+                "code": ExecutionParameter(type=str, optional=True)}
   INPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
             BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
             MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing)}
@@ -138,9 +140,10 @@ class DriftCheck(base_component.BaseComponent):
 
   def __init__(self, examples: types.BaseChannel, model_blessing: types.BaseChannel,
                max_jsd: float, min_bags: int, block_on_drift: bool,
-               baseline_model: types.BaseChannel = None):
+               baseline_model: types.BaseChannel = None, code: str = ""):
     super().__init__(spec=DriftCheckSpec(
         examples=examples, baseline_model=baseline_model, model_blessing=model_blessing,
         max_jsd=float(max_jsd), min_bags=int(min_bags), block_on_drift=int(block_on_drift),
+        code=code,
         drift_report=types.Channel(type=DRIFT_REPORT_TYPE),
         blessing=types.Channel(type=standard_artifacts.ModelBlessing)))

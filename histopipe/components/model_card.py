@@ -60,7 +60,9 @@ MODEL_CARD_TYPE = simple_artifacts.File
 
 class ModelCardSpec(ComponentSpec):
   PARAMETERS = {"config": ExecutionParameter(type=str),
-                "data_root": ExecutionParameter(type=str)}
+                "data_root": ExecutionParameter(type=str),
+                # A digest of this code: a cached card is reused only with it.
+                "code": ExecutionParameter(type=str, optional=True)}
   INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples),
             "model": ChannelParameter(type=standard_artifacts.Model),
             "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
@@ -297,8 +299,8 @@ class ModelCard(base_component.BaseComponent):
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(ModelCardExecutor)
 
   def __init__(self, examples, model, evaluation, drift_report, blessing, pushed_model,
-               config: PipelineConfig, data_root):
+               config: PipelineConfig, data_root, code: str = ""):
     super().__init__(spec=ModelCardSpec(
         examples=examples, model=model, evaluation=evaluation, drift_report=drift_report,
         blessing=blessing, pushed_model=pushed_model, config=config.to_json(),
-        data_root=data_root, model_card=types.Channel(type=MODEL_CARD_TYPE)))
+        data_root=data_root, code=code, model_card=types.Channel(type=MODEL_CARD_TYPE)))

@@ -26,6 +26,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from histopipe.core.configs import ISUP_GRADES
+
 # Fewer accepted slides than this make a coverage's metric meaningless.
 MIN_ACCEPTED = 5
 UNCERTAINTY_ISUP = "1 - P(predicted grade)"
@@ -55,7 +57,9 @@ def metric_of(labels, grades, scores, task: str) -> Optional[float]:
   grades = np.asarray(grades).reshape(-1)
   if len(np.unique(np.concatenate([labels, grades]))) < 2:
     return None
-  return float(cohen_kappa_score(labels, grades, weights="quadratic"))
+  # The weights are by grade, not by position among the grades a subset holds.
+  return float(cohen_kappa_score(labels, grades, weights="quadratic",
+                                 labels=list(range(ISUP_GRADES))))
 
 
 @dataclasses.dataclass(frozen=True)

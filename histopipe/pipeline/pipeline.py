@@ -94,8 +94,15 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
           metrics=[tfma.MetricConfig(class_name="ExampleCount")] + metric_configs)])
 
 
-def code_fingerprint(*subpackages: str) -> str:
-  """A hash of the source of these histopipe subpackages. It goes into the
+# The executors of the steps after the Evaluator: neither the tiling nor the
+# training runs them, so editing one must not retile or retrain.
+LATE_STEP_MODULES = ("components/drift_check.py", "components/model_card.py",
+                     "components/pusher.py", "components/served_model.py")
+
+
+def code_fingerprint(*subpackages: str, only=None) -> str:
+  """A hash of the source of these histopipe subpackages (without
+  LATE_STEP_MODULES; with `only`, of just those modules). It goes into the
   execution properties of the steps that run that code, so a cached step is
   reused only with the code that made it: TFX caches on module paths, not on
   what the modules say."""
@@ -105,9 +112,11 @@ def code_fingerprint(*subpackages: str) -> str:
     for folder, _, names in sorted(os.walk(os.path.join(package, subpackage))):
       for name in sorted(n for n in names if n.endswith(".py")):
         path = os.path.join(folder, name)
-        digest.update(os.path.relpath(path, package).encode())
-        with open(path, "rb") as f:
-          digest.update(f.read())
+        module = os.path.relpath(path, package)
+        if (module in only) if only is not None else (module not in LATE_STEP_MODULES):
+          digest.update(module.encode())
+          with open(path, "rb") as f:
+            digest.update(f.read())
   return digest.hexdigest()[:16]
 
 
@@ -209,7 +218,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       baseline_model=baseline_step.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
       max_jsd=config.evaluation.max_drift_jsd, min_bags=config.evaluation.min_drift_bags,
-      block_on_drift=config.evaluation.block_on_drift).with_id(DRIFT_CHECK_ID)
+      block_on_drift=config.evaluation.block_on_drift,
+      code=code_fingerprint("components", only=LATE_STEP_MODULES)).with_id(DRIFT_CHECK_ID)
   pusher = IdempotentPusher(
       model=trainer.outputs["model"],
       model_blessing=drift_check.outputs["blessing"],
@@ -221,7 +231,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       evaluation=evaluator.outputs["evaluation"],
       drift_report=drift_check.outputs["drift_report"],
       blessing=drift_check.outputs["blessing"], pushed_model=pusher.outputs["pushed_model"],
-      config=config, data_root=data_root).with_id(MODEL_CARD_ID)
+      config=config, data_root=data_root,
+      code=code_fingerprint("components", only=LATE_STEP_MODULES)).with_id(MODEL_CARD_ID)
   return tfx.dsl.Pipeline(
       pipeline_name=config.name,
       pipeline_root=pipeline_root,

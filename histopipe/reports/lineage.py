@@ -27,6 +27,7 @@ _DONE = (_STATE.COMPLETE, _STATE.CACHED)
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 # The last step of every run: a run whose model card was written went all the way.
 FINAL_STEP = model_card.COMPONENT_ID
+EARLIER_FINAL_STEP = "Pusher"  # of runs made before the model card step
 # Resolver nodes (the latest blessed model) look their inputs up on every run:
 # recorded as executions, but they run no executor and are never cached.
 RESOLVER_TYPE = "tfx.dsl.components.common.resolver.Resolver"
@@ -56,7 +57,9 @@ class Run:
 
   @property
   def complete(self) -> bool:
-    return FINAL_STEP in self.steps and self.steps[FINAL_STEP].done
+    """The final step is done (for runs made before it existed: the Pusher)."""
+    final = FINAL_STEP if FINAL_STEP in self.steps else EARLIER_FINAL_STEP
+    return final in self.steps and self.steps[final].done
 
   @property
   def cached_steps(self) -> List[str]:

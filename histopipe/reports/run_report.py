@@ -200,8 +200,11 @@ COLOUR_PANELS = {bag_features.MEAN_RGB[0]: "mean R (stained pixels)",
 def inputs_section(examples_uri: str, drift_report: dict, out_dir: str) -> str:
   """Each provider's distribution of the bag image statistics (every split)
   and DriftCheck's verdict; HTML."""
-  frame = drift.frame_of_examples(drift.read_serialized_bags(
-      [storage.join(examples_uri, "Split-*", "*")]))
+  try:
+    frame = drift.frame_of_examples(drift.read_serialized_bags(
+        [storage.join(examples_uri, "Split-*", "*")]))
+  except ValueError as e:  # bags tiled before they carried image statistics
+    return f"<p>{html.escape(str(e))}</p>"
   if frame.empty:
     return "<p>no bags</p>"
   by_provider = {provider or "(none)": {key: rows[key].to_numpy() for key in COLOUR_PANELS}

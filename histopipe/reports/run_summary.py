@@ -169,7 +169,8 @@ def format_summary(summary: RunSummary) -> str:
     lines.append(f"tuner: best of {len(summary.tuner_trials)} trials: {values} "
                  f"(validation {best['score']:.3f}); the Trainer used these")
   if summary.blessed is not None:
-    lines.append(f"blessed: {'yes' if summary.blessed else 'no'}")
+    lines.append("blessed: by the gate, but held back for input drift" if
+                 summary.blocked_by_drift else f"blessed: {'yes' if summary.blessed else 'no'}")
   for failure in summary.gate_failures:
     lines.append(f"  gate: {failure}")
   if summary.model_uri:

@@ -53,6 +53,7 @@ def check_skew(model_dir: str, records_path: str, evaluation: EvaluationConfig,
     report = drift.compare(drift.statistics_of_frame(frame), training,
                            evaluation.max_drift_jsd, evaluation.min_drift_bags)
   report["model"] = model_dir
-  report["summary"] = drift.summary_line(report).replace("input drift", "serving skew")
+  report["summary"] = (f"serving skew: not checked ({report['reason']})" if "reason" in report
+                       else drift.summary_line(report).replace("input drift", "serving skew"))
   storage.write_text(out_path or skew_path(records_path), json.dumps(report, indent=1))
   return report

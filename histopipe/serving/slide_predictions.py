@@ -148,12 +148,13 @@ def predict_one(path: str, client, config: PipelineConfig,
   client's retries): no slide is lost to a server that went away. With a
   `breaker` open, the slide is rejected without being sent."""
   breaker = breaker or ServerBreaker()
+  refusal = breaker.refusal()  # before tiling: a gone server should not cost a slide's tiling
+  if refusal:
+    return {"image_id": image_id_from_path(path), "path": path,
+            "rejected": SERVER_FAILED + refusal}
   request = cut_request(path, config)
   if not isinstance(request, SlideRequest):
     return request
-  refusal = breaker.refusal()
-  if refusal:
-    return {"image_id": request.image_id, "path": path, "rejected": SERVER_FAILED + refusal}
   try:
     outputs = client.predict({signatures.EXAMPLES: np.array([request.example], dtype=object)})
   except ServingError as e:
@@ -162,7 +163,11 @@ def predict_one(path: str, client, config: PipelineConfig,
     reason = f"unexpected {type(e).__name__}: {e}"
   else:
     breaker.answered()
-    return prediction_record(request.image_id, request.bag, outputs, referral_settings)
+    try:
+      return prediction_record(request.image_id, request.bag, outputs, referral_settings)
+    except Exception as e:  # pylint: disable=broad-except (an answer without the outputs: one slide's)
+      return {"image_id": request.image_id, "path": path,
+              "rejected": f"{SERVER_FAILED}unexpected answer ({type(e).__name__}: {e})"}
   breaker.failed(reason)
   return {"image_id": request.image_id, "path": path, "rejected": SERVER_FAILED + reason}
 
