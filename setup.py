@@ -40,11 +40,11 @@ setup(
         "openslide-python",
         "openslide-bin",
         "wsidicom",
-        # Drift statistics (TFDV, also TFX's), referral metrics, model cards.
+        # Drift statistics (TFDV, also TFX's), referral metrics, the model
+        # card's schema check.
         "tensorflow-data-validation",
         "scikit-learn",
         "pandas",
-        "jinja2",
         "jsonschema",
     ],
     # The GCS emulator is a real GCS API server for the bucket tests.
