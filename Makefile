@@ -15,7 +15,7 @@ export PYTHONWARNINGS := ignore::FutureWarning
 
 .PHONY: install demo test clean
 
-$(INSTALLED): setup.py requirements/constraints.txt
+$(INSTALLED): setup.py pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[test]'
 	touch $@
@@ -25,7 +25,7 @@ install: $(INSTALLED)
 $(DEMO_DATA)/train.csv: $(INSTALLED)
 	$(BIN)/histopipe synth --out $(DEMO_DATA) --slides $(DEMO_SLIDES) --seed $(DEMO_SEED)
 
-# Runs again on the same output reuse every unchanged step (see README, Re-running);
+# Runs again on the same output reuse every unchanged step (see docs/rerunning.md);
 # `make clean demo` starts from scratch.
 demo: $(DEMO_DATA)/train.csv
 	$(BIN)/histopipe run --data $(DEMO_DATA) --out $(DEMO_OUT) --preset demo

@@ -5,16 +5,49 @@ Exact versions live in requirements/constraints.txt; install with
 `pip install -c requirements/constraints.txt -e .` so pip never backtracks.
 """
 
+import ast
+import os
+
 from setuptools import find_packages, setup
+
+# The design card's top level: each concern is a folder at the repository root
+# and installs as a subpackage of the one package `histopipe` (histopipe.trainer
+# from trainer/, ...), so module paths in the DAG and the compiled spec name
+# histopipe and nothing else. pyproject.toml's build-system makes `pip install
+# -e` a PEP 660 editable install, which honours this mapping.
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _subpackages():
+  """histopipe.SUBPACKAGES, read without importing the package."""
+  with open(os.path.join(HERE, "histopipe", "__init__.py"), encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  (value,) = [node.value for node in tree.body if isinstance(node, ast.Assign)
+              and [t.id for t in node.targets] == ["SUBPACKAGES"]]
+  return ast.literal_eval(value)
+
+
+SUBPACKAGES = _subpackages()
+
+
+def _packages():
+  found = ["histopipe"]
+  for folder in SUBPACKAGES:
+    found += [f"histopipe.{folder}"] + [f"histopipe.{folder}.{name}"
+                                        for name in find_packages(os.path.join(HERE, folder))]
+  return found
+
 
 setup(
     name="histopipe",
     version="0.1.0",
     description="TFX pipeline for deep learning on histopathology whole-slide images",
     python_requires=">=3.9,<3.11",
-    packages=find_packages(include=["histopipe", "histopipe.*"]),
+    packages=_packages(),
+    package_dir={"histopipe": "histopipe", **{f"histopipe.{folder}": folder
+                                              for folder in SUBPACKAGES}},
     # model-card-toolkit's JSON schema, which the model cards are checked against.
-    package_data={"histopipe.components": ["model_card.schema.json"]},
+    package_data={"histopipe.components.model_card": ["model_card.schema.json"]},
     install_requires=[
         "tfx[kfp]==1.16.0",
         "apache-beam[gcp]==2.59.0",

@@ -17,7 +17,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from histopipe.components import bag_statistics, synthetic, tiling  # noqa: E402
+from histopipe.slides import bag_statistics
+from histopipe.data import synthetic
+from histopipe.slides import tiling  # noqa: E402
 from histopipe.core.configs import load_config  # noqa: E402
 
 

@@ -28,7 +28,7 @@ import time
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from histopipe.components import synthetic  # noqa: E402
+from histopipe.data import synthetic  # noqa: E402
 from histopipe.core.configs import load_config  # noqa: E402
 from histopipe.pipeline.local_runner import run_local  # noqa: E402
 from histopipe.reports import lineage  # noqa: E402

@@ -42,8 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from histopipe.components import bag_features  # noqa: E402
-from histopipe.components.tiling import cut_bag  # noqa: E402
+from histopipe.bags import bag_features  # noqa: E402
+from histopipe.slides.tiling import cut_bag  # noqa: E402
 from histopipe.core.configs import load_config  # noqa: E402
 from histopipe.serving.client import GrpcPredictClient  # noqa: E402
 from histopipe.serving.dev_server import DevServer  # noqa: E402

@@ -49,11 +49,11 @@ What it does, in one process:
        `TiffSlide`. Per slide, `tifffile.TiffFile` opens the file; every
        TIFF tile of the lowest level is read (`fh.read`) and decoded by
        tifffile's per-segment `page.decode(data, index,
-       jpegtables=page.jpegtables)`, as `components/slide_reader.py` does
+       jpegtables=page.jpegtables)`, as `slides/slide_reader.py` does
        (as fast as `page.asarray(maxworkers=1)` here, and it is the same
        decode as the tile step), and the level is shrunk to the pipeline's
        thumbnail (`components.tiling.THUMBNAIL_MAX_SIDE`, by
-       `slide_reader.area_average`, so the mask sees the same pixels); then
+       `resample.area_average`, so the mask sees the same pixels); then
        `tissue.tissue_mask`, `tissue.tile_tissue_fractions` and
        `tissue.select_tiles` choose the tiles, only the TIFF tiles under each
        chosen 256 px tile of the tiled level are decoded (decoded TIFF tiles
@@ -80,7 +80,7 @@ What it does, in one process:
        read back from the Examples artifact and must hold (a)'s tiles.
    (f2) (f) with Beam's own choice of TFRecord checksum, crcmod, instead of
        the `google_crc32c` our stages install
-       (`components/beam_tfrecord.py`): what the fast checksum saves. Beam
+       (`beam/tfrecord.py`): what the fast checksum saves. Beam
        2.59 looks for a fast one only in python-snappy's old
        `_snappy`/`_crc32c` modules, which python-snappy 0.7 (cramjam-based,
        the only release on the index) no longer has, so installing
@@ -133,9 +133,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tifffile  # noqa: E402
 
-from histopipe.components import bag_features, slide_reader, synthetic, tissue  # noqa: E402
-from histopipe.components.tile_job import bag_files, run_tile_job  # noqa: E402
-from histopipe.components.tiling import (  # noqa: E402
+from histopipe.bags import bag_features
+from histopipe.slides import resample, slide_reader, tiff_reader
+from histopipe.data import synthetic
+from histopipe.slides import tissue  # noqa: E402
+from histopipe.beam.tile_job import bag_files, run_tile_job  # noqa: E402
+from histopipe.slides.tiling import (  # noqa: E402
     THUMBNAIL_MAX_SIDE, choose_scale, encode_tile, tile_slide)
 from histopipe.core.configs import PipelineConfig, TilingConfig, full_config  # noqa: E402
 
@@ -271,7 +274,7 @@ class Result:
 def _decode_method_name() -> str:
   """The TiffSlide method that really decodes a segment: `_read_and_decode`
   behind the segment cache, `_decode_segment` in readers without a cache."""
-  if hasattr(slide_reader.TiffSlide, "_read_and_decode"):
+  if hasattr(tiff_reader.TiffSlide, "_read_and_decode"):
     return "_read_and_decode"
   return "_decode_segment"
 
@@ -280,7 +283,7 @@ def _decode_method_name() -> str:
 def count_decoded_segments() -> Iterator[collections.Counter]:
   """Counts the TIFF segments (tiles) really decoded, per level, while active."""
   name = _decode_method_name()
-  original = getattr(slide_reader.TiffSlide, name)
+  original = getattr(tiff_reader.TiffSlide, name)
   counts: collections.Counter = collections.Counter()
 
   def counting(self, page, index):
@@ -288,11 +291,11 @@ def count_decoded_segments() -> Iterator[collections.Counter]:
     counts[level] += 1
     return original(self, page, index)
 
-  setattr(slide_reader.TiffSlide, name, counting)
+  setattr(tiff_reader.TiffSlide, name, counting)
   try:
     yield counts
   finally:
-    setattr(slide_reader.TiffSlide, name, original)
+    setattr(tiff_reader.TiffSlide, name, original)
 
 
 def non_white_fraction(tile_rgb: np.ndarray) -> float:
@@ -433,7 +436,7 @@ def bench_floor(key: str, method: str, paths_by_id: Dict[str, str],
   with count_decoded_segments() as counts:
     start = time.perf_counter()
     for image_id, bag in bags.items():
-      with slide_reader.TiffSlide(paths_by_id[image_id]) as slide:
+      with tiff_reader.TiffSlide(paths_by_id[image_id]) as slide:
         for x, y in bag.xy:
           slide.read_region(bag.level, x, y, bag.tile_size, bag.tile_size)
           tiles_read += 1
@@ -450,7 +453,7 @@ def bench_floor_and_encode(key: str, method: str, paths_by_id: Dict[str, str],
   tiles_read = 0
   start = time.perf_counter()
   for image_id, bag in bags.items():
-    with slide_reader.TiffSlide(paths_by_id[image_id]) as slide:
+    with tiff_reader.TiffSlide(paths_by_id[image_id]) as slide:
       for x, y in bag.xy:
         encode_tile(slide.read_region(bag.level, x, y, bag.tile_size, bag.tile_size), tiling)
         tiles_read += 1
@@ -499,7 +502,7 @@ def necessary_work(path: str, level_index: int, tiling: TilingConfig,
       image[y:y + h, x:x + w] = segment[:h, :w]
     counts[len(tif.pages) - 1] += len(lowest.dataoffsets)
     factor = max(1, -(-max(image.shape[:2]) // THUMBNAIL_MAX_SIDE))
-    thumbnail = slide_reader.area_average(image, factor) if factor > 1 else image
+    thumbnail = resample.area_average(image, factor) if factor > 1 else image
     # 2. The mask and the choice of tiles.
     page = tif.pages[level_index]
     width, height = page.imagewidth, page.imagelength
@@ -577,7 +580,7 @@ def beams_own_checksum() -> Iterator[None]:
   """While active, our stages leave Beam's TFRecord checksum as Beam picks it
   (in-process runners only: the patch does not reach worker processes)."""
   from apache_beam.io import tfrecordio  # pylint: disable=import-outside-toplevel
-  from histopipe.components import beam_tfrecord  # pylint: disable=import-outside-toplevel
+  from histopipe.beam import tfrecord as beam_tfrecord  # pylint: disable=import-outside-toplevel
   saved_fn, saved_use = tfrecordio._default_crc32c_fn.fn, beam_tfrecord.use_fast_checksum  # pylint: disable=protected-access
   tfrecordio._default_crc32c_fn.fn = None  # pylint: disable=protected-access
   beam_tfrecord.use_fast_checksum = lambda: False
@@ -602,7 +605,7 @@ def bench_example_gen(key: str, method: str, data_dir: str, run_dir: str,
                       fast_checksum: bool = True) -> Tuple[Result, Dict[str, ChosenTiles]]:
   """The SlideExampleGen alone in a TFX pipeline under LocalDagRunner."""
   from tfx import v1 as tfx  # pylint: disable=import-outside-toplevel (seconds to import)
-  from histopipe.components.slide_example_gen import SlideExampleGen  # pylint: disable=import-outside-toplevel
+  from histopipe.components.slide_example_gen.component import (SlideExampleGen)  # pylint: disable=import-outside-toplevel
   from histopipe.core.library_logs import logging_to  # pylint: disable=import-outside-toplevel
   shutil.rmtree(run_dir, ignore_errors=True)
   os.makedirs(run_dir)

@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from histopipe.components import synthetic
+from histopipe.data import synthetic
 
 DEFAULT_WORKDIR = os.path.join(tempfile.gettempdir(), "histopipe-bench", "tiling_memory")
 RESULTS_FILE = "tiling_memory_results.json"
@@ -207,18 +207,18 @@ def child_main(mode: str, slide_path: str, data_dir: str, out_dir: str,
   """Runs in the subprocess: tile once, write what was measured as JSON."""
   os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from histopipe.components import slide_reader  # pylint: disable=import-outside-toplevel
-  from histopipe.components.tiling import tile_slide  # pylint: disable=import-outside-toplevel
+  from histopipe.slides import tiff_reader  # pylint: disable=import-outside-toplevel
+  from histopipe.slides.tiling import tile_slide  # pylint: disable=import-outside-toplevel
   from histopipe.core.configs import full_config  # pylint: disable=import-outside-toplevel
   if mode == "tile_job":  # Beam: imported only where it runs
-    from histopipe.components.tile_job import run_tile_job  # pylint: disable=import-outside-toplevel
+    from histopipe.beam.tile_job import run_tile_job  # pylint: disable=import-outside-toplevel
 
   decoded: Dict[int, int] = {}
   whole_levels: List[Dict[str, float]] = []
   # The method that really decodes, behind the reader's segment cache.
   decode_name = "_read_and_decode"
-  original_decode = getattr(slide_reader.TiffSlide, decode_name)
-  original_read_level = slide_reader.TiffSlide.read_level
+  original_decode = getattr(tiff_reader.TiffSlide, decode_name)
+  original_read_level = tiff_reader.TiffSlide.read_level
 
   def counting_decode(self, page, index):
     level = next(i for i, p in enumerate(self._pages) if p is page)
@@ -232,9 +232,9 @@ def child_main(mode: str, slide_path: str, data_dir: str, out_dir: str,
                          "rgb_mb": page.imagewidth * page.imagelength * 3 / 1e6})
     return original_read_level(self, level)
 
-  setattr(slide_reader.TiffSlide, decode_name, counting_decode)
-  slide_reader.TiffSlide.read_level = recording_read_level
-  with slide_reader.TiffSlide(slide_path) as slide:
+  setattr(tiff_reader.TiffSlide, decode_name, counting_decode)
+  tiff_reader.TiffSlide.read_level = recording_read_level
+  with tiff_reader.TiffSlide(slide_path) as slide:
     levels = [{"width": l.width, "height": l.height, "downsample": l.downsample}
               for l in slide.levels]
   config = full_config()

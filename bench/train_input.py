@@ -15,7 +15,7 @@ What it does, in one process, with the `full` preset (bags of 36 JPEG tiles of
    through `tft_beam.AnalyzeDataset`, as the Transform component does) over
    them, giving the same transform graph the Trainer loads.
 2. Timings, each measured once after a warm-up, wall clock:
-   (i)   the Trainer's input pipeline, `trainer.task.model_batches` on the
+   (i)   the Trainer's input pipeline, `trainer.inputs.model_batches` on the
          bags (repeated, shuffled): parse, TFT layer (decode, resize to 224,
          normalize), training augmentation (flips, rot90, colour and HED
          stain jitter, tile order), class weights, parallel map, prefetch;
@@ -39,7 +39,7 @@ What it does, in one process, with the `full` preset (bags of 36 JPEG tiles of
    to `WORKDIR/train_input_results.json`.
 
 On this CPU machine (ii) is a CPU training step; a GPU trains ResNet50 much
-faster, so the README also states the input rate per CPU core, to size a GPU
+faster, so docs/benchmarks.md also states the input rate per CPU core, to size a GPU
 node's cores.
 """
 
@@ -70,13 +70,14 @@ from tensorflow_transform.tf_metadata import dataset_metadata  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiling as tiling_bench  # noqa: E402  (bench/tiling.py: the cached slides)
 
-from histopipe.components import bag_features  # noqa: E402
-from histopipe.components.tile_job import bag_files, run_tile_job  # noqa: E402
+from histopipe.bags import bag_features  # noqa: E402
+from histopipe.beam.tile_job import bag_files, run_tile_job  # noqa: E402
 from histopipe.core.configs import PipelineConfig, full_config  # noqa: E402
 from histopipe.trainer import features  # noqa: E402
 from histopipe.trainer.model import build_mil_model  # noqa: E402
 from histopipe.trainer.preprocessing import preprocessing_fn  # noqa: E402
-from histopipe.trainer.task import compile_model, model_batches  # noqa: E402
+from histopipe.trainer.fit import compile_model  # noqa: E402
+from histopipe.trainer.inputs import model_batches  # noqa: E402
 
 DEFAULT_WORKDIR = os.path.join(tempfile.gettempdir(), "histopipe-bench", "train_input")
 RESULTS_FILE = "train_input_results.json"

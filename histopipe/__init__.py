@@ -1,14 +1,22 @@
 """histopipe: whole-slide images to a served MIL model, as a TFX pipeline.
 
-Subpackages, bottom layer first (each may import only those before it; the
-order is checked by tests/test_import_layers.py):
+Each subpackage `histopipe.<name>` is the folder `<name>/` at the repository
+root (setup.py maps them; an installed wheel holds them under histopipe/).
+Bottom layer first; a module may import its own subpackage and the layers
+below it (tests/test_import_layers.py checks it):
 
-  core        settings, names shared by writers and readers, errors, progress
-  components  slide reading, tiling, datasets, the SlideExampleGen
-  trainer     the TFX module file: Transform, Trainer, Tuner, metrics
-  serving     loading and calling the exported model: client, scoring, dev server
+  core        settings, names shared by writers and readers, errors, storage
+  bags        what a slide becomes and its tf.Example encoding
+  slides      slide readers, tissue, tiling, previews (no TFX, no TensorFlow)
+  data        dataset layouts, label files, the synthetic generator
+  beam        the Beam stages that tile slides | monitoring: drift statistics
+  trainer     the TFX module file | serving: calling the model | components:
+              the custom TFX components, one folder each
   reports     what a run produced: summary, HTML report, attention heatmaps
-  pipeline    the DAG and the local runner
+  pipeline    the DAG, the local runner, code fingerprints
   kubeflow    the DAG compiled for Kubeflow Pipelines, and runs of it
   cli         the `histopipe` command
 """
+
+SUBPACKAGES = ("core", "bags", "slides", "data", "beam", "monitoring", "trainer",
+               "serving", "components", "reports", "pipeline", "kubeflow", "cli")

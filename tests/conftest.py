@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from histopipe.components import synthetic  # noqa: E402
+from histopipe.data import synthetic  # noqa: E402
 
 # Level 0 of 1024 x 768 gives a 256 x 192 middle level: a 8 x 6 grid of 32 px tiles.
 TINY_LEVEL0 = (1024, 768)

@@ -6,7 +6,7 @@ import pytest
 from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptions,
                                                   PipelineOptions, SetupOptions, StandardOptions)
 
-from histopipe.components.beam_flags import appends, merge_beam_args, require_filled
+from histopipe.beam.flags import appends, merge_beam_args, require_filled
 from histopipe.core.configs import BEAM_PRESETS
 from histopipe.core.errors import UserError
 

@@ -16,10 +16,10 @@ import pytest
 import tensorflow as tf
 
 from histopipe import cli
-from histopipe.components import tiling
-from histopipe.components import artifact_files
-from histopipe.components.slide_stages import SlideOutcome, read_outcomes, write_slide_report
-from histopipe.components.tile_job import bag_files
+from histopipe.slides import tiling
+from histopipe.components.slide_example_gen import artifact_files
+from histopipe.beam.slide_stages import SlideOutcome, read_outcomes, write_slide_report
+from histopipe.beam.tile_job import bag_files
 from histopipe.core import storage
 from histopipe.core.configs import TilingConfig
 from histopipe.core.layout import OUTCOMES_FILE, REJECTS_FILE
@@ -76,7 +76,7 @@ def test_tile_reads_from_and_writes_to_the_bucket_what_it_does_locally(bucket_da
 
 
 def test_a_slide_in_a_bucket_is_read_in_ranges_not_downloaded(gcs_bucket, tmp_path, monkeypatch):
-  from histopipe.components import synthetic
+  from histopipe.data import synthetic
   (slide,) = synthetic.write_dataset(str(tmp_path), slides=1, seed=3, level0_size=(4096, 3072))
   url = upload(tmp_path, f"{gcs_bucket}/ranged")
   remote_path = storage.join(url, "train_images", os.path.basename(slide.path))

@@ -11,9 +11,11 @@ import pytest
 import tensorflow as tf
 import tifffile
 
-from histopipe.components import bag_features, datasets, synthetic
-from histopipe.components.labels import LabelFileError
-from histopipe.components.tile_job import bag_files, run_tile_job
+from histopipe.bags import bag_features
+from histopipe.data import datasets
+from histopipe.data import synthetic
+from histopipe.data.labels import LabelFileError
+from histopipe.beam.tile_job import bag_files, run_tile_job
 from histopipe.core.configs import demo_config
 
 from tests.dicom_wsi import write_dicom_wsi

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from histopipe.components import datasets
-from histopipe.components.slide_reader import SlideError, choose_backend, open_slide
-from histopipe.components.tiling import tile_slide
+from histopipe.data import datasets
+from histopipe.slides.base import SlideError
+from histopipe.slides.slide_reader import choose_backend, open_slide
+from histopipe.slides.tiling import tile_slide
 from histopipe.core.configs import TilingConfig
 from histopipe.serving.slide_predictions import find_slides
 

@@ -1,7 +1,8 @@
-"""histopipe/kubeflow/Dockerfile (no Docker engine here): it ships the one package setup.py
+"""kubeflow/Dockerfile (no Docker engine here): it ships the one package setup.py
 installs, installs it under the pinned constraints, and builds on the TFX image of the
 pinned TFX version."""
 
+import ast
 import os
 import re
 
@@ -14,13 +15,13 @@ def _read(path):
 
 
 def test_image_copies_the_installed_package_and_pins_versions():
-  dockerfile = _read("histopipe/kubeflow/Dockerfile")
+  dockerfile = _read("kubeflow/Dockerfile")
   setup = _read("setup.py")
-  included = re.search(r"find_packages\(include=\[(.*?)\]\)", setup).group(1)
-  top_level = {name.split(".")[0] for name in re.findall(r'"([\w.*]+)"', included)}
-  assert top_level == {"histopipe"}, "one installed package, no generic top-level names"
+  folders = ast.literal_eval(re.search(r"^SUBPACKAGES = (\(.*?\))", _read("histopipe/__init__.py"),
+                                       re.M | re.S).group(1))
   copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile, re.M))
-  assert top_level <= copied, f"not copied into the image: {top_level - copied}"
+  assert {"histopipe", *folders} <= copied, f"not copied into the image: {set(folders) - copied}"
+  assert re.search(r"^COPY setup.py pyproject.toml ./$", dockerfile, re.M)
   assert "COPY requirements/constraints.txt" in dockerfile
   assert re.search(r"pip install .*-c requirements/constraints.txt \.", dockerfile)
   tfx_version = re.search(r'"tfx\[kfp\]==([\d.]+)"', setup).group(1)

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from histopipe.components import bag_features, bag_statistics, drift, synthetic
-from histopipe.components.tiling import cut_bag
+from histopipe.bags import bag_features
+from histopipe.slides import bag_statistics
+from histopipe.monitoring import drift
+from histopipe.data import synthetic
+from histopipe.slides.tiling import cut_bag
 from histopipe.core.configs import demo_config
 from histopipe.core.stain import HED_FROM_RGB, RGB_FROM_HED
 
@@ -162,7 +165,8 @@ def test_drift_check_passes_the_blessing_on_or_withholds_it(lab_statistics, tmp_
   model carrying the first set's training statistics: the Evaluator's
   blessing goes to the Pusher unless the run drifted and block_on_drift."""
   from tfx.types import standard_artifacts
-  from histopipe.components import drift_check
+  from histopipe.components.drift_check import executor as drift_check
+  from histopipe.components.drift_check.component import DRIFT_REPORT_TYPE
   examples = _artifact(standard_artifacts.Examples, tmp_path / "examples")
   examples.split_names = '["eval"]'
   os.makedirs(tmp_path / "examples" / "Split-eval")
@@ -174,7 +178,7 @@ def test_drift_check_passes_the_blessing_on_or_withholds_it(lab_statistics, tmp_
       tmp_path / "baseline" / "Format-Serving" / "assets.extra" / drift.TRAINING_STATISTICS_FILE))
   evaluator_blessing = _artifact(standard_artifacts.ModelBlessing, tmp_path / "evaluated",
                                  blessed=gate, current_model_id=7)
-  report = _artifact(drift_check.DRIFT_REPORT_TYPE, tmp_path / "report")
+  report = _artifact(DRIFT_REPORT_TYPE, tmp_path / "report")
   blessing = _artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing")
   drift_check.DriftCheckExecutor().Do(
       {"examples": [examples], "baseline_model": [model], "model_blessing": [evaluator_blessing]},

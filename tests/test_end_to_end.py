@@ -34,7 +34,7 @@ import pytest
 import tensorflow as tf
 
 from histopipe import cli
-from histopipe.components import bag_features
+from histopipe.bags import bag_features
 from histopipe.core import storage
 from histopipe.core.layout import RunPaths
 from histopipe.reports import lineage
@@ -154,7 +154,7 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(runs):
   assert "from the cache" not in printed
   assert fresh.run.complete and not fresh.run.cached_steps
   # The model carries the image statistics of its training bags, by provider.
-  from histopipe.components import drift
+  from histopipe.monitoring import drift
   model_uri = fresh.run.output("Trainer", "model").uri
   training = drift.model_training_statistics(os.path.join(model_uri, "Format-Serving"))
   assert training.datasets[0].name == drift.ALL_BAGS
@@ -166,7 +166,7 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(runs):
   # this run's slides, rejects, metrics and ML Metadata ids, and the data's
   # synthetic origin said plainly.
   import jsonschema
-  from histopipe.components import model_card
+  from histopipe.components.model_card import card as model_card
   (pushed_dir,) = glob.glob(str(out / "serving_model" / "*"))
   card = json.loads(open(os.path.join(pushed_dir, "model_card.json")).read())
   with open(model_card.SCHEMA_FILE) as f:

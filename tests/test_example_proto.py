@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from histopipe.components import bag_features, example_proto
-from histopipe.components.bag_features import SlideBag
+from histopipe.bags import bag_features
+from histopipe.bags import example_proto
+from histopipe.bags.bag_features import SlideBag
 
 
 def _tf_bytes(features):

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from histopipe.components.slide_reader import SlideError, TiffSlide
-from histopipe.components.tiling import tile_slide
+from histopipe.slides.base import SlideError
+from histopipe.slides.tiff_reader import TiffSlide
+from histopipe.slides.tiling import tile_slide
 from histopipe.core.configs import TilingConfig
 
 TILING = TilingConfig(level=0, tile_size=64, tiles_per_slide=2, min_tissue_fraction=0.0,
@@ -129,8 +130,8 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
   with pytest.raises(SlideError, match=r"would decode to 768 MiB, over the budget of 256 MiB"):
     tile_slide(str(path), TILING)
   peak = _peak_rss_mb_of(f"""
-      from histopipe.components.tiling import tile_slide
-      from histopipe.components.slide_reader import SlideError
+      from histopipe.slides.tiling import tile_slide
+      from histopipe.slides.base import SlideError
       from histopipe.core.configs import TilingConfig
       try:
         tile_slide({str(path)!r}, TilingConfig(level=0, tile_size=64, min_tissue_fraction=0.0))
@@ -155,8 +156,8 @@ def test_an_ifd_chain_that_loops_back_ends(tmp_path):
   path = tmp_path / "loop.tif"
   _looping_ifd_chain(path)
   script = f"""
-      from histopipe.components.tiling import tile_slide
-      from histopipe.components.slide_reader import SlideError
+      from histopipe.slides.tiling import tile_slide
+      from histopipe.slides.base import SlideError
       from histopipe.core.configs import TilingConfig
       try:
         tile_slide({str(path)!r}, TilingConfig(level=0, tile_size=64, min_tissue_fraction=0.0))
@@ -218,8 +219,8 @@ def test_a_read_that_blocks_is_abandoned_and_the_job_goes_on(tiny_dataset, tmp_p
   that slide is rejected with the reason, every other slide is written."""
   import dataclasses
   import threading
-  from histopipe.components import slide_stages
-  from histopipe.components.tile_job import run_tile_job
+  from histopipe.beam import slide_stages
+  from histopipe.beam.tile_job import run_tile_job
   from histopipe.core.configs import load_config
   source, slides = tiny_dataset
   stalled = slides[1].path
@@ -270,7 +271,7 @@ def test_a_job_of_hostile_files_stays_under_1_gb(tiny_dataset, tmp_path):
   out = tmp_path / "out"
   peak = _peak_rss_mb_of(f"""
       import dataclasses
-      from histopipe.components.tile_job import run_tile_job
+      from histopipe.beam.tile_job import run_tile_job
       from histopipe.core.configs import load_config
       config = load_config(None, preset="demo")
       config = dataclasses.replace(config, tiling=dataclasses.replace(

@@ -17,7 +17,8 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from histopipe import cli
-from histopipe.kubeflow import run_local
+from histopipe.kubeflow import package_spec, run_local
+from histopipe.kubeflow.errors import PackageError
 from tests.conftest import PCAM_CONFIG
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,8 +73,8 @@ def test_the_package_runs_end_to_end_and_pushes_what_the_local_run_pushes(
     package, two_runs, local_model):
   work, package_file = package
   first = two_runs[0]
-  spec = run_local.load_package(str(package_file))
-  assert [task.name for task in first.tasks] == run_local.task_order(spec)
+  spec = package_spec.load_package(str(package_file))
+  assert [task.name for task in first.tasks] == package_spec.task_order(spec)
   assert {task.name for task in first.tasks} == set(spec.root.dag.tasks)
   assert all(task.kind == "container" and not task.cached for task in first.tasks)
   # Each task ran its own container command with the ExecutorInput KFP builds.
@@ -237,7 +238,7 @@ def test_placeholders_output_parameters_importers_and_the_step_cache(tmp_path):
   assert executed == {"make", "use"}
   assert open(third.output("use", "out")["uri"]).read() == "xxx3!"
   assert run("four", use_cache=False)[1] == {"make", "use"}
-  with pytest.raises(run_local.PackageError, match="run id four was used already"):
+  with pytest.raises(PackageError, match="run id four was used already"):
     run("four")
 
 
@@ -247,7 +248,7 @@ def test_what_cannot_run_locally_is_refused_before_anything_runs(tmp_path):
       extra_tasks={"resolve": {"taskInfo": {"name": "resolve"},
                                "componentRef": {"name": "resolve"}}},
       extra_executors={"resolve_executor": {"resolver": {"outputArtifactQueries": {}}}})))
-  with pytest.raises(run_local.PackageError, match="resolve: a resolver task"):
+  with pytest.raises(PackageError, match="resolve: a resolver task"):
     run_local.run_package(str(package), str(tmp_path / "out"), pipeline_root=str(tmp_path))
   assert not (tmp_path / "out").exists()
   small = _small_package(tmp_path / "reference.txt")
@@ -255,7 +256,7 @@ def test_what_cannot_run_locally_is_refused_before_anything_runs(tmp_path):
       "{{$.inputs.artifacts['other'].path}}")
   small["root"]["dag"]["tasks"]["make"]["triggerPolicy"] = {"condition": "1 == 1"}
   package.write_text(yaml.safe_dump(small))
-  with pytest.raises(run_local.PackageError) as refused:
+  with pytest.raises(PackageError) as refused:
     run_local.run_package(str(package), str(tmp_path / "out"), pipeline_root=str(tmp_path))
   assert "make: a condition" in str(refused.value)
   assert "use: {{$.inputs.artifacts['other'].path}} names no input artifact" in str(refused.value)
@@ -267,14 +268,14 @@ def test_parameters_are_typed_by_the_package_and_checked(tmp_path, capsys):
   package.write_text(yaml.safe_dump(_spec_with(parameters={
       "n": {"parameterType": "NUMBER_INTEGER"},
       "name": {"parameterType": "STRING", "defaultValue": "x"}})))
-  spec = run_local.load_package(str(package))
-  values = run_local.pipeline_parameters(spec, {"n": "3", "name": "007"})
+  spec = package_spec.load_package(str(package))
+  values = package_spec.pipeline_parameters(spec, {"n": "3", "name": "007"})
   assert values["n"].number_value == 3 and values["name"].string_value == "007"
   for given, message in (({}, "parameter n has no default"),
                          ({"n": "2.5"}, "not an integer"),
                          ({"n": "1", "m": "2"}, "unknown parameter")):
-    with pytest.raises(run_local.PackageError, match=message):
-      run_local.pipeline_parameters(spec, given)
+    with pytest.raises(PackageError, match=message):
+      package_spec.pipeline_parameters(spec, given)
   # Through the CLI: one line, exit status 2.
   assert cli.main(["kubeflow", "run-local", "--package", str(package),
                    "--pipeline-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2

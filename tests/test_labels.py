@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from histopipe.components.labels import LabelFileError, isup_from_gleason, read_panda_labels
+from histopipe.data.labels import LabelFileError, isup_from_gleason, read_panda_labels
 
 HEADER = "image_id,data_provider,isup_grade,gleason_score\n"
 

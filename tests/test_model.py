@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from histopipe.core.configs import AugmentationConfig, ModelConfig
 from histopipe.trainer import features
-from histopipe.trainer.model import build_backbone, build_mil_model, ordinal_outputs, ordinal_targets
+from histopipe.trainer.model import (build_backbone, build_mil_model, ordinal_outputs,
+                                     ordinal_targets)
 from histopipe.trainer.augmentation import BagAugmenter, colour_jitter, hed_jitter
 
 TINY_MODEL = ModelConfig(backbone="resnet50", input_size=32, dense_units=16,
@@ -59,7 +60,7 @@ def test_padding_tiles_never_change_the_output(mil_model):
 
 def test_model_trains_one_step(mil_model):
   from histopipe.core.configs import PipelineConfig
-  from histopipe.trainer.task import compile_model
+  from histopipe.trainer.fit import compile_model
   compile_model(mil_model, PipelineConfig(model=TINY_MODEL))
   rng = np.random.default_rng(1)
   bag = _bag(rng, [1, 1, 1, 0])
@@ -190,7 +191,7 @@ def test_a_model_using_the_first_k_tiles_ignores_the_rest(pooling):
                                            ("small_cnn", 32)])
 def test_every_backbone_builds_and_trains_one_step(backbone, size):
   from histopipe.core.configs import PipelineConfig
-  from histopipe.trainer.task import compile_model
+  from histopipe.trainer.fit import compile_model
   config = dataclasses.replace(TINY_MODEL, backbone=backbone, input_size=size)
   model = build_mil_model(config, tiles_per_slide=2, num_classes=6)
   compile_model(model, PipelineConfig(model=config))

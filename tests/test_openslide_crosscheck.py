@@ -3,8 +3,8 @@
 With resizing off, every valid tile of a bag must show the pixels that
 OpenSlide's `read_region((tile_x, tile_y), level, (tile_size, tile_size))`
 returns: exactly for PNG tiles, within JPEG error for JPEG tiles. This checks
-the TIFF segment decoding and stitching of components/slide_reader.py, the
-level-0 coordinates written by components/tiling.py and the RGB channel order
+the TIFF segment decoding and stitching of slides/slide_reader.py, the
+level-0 coordinates written by slides/tiling.py and the RGB channel order
 of the encoded tiles in one go.
 
 Both readers decode the same JPEG-compressed TIFF tiles (the project through
@@ -33,8 +33,8 @@ openslide = pytest.importorskip("openslide")
 
 from PIL import Image  # noqa: E402  (after the skip: only needed with openslide)
 
-from histopipe.components import synthetic  # noqa: E402
-from histopipe.components.tiling import tile_slide  # noqa: E402
+from histopipe.data import synthetic  # noqa: E402
+from histopipe.slides.tiling import tile_slide  # noqa: E402
 from histopipe.core.configs import TilingConfig  # noqa: E402
 
 # (level, tile_size). min_tissue_fraction=0 and enough tiles_per_slide make the

@@ -8,12 +8,15 @@ a part of the test suite and the Kubeflow compiler there, and resolves every
 module path the compiled spec names.
 """
 
+import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
 import textwrap
+import zipfile
 
 import pytest
 import yaml
@@ -62,15 +65,81 @@ def _run(python, *args, cwd=REPO):
 
 
 def test_the_generic_names_stay_the_users_own(crowded_venv):
-  python, _ = crowded_venv
+  """From the user's own folder (outside this repository, whose root holds
+  trainer/, kubeflow/, ... as folders): histopipe's subpackages come from the
+  repository's folders, the generic names from the user's packages."""
+  python, root = crowded_venv
   done = _run(python, "-c", textwrap.dedent("""
       import histopipe.cli, histopipe.trainer.task, histopipe.kubeflow.compile
       import trainer, kubeflow.training
-      print(trainer.SHADOW, '|', kubeflow.training.SHADOW, '|', histopipe.__file__)
-      """))
+      print(trainer.SHADOW, '|', kubeflow.training.SHADOW, '|', histopipe.__file__,
+            '|', histopipe.trainer.task.__file__)
+      """), cwd=str(root))
   assert done.returncode == 0, done.stderr
   assert done.stdout.split(" | ")[:2] == ["vertex-style trainer", "kubeflow sdk"]
   assert done.stdout.split(" | ")[2].strip() == os.path.join(PACKAGE, "__init__.py")
+  assert done.stdout.split(" | ")[3].strip() == os.path.join(REPO, "trainer", "task.py")
+
+
+def test_the_repository_folders_are_not_top_level_modules(tmp_path):
+  """This environment (no generic packages installed): outside the repository
+  `trainer` and `components` do not resolve, so the only way to this code is
+  through `histopipe.`; a module added to a folder resolves without a reinstall."""
+  new_module = os.path.join(REPO, "data", "zz_added_after_install.py")
+  _write(new_module, "VALUE = 7\n")
+  try:
+    done = _run(sys.executable, "-c", textwrap.dedent("""
+        import importlib.util
+        from histopipe.data import zz_added_after_install
+        print([importlib.util.find_spec(name) for name in ("trainer", "components", "slides")],
+              zz_added_after_install.VALUE)
+        """), cwd=str(tmp_path))
+  finally:
+    os.remove(new_module)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.split() == ["[None,", "None,", "None]", "7"]
+
+
+def test_the_wheel_holds_one_package_with_every_folder_under_it(tmp_path):
+  """`pip wheel` of a copy of the checkout (so no build folder lands in it):
+  top_level.txt names histopipe alone, every file lives under histopipe/, the
+  module files of the DAG are there by their module paths, and package data
+  (the model card's schema) travels."""
+  source = tmp_path / "source"
+  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+      ".venv", ".git", "demo", "__pycache__", "*.egg-info", "build", ".pytest_cache"))
+  done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                         "--quiet", "-w", str(tmp_path / "dist"), str(source)],
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  (wheel,) = (tmp_path / "dist").glob("histopipe-*.whl")
+  with zipfile.ZipFile(wheel) as archive:
+    names = archive.namelist()
+    top_level = next(archive.read(n).decode() for n in names if n.endswith("/top_level.txt"))
+  assert top_level.split() == ["histopipe"]
+  assert all(n.startswith(("histopipe/", "histopipe-")) for n in names), \
+      sorted(n for n in names if not n.startswith(("histopipe/", "histopipe-")))
+  modules = {n for n in names if n.endswith(".py")}
+  assert {"histopipe/__init__.py", "histopipe/__main__.py", "histopipe/cli/__init__.py",
+          "histopipe/trainer/task.py", "histopipe/trainer/preprocessing.py",
+          "histopipe/pipeline/pipeline.py", "histopipe/kubeflow/compile.py",
+          "histopipe/components/slide_example_gen/executor.py",
+          "histopipe/slides/slide_reader.py", "histopipe/data/synthetic.py"} <= modules
+  assert "histopipe/components/model_card/model_card.schema.json" in names
+  # Every module of the checkout's folders is in the wheel, at its module path.
+  expected = set()
+  for folder in ["histopipe", *_setup_subpackages()]:
+    for parent, _, files in os.walk(os.path.join(REPO, folder)):
+      for name in files:
+        if name.endswith(".py"):
+          relative = os.path.relpath(os.path.join(parent, name), REPO)
+          expected.add(relative if folder == "histopipe" else "histopipe/" + relative)
+  assert expected == modules
+
+
+def _setup_subpackages():
+  with open(os.path.join(PACKAGE, "__init__.py")) as f:
+    return ast.literal_eval(re.search(r"^SUBPACKAGES = (\(.*?\))", f.read(), re.M | re.S).group(1))
 
 
 def test_cli_and_tests_run_beside_them(crowded_venv):
@@ -95,7 +164,7 @@ def test_compiled_spec_names_only_histopipe_modules_and_they_resolve_beside_them
   paths = set(re.findall(r"\bhistopipe(?:\.\w+)+", text))
   assert {"histopipe.trainer.task.run_fn", "histopipe.trainer.preprocessing.preprocessing_fn",
           "histopipe.trainer.metrics",
-          "histopipe.components.slide_example_gen.SlideExampleGenExecutor"} <= paths
+          "histopipe.components.slide_example_gen.executor.SlideExampleGenExecutor"} <= paths
   # No module path outside the package: the user's trainer.task would run instead.
   assert not re.search(r"[\"' ](trainer|components|pipeline|serving|reports)\.\w+\.\w+", text)
   resolve = textwrap.dedent("""
@@ -117,4 +186,8 @@ def test_compiled_spec_names_only_histopipe_modules_and_they_resolve_beside_them
   assert done.returncode == 0, done.stderr[-3000:]
   files = dict(line.split(" ", 1) for line in done.stdout.splitlines())
   assert set(files) == paths
-  assert all(f.startswith(PACKAGE + os.sep) for f in files.values()), files
+  # Each from its folder at the repository root: histopipe.trainer.task from trainer/task.py.
+  for path, file in files.items():
+    folder = path.split(".")[1]
+    assert folder in _setup_subpackages() and file.startswith(os.path.join(REPO, folder) + os.sep), \
+        (path, file)

@@ -52,7 +52,7 @@ def test_components_get_the_config(tmp_path):
   assert transform.exec_properties["preprocessing_fn"] == pipeline_dag.PREPROCESSING_FN
   # Keep bags encoded on disk: the transform graph runs in the Trainer.
   assert not transform.spec.outputs.get("transformed_examples")
-  from histopipe.components.slide_example_gen import config_from_exec_properties
+  from histopipe.components.slide_example_gen.custom_config import config_from_exec_properties
   example_gen = components["SlideExampleGen"]
   tiling_config = config_from_exec_properties(
       {"custom_config": example_gen.exec_properties["custom_config"]})
@@ -128,7 +128,7 @@ def test_binary_datasets_are_gated_on_auc():
 
 def test_auto_format_is_resolved_from_the_data_folder(tmp_path):
   import dataclasses
-  from histopipe.components import synthetic
+  from histopipe.data import synthetic
   synthetic.write_patch_dataset(str(tmp_path / "data"), 4)
   config = demo_config()
   config = dataclasses.replace(config, data=dataclasses.replace(config.data, format="auto"))

@@ -8,7 +8,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from histopipe.components.pusher import IdempotentPusherExecutor, same_model_version
+from histopipe.components.pusher.executor import IdempotentPusherExecutor, same_model_version
 
 
 def _saved_model(path, scale: float) -> str:

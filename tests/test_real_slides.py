@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from histopipe.components.slide_reader import SlideError, choose_backend
-from histopipe.components.tiling import tile_slide
+from histopipe.slides.base import SlideError
+from histopipe.slides.slide_reader import choose_backend
+from histopipe.slides.tiling import tile_slide
 from histopipe.core.configs import TilingConfig
 
 openslide = pytest.importorskip("openslide")
@@ -145,7 +146,7 @@ def test_the_tiny_slides_at_their_own_size():
 def test_levels_and_regions_with_signal_equal_openslides(name):
   """Besides the bag tiles: each level's size and a region around the slide's
   centre, where there is signal, are compared with OpenSlide's."""
-  from histopipe.components.slide_reader import open_slide
+  from histopipe.slides.slide_reader import open_slide
   path = str(REAL_SLIDES / name)
   with open_slide(path) as ours, openslide.OpenSlide(path) as reference:
     # Ours may add the SVS thumbnail as a coarsest level, which OpenSlide does not list.

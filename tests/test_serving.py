@@ -19,9 +19,9 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from histopipe.components import bag_features
+from histopipe.bags import bag_features
 from histopipe import cli
-from histopipe.components.tiling import cut_bag
+from histopipe.slides.tiling import cut_bag
 from histopipe.core.configs import load_config
 from histopipe.serving import client as serving_client
 from histopipe.serving import slide_predictions
@@ -259,7 +259,7 @@ def test_score_writes_predict_records_for_every_slide_with_beam(
   out, out_csv = tmp_path / "scores.jsonl", tmp_path / "scores.csv"
   # The model carries training statistics (of all twelve slides' bags), and
   # the config compares even four bags: score writes skew.json beside the records.
-  from histopipe.components import drift
+  from histopipe.monitoring import drift
   scored_model = tmp_path / "model"
   shutil.copytree(os.path.join(model_dir, "2"), scored_model / "2")
   tiling = load_config(config_file).tiling

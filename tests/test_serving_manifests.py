@@ -1,4 +1,4 @@
-"""histopipe/kubeflow/serving/: TF Serving reads the Pusher's base path, gRPC 8500 and REST 8501;
+"""kubeflow/serving/: TF Serving reads the Pusher's base path, gRPC 8500 and REST 8501;
 every config file parses as the proto TF Serving reads it into, and every file a flag names is
 in the config map the manifests mount."""
 
@@ -11,7 +11,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from histopipe.core.configs import PipelineConfig
 
-SERVING_DIR = os.path.join(os.path.dirname(__file__), "..", "histopipe", "kubeflow", "serving")
+SERVING_DIR = os.path.join(os.path.dirname(__file__), "..", "kubeflow", "serving")
 CONFIG_MOUNT = "/config"
 
 # The tensorflow-serving-api wheel ships model_server_config_pb2 but no Python

@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
-from histopipe.components import bag_features
-from histopipe.components.labels import LabelFileError
-from histopipe.components.datasets import plan_panda as plan_slides
-from histopipe.components.slide_stages import TileSlides, WriteSlideReport
+from histopipe.bags import bag_features
+from histopipe.data.labels import LabelFileError
+from histopipe.data.datasets import plan_panda as plan_slides
+from histopipe.beam.slide_stages import TileSlides, WriteSlideReport
 from histopipe.core.layout import REJECTS_FILE
 from histopipe.core.configs import TilingConfig
 
@@ -113,9 +113,9 @@ def test_split_partition_keeps_each_patient_in_one_split(tmp_path):
   from tfx.proto import example_gen_pb2
   from tfx.utils import proto_utils
 
-  from histopipe.components.bag_features import SlideBag, serialize_bag
-  from histopipe.components.slide_example_gen import SlideExampleGen
-  from histopipe.components.slide_stages import split_index
+  from histopipe.bags.bag_features import SlideBag, serialize_bag
+  from histopipe.components.slide_example_gen.component import SlideExampleGen
+  from histopipe.beam.slide_stages import split_index
   from histopipe.core.configs import demo_config
 
   component = SlideExampleGen(input_base=str(tmp_path), config=demo_config())
@@ -146,7 +146,7 @@ def test_tiling_stages_do_not_import_tensorflow():
   """Beam worker processes that tile slides must not pay for TensorFlow."""
   import subprocess
   import sys
-  code = ("import sys, histopipe.components.tile_job, histopipe.components.slide_stages; "
+  code = ("import sys, histopipe.beam.tile_job, histopipe.beam.slide_stages; "
           "heavy = sorted({'tensorflow', 'tfx'} & set(sys.modules)); "
           "assert not heavy, heavy")
   subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
@@ -160,8 +160,9 @@ def test_a_worker_unpickling_the_example_gens_stages_imports_no_tensorflow():
   import subprocess
   import sys
   from apache_beam.internal import pickler
-  from histopipe.components import artifact_files, slide_example_gen  # noqa: F401 (TFX loaded)
-  from histopipe.components.slide_stages import TileSlideFn, partition_by_patient
+  from histopipe.components.slide_example_gen import artifact_files
+  from histopipe.components.slide_example_gen import (executor as slide_example_gen)  # noqa: F401 (TFX loaded)
+  from histopipe.beam.slide_stages import TileSlideFn, partition_by_patient
   from histopipe.core.configs import demo_config
   shipped = pickler.dumps([TileSlideFn(demo_config().tiling), partition_by_patient,
                            artifact_files.write_text])

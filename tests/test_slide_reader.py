@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from histopipe.components import slide_reader
-from histopipe.components.slide_reader import SlideError, TiffSlide
+from histopipe.slides import resample
+from histopipe.slides.base import SlideError
+from histopipe.slides.tiff_reader import TiffSlide
 
 
 def test_levels_downsamples_and_mpp(tiny_dataset):
@@ -122,7 +123,7 @@ THUMBNAIL_PATHS = pytest.mark.parametrize("whole_level_max_pixels", [0, None],
 
 def _set_thumbnail_path(monkeypatch, whole_level_max_pixels):
   if whole_level_max_pixels is not None:
-    monkeypatch.setattr(slide_reader, "WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS",
+    monkeypatch.setattr(resample, "WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS",
                         whole_level_max_pixels)
 
 
@@ -165,7 +166,7 @@ def test_whole_level_and_segment_thumbnails_are_equal(tmp_path, monkeypatch):
   tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb")
   with TiffSlide(path) as slide:
     whole, whole_downsample = slide.thumbnail(max_side=300)  # factor 5
-  monkeypatch.setattr(slide_reader, "WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS", 0)
+  monkeypatch.setattr(resample, "WHOLE_LEVEL_THUMBNAIL_MAX_PIXELS", 0)
   with TiffSlide(path) as slide:
     segments, segment_downsample = slide.thumbnail(max_side=300)
   assert whole_downsample == segment_downsample == 5.0
@@ -178,7 +179,7 @@ def test_whole_level_and_segment_thumbnails_are_equal(tmp_path, monkeypatch):
 def test_area_average_is_exact_past_the_int32_range_of_its_sums():
   white = np.full((3000, 3000, 3), 255, np.uint8)  # 9 Mpx: 255 * 9e6 > 2**31
   white[-1, -1] = 0
-  small = slide_reader.area_average(white, 7)
+  small = resample.area_average(white, 7)
   assert small.shape == (429, 429, 3)
   assert (small[:-1] == 255).all() and (small[:, :-1] == 255).all()
   # The last block is 4 x 4 (3000 = 428 * 7 + 4) with one black pixel.
@@ -203,4 +204,4 @@ def test_area_average_is_the_block_mean_rounded_half_up(factor):
         count = block.shape[0] * block.shape[1]
         expected[row, col] = (2 * block.reshape(-1, 3).astype(np.int64).sum(0) + count) // (
             2 * count)
-    np.testing.assert_array_equal(slide_reader.area_average(image, factor), expected)
+    np.testing.assert_array_equal(resample.area_average(image, factor), expected)

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import tifffile
 
-from histopipe.components import synthetic
-from histopipe.components.labels import isup_from_gleason
-from histopipe.components.tissue import tissue_mask
+from histopipe.data import synthetic
+from histopipe.data.labels import isup_from_gleason
+from histopipe.slides.tissue import tissue_mask
 
 
 def test_writes_three_level_jpeg_tiled_rgb_pyramid(tiny_dataset):

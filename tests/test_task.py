@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from histopipe.core.configs import TrainingConfig
 from histopipe.trainer import features
-from histopipe.trainer.task import _balanced, class_weights, learning_rate_at_epoch
+from histopipe.trainer.fit import learning_rate_at_epoch
+from histopipe.trainer.inputs import balanced_by_class, class_weights
 
 
 def test_class_weights_make_every_present_class_weigh_the_same():
@@ -24,7 +25,7 @@ def test_balanced_sampling_draws_rare_classes_as_often_as_common_ones():
   labels = np.array([0] * 90 + [1] * 9 + [4] * 1, np.int64)
   raw = tf.data.Dataset.from_tensor_slices(
       {features.LABEL_KEY: labels[:, None], "x": np.arange(100)}).batch(10)
-  balanced = _balanced(raw, [0, 1, 4], TrainingConfig(batch_size=30, seed=1))
+  balanced = balanced_by_class(raw, [0, 1, 4], TrainingConfig(batch_size=30, seed=1))
   drawn = np.concatenate([b[features.LABEL_KEY].numpy().ravel()
                           for b in balanced.take(20)])
   shares = {k: v / len(drawn) for k, v in collections.Counter(drawn.tolist()).items()}
@@ -71,7 +72,7 @@ def _backbone(model):
 @pytest.mark.parametrize("epochs,frozen,backbone_moves", [(1, 1, False), (2, 1, True)])
 def test_frozen_warm_up_trains_the_head_then_fine_tuning_trains_the_backbone(
     epochs, frozen, backbone_moves):
-  from histopipe.trainer.task import fit_in_phases
+  from histopipe.trainer.fit import fit_in_phases
   tf.keras.utils.set_random_seed(0)
   model, config = _tiny_model_and_config(epochs, frozen)
   backbone_before = [w.copy() for w in _backbone(model).get_weights()]
@@ -88,7 +89,7 @@ def test_frozen_warm_up_trains_the_head_then_fine_tuning_trains_the_backbone(
 
 
 def test_a_snapshot_taken_frozen_restores_into_the_unfrozen_model():
-  from histopipe.trainer.task import WeightsSnapshot, set_backbone_trainable
+  from histopipe.trainer.fit import WeightsSnapshot, set_backbone_trainable
   model, _ = _tiny_model_and_config(1, 1)
   bags = next(iter(_tiny_bags(4, 3)))[0]
   set_backbone_trainable(model, False)  # reorders get_weights(): trainable first

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from histopipe.components import bag_features, synthetic
-from histopipe.components.previews import draw_preview
-from histopipe.components.slide_reader import TiffSlide
-from histopipe.components.tile_job import bag_files
-from histopipe.components.tiling import choose_scale, tile_slide
+from histopipe.bags import bag_features
+from histopipe.data import synthetic
+from histopipe.slides.previews import draw_preview
+from histopipe.slides.tiff_reader import TiffSlide
+from histopipe.beam.tile_job import bag_files
+from histopipe.slides.tiling import choose_scale, tile_slide
 from histopipe import cli
 from histopipe.core.configs import TilingConfig
 
@@ -180,11 +181,11 @@ def test_slides_of_two_scanners_are_tiled_at_the_same_magnification(tmp_path):
 
 
 def test_records_carry_the_checksums_tensorflow_verifies():
-  """The bags' CRC32C from google_crc32c (components/beam_tfrecord.py) equal
+  """The bags' CRC32C from google_crc32c (beam/tfrecord.py) equal
   crcmod's, Beam's own fallback, and TensorFlow's reader accepts the records."""
   import crcmod.predefined
   from apache_beam.io import tfrecordio
-  from histopipe.components import beam_tfrecord
+  from histopipe.beam import tfrecord as beam_tfrecord
   saved = tfrecordio._default_crc32c_fn.fn
   try:
     assert beam_tfrecord.use_fast_checksum()

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from histopipe.components import synthetic
-from histopipe.components.slide_reader import SlideError, TiffSlide
-from histopipe.components.tiling import tile_slide
+from histopipe.data import synthetic
+from histopipe.slides.base import SlideError
+from histopipe.slides.tiff_reader import TiffSlide
+from histopipe.slides.tiling import tile_slide
 from histopipe.core.configs import TilingConfig
 
 TINY = TilingConfig(tiles_per_slide=6, tile_size=32, level=1, min_tissue_fraction=0.5)

@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from histopipe.components import synthetic, tissue
+from histopipe.data import synthetic
+from histopipe.slides import tissue
 
 PINK = (230, 170, 205)
 WHITE = (245, 245, 245)

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from histopipe.components import bag_features
-from histopipe.components.bag_features import SlideBag
+from histopipe.bags import bag_features
+from histopipe.bags.bag_features import SlideBag
 from histopipe.core import signatures
 from histopipe.core.configs import ModelConfig, PipelineConfig
 from histopipe.trainer import features, warmup
@@ -114,7 +114,7 @@ class _StandInTransformOutput:
 def test_exported_model_carries_warmup_requests_its_serving_default_answers(tmp_path):
   """What TF Serving does at load: replay each request against the signature."""
   from histopipe.trainer.model import build_mil_model
-  from histopipe.trainer.task import export
+  from histopipe.trainer.export import export
   model_config = ModelConfig(backbone="small_cnn", input_size=TILE_SIZE, dense_units=8,
                              attention_units=4, dropout=0.0)
   config = PipelineConfig(model=model_config)

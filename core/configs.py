@@ -1,0 +1,413 @@
+"""Every setting of the pipeline, in one typed place, at the bottom of the package.
+
+The CLI, the local runner, the Kubeflow compiler, the SlideExampleGen executor
+and the trainer module all read these dataclasses; nothing is copied between
+files, and this module imports no other part of histopipe. Presets: `demo`
+(fits `make demo` on a 2-core CPU) and `full` (PANDA-like: 36 tiles of 256 px
+from the middle level, 224 px model input). A JSON file given with `--config`
+overrides any field of a preset:
+
+    {"preset": "demo", "training": {"epochs": 30}, "tiling": {"tiles_per_slide": 12}}
+
+The classes are pydantic dataclasses in strict mode: a value of the wrong type
+(`"epochs": "ten"`, `"epochs": 2.5`), an unknown field or an unknown choice
+fails when the config is loaded, with the field's path, instead of deep inside
+a Beam worker or the Trainer. They stay standard dataclasses otherwise
+(`dataclasses.replace`, `asdict`, frozen, hashable), and `replace` validates too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Literal, Optional, Tuple
+
+import pydantic
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from histopipe.core.errors import UserError
+
+ISUP_GRADES = 6  # ISUP grade group 0 (benign) .. 5
+# Datasets of small patches with a 0/1 label: each patch is a bag of one tile.
+PATCH_FORMATS = ("pcam", "idc")
+DATA_FORMATS = ("panda",) + PATCH_FORMATS
+
+
+class ConfigError(UserError, ValueError):
+  """A config that cannot be used; the message names the field and what is wrong."""
+
+
+# Strict: no silent coercion ("10" is not 10); unknown fields are errors.
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _settings(cls):
+  """A frozen dataclass whose fields pydantic checks on every construction."""
+  return pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)(cls)
+
+
+@_settings
+class TilingConfig:
+  """How SlideExampleGen cuts a slide into a bag of tiles."""
+  tiles_per_slide: int = 16
+  tile_size: int = 256  # pixels at the tiling scale
+  # The scale tiles are cut at, so slides from different scanners give tiles
+  # of the same magnification: `target_mpp` um/px when the slide states a
+  # plausible MPP, else `level_downsample` level-0 px per tile px. Default:
+  # PANDA's middle level (0.5 um/px x 4 = 2 um/px, about 5x), as in the
+  # original ResNet50 MIL approach. 0 turns a rule off.
+  target_mpp: float = 2.0
+  level_downsample: float = 4.0
+  # A level within this factor of the scale is cut as it is (Karolinska's
+  # PANDA level 1 is 1.81 um/px); otherwise the nearest finer level is read
+  # and shrunk to the scale (single-level slides, pyramids with gaps).
+  scale_tolerance: float = 1.25
+  # >= 0: cut from the level with this index as it is, whatever its scale.
+  level: int = -1
+  min_tissue_fraction: float = 0.25  # tiles with less tissue are not taken
+  tile_format: Literal["png", "jpeg"] = "png"  # PNG is lossless
+  jpeg_quality: int = 90
+  resize_to: int = 0  # 0 keeps tile_size; otherwise tiles are resized to this
+  # Slide reader: "auto" picks by the file's content (tifffile for TIFF-family
+  # files it reads, OpenSlide for NDPI, MRXS, SCN, BIF, Philips, wsidicom for
+  # DICOM WSI files and folders).
+  reader: Literal["auto", "tifffile", "openslide", "wsidicom"] = "auto"
+  # A TIFF tile or strip that would decode to more bytes is refused before it
+  # is decoded (a decompression bomb); a PANDA tile is 0.75 MB.
+  max_segment_bytes: int = 256 * 2**20
+  # A level read whole (for the tissue thumbnail: the smallest level) may have
+  # at most this many pixels: 4 Gpx, a single-level 65k x 65k scan.
+  max_level_pixels: int = 2**32
+  # A slide still being read after this many seconds is rejected (checked
+  # between TIFF segments and regions); a read blocked inside one call is
+  # abandoned by the job's watchdog at twice this. 0: no limit.
+  max_seconds_per_slide: float = 300.0
+
+
+@_settings
+class DataConfig:
+  """Where slides and labels are inside the data folder."""
+  # panda, pcam, idc, or auto (detected from the folder when the pipeline is
+  # built, so only for local folders): see data/datasets.py.
+  format: Literal["auto", "panda", "pcam", "idc"] = "panda"
+  # PANDA slides: a glob relative to the data folder (or absolute); files of
+  # any slide type the readers take (.svs, .ndpi, .tiff, ...). "": the files
+  # in train_images/, else those in the data folder itself.
+  slide_pattern: str = ""
+  labels_file: str = ""  # "" = the format's own (train.csv, train_labels.csv)
+  # Hash buckets per split (by patient): the Trainer early-stops on "valid",
+  # the Evaluator gates on "eval", which training never saw. 70/15/15.
+  train_buckets: int = 14
+  valid_buckets: int = 3
+  eval_buckets: int = 3
+
+
+@_settings
+class ModelConfig:
+  """The MIL model: a shared backbone over the tiles of a bag, then pooling."""
+  backbone: str = "resnet50"
+  input_size: int = 224  # tiles are resized to this before the backbone
+  pooling: str = "gated_attention"
+  attention_units: int = 128
+  dense_units: int = 512
+  dropout: float = 0.3
+  imagenet_weights: str = ""  # path to a .h5 file, "imagenet" for the Keras cache, "" random
+  # Backbone BatchNorm momentum; 0 keeps the backbone's own (0.99). Training
+  # from random init on a few hundred steps needs a shorter memory (0.9), or
+  # the moving statistics used at eval lag far behind the weights.
+  batchnorm_momentum: float = 0.0
+  # How many of a bag's tiles the model looks at: the first k (bags are
+  # written best tissue first; training's tile shuffle makes them a random k
+  # valid tiles each step). 0: all. Attention stays per tile of the bag
+  # (0 for the tiles not looked at), so serving outputs keep their shape.
+  tiles_used: int = 0
+
+
+@_settings
+class TrainingConfig:
+  batch_size: int = 8  # bags per batch
+  epochs: int = 30
+  steps_per_epoch: int = 0  # 0: one pass over the training split
+  learning_rate: float = 1e-4
+  warmup_epochs: int = 1
+  # Transfer learning: train the head for this many epochs with the backbone
+  # frozen (its BatchNorm in inference mode), then fine-tune everything.
+  # Meant for ImageNet weights; 0 fine-tunes from the first epoch.
+  frozen_backbone_epochs: int = 0
+  eval_batch_size: int = 8
+  seed: int = 42
+  # Class imbalance (PANDA is skewed to grades 0 and 1): "class_weights"
+  # (loss weight total / (classes * count)), "balanced_sampling" (every
+  # class equally often per epoch) or "none". Counts come from a TFT analyzer
+  # over the training split.
+  class_balance: Literal["class_weights", "balanced_sampling", "none"] = "class_weights"
+  # With GPUs: mixed float16 compute (float32 outputs), and MirroredStrategy
+  # over all of a node's GPUs. Ignored on CPU.
+  mixed_precision: bool = True
+
+
+@_settings
+class AugmentationConfig:
+  """Training-batch augmentation (trainer/augmentation.py); never at eval or serving."""
+  flips_and_rotations: bool = True
+  shuffle_tiles: bool = True
+  colour: bool = True
+  brightness: float = 0.08  # additive, on 0..1 pixels
+  contrast: float = 0.1  # factor 1 +- this
+  saturation: float = 0.1  # factor 1 +- this
+  hue: float = 0.02  # additive, in turns of the colour wheel
+  hed_sigma: float = 0.03  # HED stain scale 1 +- sigma and shift +- sigma; 0 = off
+
+
+@_settings
+class EvaluationConfig:
+  """The Evaluator's gate: quadratic weighted kappa for the ISUP task, ROC
+  AUC for binary tasks; a floor, and a largest drop vs the last blessed model."""
+  min_kappa: float = 0.3
+  max_kappa_drop: float = 0.05
+  min_auc: float = 0.7
+  max_auc_drop: float = 0.02
+  # Input drift (monitoring/drift.py): a bag image statistic whose
+  # Jensen-Shannon divergence (TFDV's approximation, on its histograms) from
+  # the latest blessed model's training bags exceeds `max_drift_jsd` flags
+  # the run, overall and per data provider with at least `min_drift_bags`
+  # bags on both sides. Whether a flagged run may push is `block_on_drift`.
+  # Two draws of the same slides differ too: measured on synthetic slides,
+  # the largest divergence of 11 statistics was 0.21 at 40 bags a side and
+  # 0.10 at 80 (a colour-shifted scanner: 0.35 and 0.21), hence 80 and 0.15.
+  max_drift_jsd: float = 0.15
+  min_drift_bags: int = 80
+  block_on_drift: bool = False
+  # Referral (core/referral.py): the Trainer picks the uncertainty threshold
+  # on the "valid" split at which the accepted slides reach this kappa
+  # (ISUP) or AUC (binary) with the largest coverage. The Trainer reads
+  # these two, so changing them retrains.
+  referral_target_kappa: float = 0.85
+  referral_target_auc: float = 0.95
+
+
+@_settings
+class TuningConfig:
+  """Optional TFX Tuner before the Trainer: a random search (keras-tuner's
+  oracle) over these choices, each trial trained for `epochs` and scored on
+  the "valid" split by the Trainer's own selection metric (kappa or AUC).
+  The Trainer then trains with the best values for the full `training.epochs`."""
+  enabled: bool = False
+  max_trials: int = 6
+  epochs: int = 3
+  learning_rates: Tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+  dropouts: Tuple[float, ...] = (0.2, 0.3, 0.5)
+  poolings: Tuple[str, ...] = ("gated_attention", "mean", "max")
+  tiles_used: Tuple[int, ...] = (0,)  # see ModelConfig.tiles_used; 0 = all
+
+
+@_settings
+class StepResources:
+  """Container limits of one pipeline step on Kubeflow (0 = none set)."""
+  cpu: float = 0.0  # cores
+  memory_gb: float = 0.0
+  gpus: int = 0
+
+
+@_settings
+class KubeflowConfig:
+  """What the compiled Kubeflow pipeline asks of the cluster. Beam-based steps
+  (SlideExampleGen, StatisticsGen, Transform, Evaluator) run with
+  PipelineConfig.beam_pipeline_args (see BEAM_PRESETS)."""
+  # The Kubernetes resource name of a GPU (KFP's accelerator type); the
+  # Trainer's node must have the NVIDIA device plugin.
+  gpu_resource: str = "nvidia.com/gpu"
+  trainer: StepResources = StepResources(cpu=8, memory_gb=32, gpus=1)
+  tuner: StepResources = StepResources(cpu=8, memory_gb=32, gpus=1)
+  # SlideExampleGen, StatisticsGen, Transform, Evaluator: Beam with the DirectRunner
+  # inside the step's container unless beam_pipeline_args name another runner.
+  beam_step: StepResources = StepResources(cpu=8, memory_gb=32)
+  light_step: StepResources = StepResources(cpu=1, memory_gb=4)  # SchemaGen, Pusher, ...
+
+
+@_settings
+class PipelineConfig:
+  name: str = "histopipe"
+  preset: str = "full"
+  data: DataConfig = DataConfig()
+  tiling: TilingConfig = TilingConfig()
+  model: ModelConfig = ModelConfig()
+  training: TrainingConfig = TrainingConfig()
+  augmentation: AugmentationConfig = AugmentationConfig()
+  evaluation: EvaluationConfig = EvaluationConfig()
+  tuning: TuningConfig = TuningConfig()
+  kubeflow: KubeflowConfig = KubeflowConfig()
+  # Extra Beam flags for every Beam-based component (ExampleGen, StatisticsGen,
+  # Transform, Evaluator), e.g. ["--direct_num_workers=2"].
+  beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",
+                                         "--direct_num_workers=1")
+
+  @property
+  def task(self) -> str:
+    """"isup": ordinal ISUP grade 0-5 (PANDA), gated on kappa; "binary": one
+    sigmoid (PCam, IDC), gated on AUC. Needs a resolved `data.format`."""
+    if self.data.format == "auto":
+      raise ValueError("data.format is 'auto': resolve it from the data folder first "
+                       "(components.datasets.with_detected_format)")
+    return "binary" if self.data.format in PATCH_FORMATS else "isup"
+
+  @property
+  def num_classes(self) -> int:
+    return 2 if self.task == "binary" else ISUP_GRADES
+
+  @property
+  def tiles_per_bag(self) -> int:
+    """Patch datasets are bags of one tile; slides give `tiling.tiles_per_slide`."""
+    return 1 if self.data.format in PATCH_FORMATS else self.tiling.tiles_per_slide
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: Dict[str, Any]) -> "PipelineConfig":
+    return cls.from_json(json.dumps(values))
+
+  @classmethod
+  def from_json(cls, text: str) -> "PipelineConfig":
+    """Parses and checks a config; raises ConfigError naming every bad field."""
+    try:
+      return TypeAdapter(cls).validate_json(text)
+    except ValidationError as e:
+      raise ConfigError(_describe(e)) from None
+
+
+def _describe(error: ValidationError) -> str:
+  """pydantic's findings as one line: `config.training.epochs: Input should be
+  a valid integer (got 'ten'); ...`, unknown fields with the known ones."""
+  problems = []
+  for problem in error.errors():
+    where = ".".join(["config", *(str(part) for part in problem["loc"])])
+    if problem["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+      known = _field_names(problem["loc"][:-1])
+      problems.append(f"{where}: unknown field; known: {', '.join(known)}")
+    else:
+      problems.append(f"{where}: {problem['msg']} (got {problem['input']!r})")
+  return "; ".join(problems)
+
+
+def _field_names(location) -> list:
+  """The field names of the config section at `location` (a path of field names)."""
+  section: Any = PipelineConfig
+  for name in location:
+    section = type(getattr(section(), name))
+  return sorted(f.name for f in dataclasses.fields(section))
+
+
+# Beam flags for the Beam-based steps, by where they run. The user code reaches
+# remote workers through setup.py (--setup_file) or the pipeline image.
+BEAM_PRESETS = {
+    # Inside the step's container: one process per core.
+    "direct": ("--direct_running_mode=multi_processing", "--direct_num_workers=0"),
+    "dataflow": ("--runner=DataflowRunner", "--project=YOUR_PROJECT", "--region=YOUR_REGION",
+                 "--temp_location=gs://YOUR_BUCKET/tmp", "--setup_file=./setup.py",
+                 "--experiments=use_runner_v2"),
+    # A Flink or Spark job server reached from the step (Beam's portable runner);
+    # workers in the pipeline image via --environment_type=DOCKER.
+    "flink": ("--runner=PortableRunner", "--job_endpoint=flink-jobserver:8099",
+              "--environment_type=DOCKER", "--environment_config=YOUR_IMAGE"),
+    "spark": ("--runner=PortableRunner", "--job_endpoint=spark-jobserver:8099",
+              "--environment_type=DOCKER", "--environment_config=YOUR_IMAGE"),
+}
+
+
+# Tuner hyperparameter name -> (config section, field, TuningConfig field
+# holding its choices).
+TUNED_FIELDS = {
+    "learning_rate": ("training", "learning_rate", "learning_rates"),
+    "dropout": ("model", "dropout", "dropouts"),
+    "pooling": ("model", "pooling", "poolings"),
+    "tiles_used": ("model", "tiles_used", "tiles_used"),
+}
+
+
+def with_tuned_values(config: PipelineConfig, values: Dict[str, Any]) -> PipelineConfig:
+  """`config` with the Tuner's values in their places (unknown names raise)."""
+  unknown = sorted(set(values) - set(TUNED_FIELDS))
+  if unknown:
+    raise ConfigError(f"unknown hyperparameter(s) {unknown}; known: {sorted(TUNED_FIELDS)}")
+  for name, value in values.items():
+    section, field, _ = TUNED_FIELDS[name]
+    replaced = dataclasses.replace(getattr(config, section), **{field: value})
+    config = dataclasses.replace(config, **{section: replaced})
+  return config
+
+
+def full_config() -> PipelineConfig:
+  """PANDA-like: 36 tiles of 256 px at downsample 4, resized to 224 for ResNet50."""
+  return PipelineConfig(
+      preset="full",
+      # JPEG q90 rather than PNG: PANDA slides are JPEG already, and for 36
+      # tiles of 256 px PNG took 8x the encoding time (70 ms a slide, most of
+      # tiling), 6x the bytes (4.7 vs 0.8 MB a bag) and 4x the decoding time
+      # in training (1.3 vs 0.3 ms a tile). PNG stays available: lossless.
+      tiling=TilingConfig(tiles_per_slide=36, tile_size=256, tile_format="jpeg"),
+      model=ModelConfig(backbone="resnet50", input_size=224),
+      training=TrainingConfig(batch_size=4, epochs=30, learning_rate=1e-4,
+                              frozen_backbone_epochs=2),
+      evaluation=EvaluationConfig(min_kappa=0.6, max_kappa_drop=0.02),
+      # Off by default; when on: 12, 24 or all 36 tiles per bag among the choices.
+      tuning=TuningConfig(tiles_used=(12, 24, 0)),
+      beam_pipeline_args=("--direct_running_mode=multi_processing",
+                          "--direct_num_workers=0"),
+  )
+
+
+def demo_config() -> PipelineConfig:
+  """Fits `make demo` in minutes on 2 CPU cores: 8 tiles of 64 px per bag."""
+  return PipelineConfig(
+      preset="demo",
+      tiling=TilingConfig(tiles_per_slide=8, tile_size=64),
+      model=ModelConfig(backbone="resnet50", input_size=64, dense_units=128,
+                        attention_units=64, dropout=0.2, batchnorm_momentum=0.9),
+      training=TrainingConfig(batch_size=8, epochs=12, learning_rate=1e-3),
+      evaluation=EvaluationConfig(min_kappa=0.3, max_kappa_drop=0.1),
+  )
+
+
+PRESETS = {"demo": demo_config, "full": full_config}
+
+
+def read_overrides(path: str) -> Dict[str, Any]:
+  """The JSON object of a `--config` file (fields to override), checked for form."""
+  try:
+    with open(path) as f:
+      overrides = json.load(f)
+  except OSError as e:
+    raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(overrides, dict):
+    raise ConfigError(f"{path}: a config file holds a JSON object, not {type(overrides).__name__}")
+  return overrides
+
+
+def config_from_overrides(overrides: Dict[str, Any], preset: str = "demo") -> PipelineConfig:
+  """A preset (or the one `overrides` names) with `overrides` applied."""
+  overrides = dict(overrides)
+  preset = overrides.pop("preset", preset)
+  if preset not in PRESETS:
+    raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+  return PipelineConfig.from_dict(_merge(PRESETS[preset]().to_dict(), overrides))
+
+
+def load_config(path: Optional[str] = None, preset: str = "demo") -> PipelineConfig:
+  """A preset, optionally overridden by a JSON file (which may name its preset)."""
+  return config_from_overrides(read_overrides(path) if path else {}, preset)
+
+
+def _merge(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+  merged = dict(base)
+  for key, value in overrides.items():
+    if isinstance(value, dict) and isinstance(merged.get(key), dict):
+      merged[key] = _merge(merged[key], value)
+    else:
+      merged[key] = value
+  return merged

@@ -1,0 +1,124 @@
+"""Compiles the local runner's DAG into a KFP v2 pipeline spec.
+
+`KubeflowDagRunner` (v1) is gone in TFX 1.16; `KubeflowV2DagRunner` writes a
+PipelineJob (the spec plus a runtime config). Kubeflow Pipelines takes the
+spec itself as a package, so we write its `pipelineSpec` as YAML with the
+pipeline root as `defaultPipelineRoot`. Each step gets its container limits
+from `KubeflowConfig` (the Trainer and Tuner a GPU); `data_root` is a pipeline
+parameter, so one compiled spec serves any slide folder. One difference from
+the local DAG: the Evaluator's baseline is the model now served
+(`components/served_model/`), because open-source KFP refuses TFX's
+resolver tasks ("resolver executors not implemented"). The image must hold
+this package (kubeflow/Dockerfile): Transform, Tuner and Trainer load
+`trainer.*` by module path, never from a local file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Dict, Optional, Sequence
+
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+from tfx import v1 as tfx
+
+from histopipe.beam.flags import merge_beam_args, require_filled
+from histopipe.components.served_model.component import NEVER_CACHED
+from histopipe.core.configs import BEAM_PRESETS, KubeflowConfig, PipelineConfig, StepResources
+from histopipe.core.errors import UserError
+from histopipe.core.storage import make_output_dir
+from histopipe.pipeline import pipeline as pipeline_dag
+
+DATA_ROOT_PARAMETER = "data_root"
+# Steps that run Beam (the DirectRunner inside their container by default).
+BEAM_STEPS = ("SlideExampleGen", "StatisticsGen", "Transform", "Evaluator")
+RESOURCE_SPEC = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+
+
+def resource_spec(resources: StepResources, gpu_resource: str):
+  spec = RESOURCE_SPEC()
+  if resources.cpu:
+    spec.cpu_limit = resources.cpu
+  if resources.memory_gb:
+    spec.memory_limit = resources.memory_gb
+  if resources.gpus:
+    spec.accelerator.type = gpu_resource
+    spec.accelerator.count = resources.gpus
+  return spec
+
+
+def step_resources(kubeflow: KubeflowConfig) -> Dict[str, StepResources]:
+  """Limits by component id; the rest get `light_step`."""
+  return {"Trainer": kubeflow.trainer, "Tuner": kubeflow.tuner,
+          **{step: kubeflow.beam_step for step in BEAM_STEPS}}
+
+
+def _set_resources(spec: dict, kubeflow: KubeflowConfig) -> None:
+  """Container limits on every step's executor. (Done on the spec rather than
+  with `with_platform_config`, which TFX drops for file-based ExampleGens.)"""
+  limits = step_resources(kubeflow)
+  for name, executor in spec["deploymentSpec"]["executors"].items():
+    if "container" not in executor:
+      continue  # importers: no container
+    component = name[:-len("_executor")]
+    resources = limits.get(component, kubeflow.light_step)
+    executor["container"]["resources"] = json_format.MessageToDict(
+        resource_spec(resources, kubeflow.gpu_resource))
+
+
+def with_beam_args(config: PipelineConfig, beam_preset: Optional[str] = None,
+                   extra_beam_args: Sequence[str] = ()) -> PipelineConfig:
+  """`config` with the Beam flags of the Beam steps: a preset's (or the
+  config's own), then `extra_beam_args` merged in; placeholders refused."""
+  base = BEAM_PRESETS[beam_preset] if beam_preset else config.beam_pipeline_args
+  beam_args = merge_beam_args(base, extra_beam_args)
+  require_filled(beam_args)
+  return dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
+
+
+def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
+                     pipeline_root: str, data_root: Optional[str] = None,
+                     serving_model_dir: Optional[str] = None) -> str:
+  """Writes the KFP v2 PipelineSpec YAML to `output_file`; returns its path.
+
+  Without `data_root` the parameter has no default and each run must set it;
+  the serving dir defaults to `<pipeline_root>/serving_model`.
+  """
+  serving_model_dir = serving_model_dir or pipeline_root.rstrip("/") + "/serving_model"
+  if config.data.format == "auto":
+    raise UserError("data.format must be named (panda, pcam or idc) for Kubeflow: "
+                     "the data folder is not readable when compiling")
+  data_root_parameter = tfx.dsl.experimental.RuntimeParameter(
+      name=DATA_ROOT_PARAMETER, ptype=str, default=data_root)
+  dag = pipeline_dag.create_pipeline(config, data_root=data_root_parameter,
+                                     pipeline_root=pipeline_root,
+                                     serving_model_dir=serving_model_dir,
+                                     baseline=pipeline_dag.BASELINE_SERVED)
+  with tempfile.TemporaryDirectory() as scratch:
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image, display_name=config.name, use_pipeline_spec_2_1=True),
+        output_dir=scratch, output_filename="pipeline_job.json")
+    runner.run(dag)
+    with open(os.path.join(scratch, "pipeline_job.json")) as f:
+      spec = json.load(f)["pipelineSpec"]
+  spec["defaultPipelineRoot"] = pipeline_root
+  # TFX leaves parameter defaults to the PipelineJob's runtime config; a KFP
+  # package carries them in the spec.
+  if data_root:
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    parameters[DATA_ROOT_PARAMETER]["defaultValue"] = data_root
+  _set_resources(spec, config.kubeflow)
+  # A step that reads state outside the pipeline (the served model) must run
+  # every time: KFP would otherwise reuse its output from the cache. (No
+  # cachingOptions is KFP's "off", as TFX writes it for an uncached pipeline.)
+  for task_name in NEVER_CACHED:
+    spec["root"]["dag"]["tasks"][task_name].pop("cachingOptions", None)
+  make_output_dir(os.path.dirname(os.path.abspath(output_file)))
+  with open(output_file, "w") as f:
+    yaml.safe_dump(spec, f, sort_keys=False)
+  return output_file

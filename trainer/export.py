@@ -1,0 +1,122 @@
+"""The SavedModel the Pusher ships: its serving signatures (tf.Example bags,
+encoded tiles, transformed features, metadata), the model contract, the
+referral threshold chosen on the valid split, training statistics and warm-up
+requests."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+
+from histopipe.bags import bag_features
+from histopipe.monitoring import drift
+from histopipe.core import referral, signatures
+from histopipe.core.model_contract import CONTRACT_FILE, ModelContract, contract_of
+from histopipe.core.configs import PipelineConfig
+from histopipe.trainer import features, warmup
+
+def serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+                        contract: ModelContract):
+  model.tft_layer = tf_transform_output.transform_features_layer()
+  raw_spec = tf_transform_output.raw_feature_spec()
+  serving_spec = {key: raw_spec[key] for key in features.MODEL_INPUT_KEYS}
+
+  def predict(raw_bags):
+    transformed = model.tft_layer(raw_bags)
+    outputs = model({features.TILES_XF: transformed[features.TILES_XF],
+                     features.TILE_VALID_XF: transformed[features.TILE_VALID_XF]},
+                    training=False)
+    return {key: outputs[key] for key in signatures.OUTPUTS}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.EXAMPLES)])
+  def serve_tf_examples(serialized):
+    return predict(tf.io.parse_example(serialized, serving_spec))
+
+  tiles_per_slide = serving_spec[bag_features.TILES].shape[0]
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.TILES)])
+  def predict_tiles(encoded_tiles):
+    """One bag of up to N encoded tiles, for clients that tile slides themselves."""
+    count = tf.minimum(tf.shape(encoded_tiles)[0], tiles_per_slide)
+    encoded_tiles = encoded_tiles[:count]
+    # Padding repeats the first tile; it is masked out, so its content is moot.
+    padding = tf.fill([tiles_per_slide - count], encoded_tiles[0])
+    bag = {bag_features.TILES: tf.concat([encoded_tiles, padding], 0)[None],
+           bag_features.TILE_VALID: tf.concat(
+               [tf.ones([count], tf.int64), tf.zeros([tiles_per_slide - count], tf.int64)],
+               0)[None]}
+    return predict(bag)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.EXAMPLES)])
+  def transform_features(serialized):
+    return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
+
+  contract_json = contract.to_json()
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name=signatures.METADATA_REQUEST)])
+  def metadata(request):
+    del request  # see signatures.METADATA
+    return {signatures.CONTRACT: tf.constant(contract_json)}
+
+  return {signatures.SERVING_DEFAULT: serve_tf_examples,
+          signatures.PREDICT_TILES: predict_tiles,
+          signatures.TRANSFORM_FEATURES: transform_features,
+          signatures.METADATA: metadata}
+
+
+def referral_settings(model: keras.Model, validation: tf.data.Dataset,
+                      config: PipelineConfig) -> Optional[dict]:
+  """The referral threshold (core/referral.py) chosen on the validation bags'
+  predictions; None when there are none."""
+  labels, grades, probabilities = [], [], []
+  for batch in validation:
+    inputs, targets = batch[0], batch[1]
+    outputs = model(inputs, training=False)
+    labels.append(np.asarray(targets[features.PROBABILITIES]).reshape(-1))
+    grades.append(np.asarray(outputs[features.GRADE]).reshape(-1))
+    probabilities.append(np.asarray(outputs[features.PROBABILITIES]))
+  if not labels:
+    return None
+  target = (config.evaluation.referral_target_auc if config.task == "binary"
+            else config.evaluation.referral_target_kappa)
+  settings = referral.choose_threshold(np.concatenate(labels), np.concatenate(grades),
+                                       np.concatenate(probabilities), config.task, target)
+  logging.info(referral.describe(settings))
+  return settings
+
+
+def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+           config: PipelineConfig, export_dir: str,
+           warmup_bags: Sequence[bytes] = (),
+           training_bags: Sequence[str] = (),
+           referral_choice: Optional[dict] = None) -> None:
+  """The SavedModel with its signatures, its contract as a file as well,
+  TF Serving's warm-up requests, one per bag of `warmup_bags` (serialized bag
+  examples; none, no warm-up file), and the image statistics of the bags in
+  `training_bags` (file patterns; the drift checks' baseline). The contract
+  carries `referral_choice` (referral_settings). assets.extra/
+  travels with the model: the Pusher copies the whole folder; TF Serving
+  reads only the warm-up file."""
+  contract = contract_of(config, referral_choice)
+  model.save(export_dir, save_format="tf",
+             signatures=serving_signatures(model, tf_transform_output, contract))
+  extra = os.path.join(export_dir, "assets.extra")
+  tf.io.gfile.makedirs(extra)
+  with tf.io.gfile.GFile(os.path.join(extra, CONTRACT_FILE), "w") as f:
+    f.write(contract.to_json())
+  if training_bags:
+    frame = drift.frame_of_examples(drift.read_serialized_bags(training_bags))
+    drift.write_statistics(drift.statistics_of_frame(frame),
+                           os.path.join(extra, drift.TRAINING_STATISTICS_FILE))
+  if warmup_bags:
+    warmup.write_warmup_requests(export_dir, warmup_bags, config.name)
+  else:
+    logging.warning("no bags for TF Serving's warm-up requests: the first requests "
+                    "to each loaded version will be slow")

@@ -1,0 +1,72 @@
+"""Transform: decode, resize and normalize the tiles of a bag.
+
+The per-channel mean and standard deviation come from TFT analyzers over the
+training split and are baked into the transform graph, so serving applies the
+training normalization exactly. Padding tiles (tile_valid = 0) are left out of
+the statistics: they are white and would bias them towards glass.
+
+Augmentation is not here: trainer/augmentation.py, applied by the Trainer to
+training batches only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from histopipe.bags import bag_features
+from histopipe.trainer import features
+
+
+def decode_tiles(encoded: tf.Tensor, input_size: int) -> tf.Tensor:
+  """[B, N] encoded PNG/JPEG strings -> float32 [B, N, size, size, 3] in 0..255."""
+  batch = tf.shape(encoded)[0]
+  tiles_per_slide = encoded.shape[1]
+  flat = tf.reshape(encoded, [-1])
+
+  def decode_one(data):
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.image.resize(tf.cast(image, tf.float32), [input_size, input_size],
+                            method="area")
+    return tf.ensure_shape(image, [input_size, input_size, 3])
+
+  images = tf.map_fn(decode_one, flat,
+                     fn_output_signature=tf.TensorSpec([input_size, input_size, 3],
+                                                       tf.float32))
+  return tf.reshape(images, [batch, tiles_per_slide, input_size, input_size, 3])
+
+
+def preprocessing_fn(inputs: Dict[str, tf.Tensor],
+                     custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
+  """`custom_config["input_size"]`: the model's tile size, the one setting the
+  Transform depends on (so a cached Transform survives other changes)."""
+  input_size = int(custom_config["input_size"])
+  tiles = decode_tiles(inputs[bag_features.TILES], input_size)
+  valid = tf.cast(inputs[bag_features.TILE_VALID], tf.float32)
+
+  # Per-channel sums over valid tiles only; mean and std follow from them.
+  weights = valid[:, :, None, None, None]
+  pixels_per_tile = float(input_size ** 2)
+  channel_sum = tf.reduce_sum(tiles * weights, axis=[1, 2, 3])  # [B, 3]
+  channel_sq_sum = tf.reduce_sum(tf.square(tiles) * weights, axis=[1, 2, 3])
+  pixel_count = tf.reduce_sum(valid, axis=1, keepdims=True) * pixels_per_tile
+  total = tft.sum(channel_sum, reduce_instance_dims=False)
+  total_sq = tft.sum(channel_sq_sum, reduce_instance_dims=False)
+  count = tft.sum(pixel_count, reduce_instance_dims=False)
+  mean = total / count
+  std = tf.sqrt(tf.maximum(total_sq / count - tf.square(mean), 1e-6))
+
+  # Label counts of the training split, for class weights or balanced sampling.
+  tft.vocabulary(tf.strings.as_string(tf.reshape(inputs[features.LABEL_KEY], [-1])),
+                 vocab_filename=features.LABEL_COUNTS_VOCABULARY, store_frequency=True)
+
+  batch = tf.shape(valid)[:1]
+  return {
+      features.TILES_XF: (tiles - mean) / std,
+      features.TILE_VALID_XF: valid,
+      features.CHANNEL_MEAN_XF: tf.broadcast_to(mean, tf.concat([batch, [3]], 0)),
+      features.CHANNEL_STD_XF: tf.broadcast_to(std, tf.concat([batch, [3]], 0)),
+      features.LABEL_KEY: inputs[features.LABEL_KEY],
+  }

@@ -1,0 +1,62 @@
+"""`tuner_fn` for the optional TFX Tuner: a random search over learning rate,
+dropout, pooling and tiles per bag, each trial trained like the Trainer trains.
+
+keras-tuner's model-building tuners (`RandomSearch`, `Hyperband`) check that a
+trial's model is a Keras 3 `keras.Model`, and keras-tuner binds to Keras 3
+because TFX imports it before any code of ours runs; our models are tf_keras
+(Keras 2, which Transform and TFMA need). So the search is a `BaseTuner` with
+its own `run_trial`: keras-tuner's oracle picks the values and keeps the
+results, our code builds and trains the tf_keras model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras_tuner
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+
+from histopipe.core.configs import TUNED_FIELDS, PipelineConfig, with_tuned_values
+from histopipe.trainer import fit, inputs
+
+
+def search_space(config: PipelineConfig) -> keras_tuner.HyperParameters:
+  hyperparameters = keras_tuner.HyperParameters()
+  for name, (_, _, choices) in TUNED_FIELDS.items():
+    hyperparameters.Choice(name, list(getattr(config.tuning, choices)))
+  return hyperparameters
+
+
+class MilRandomSearch(keras_tuner.engine.base_tuner.BaseTuner):
+  """Each trial: the MIL model with the trial's values, trained for
+  `tuning.epochs` on "train", scored by the best validation kappa (AUC)."""
+
+  def __init__(self, config: PipelineConfig, **kwargs):
+    self._config = config
+    oracle = keras_tuner.oracles.RandomSearchOracle(
+        objective=keras_tuner.Objective(fit.selection_metric(config), direction="max"),
+        max_trials=config.tuning.max_trials, hyperparameters=search_space(config),
+        seed=config.training.seed)
+    super().__init__(oracle, **kwargs)
+
+  def run_trial(self, trial, train, validation, steps_per_epoch):
+    config = with_tuned_values(self._config, trial.hyperparameters.values)
+    config = dataclasses.replace(config, training=dataclasses.replace(
+        config.training, epochs=config.tuning.epochs))
+    strategy = fit.training_strategy(config.training)
+    model = fit.build_model(config, strategy)
+    best = fit.fit_in_phases(model, config, strategy, train, validation, steps_per_epoch)
+    return {fit.selection_metric(config): best}
+
+
+def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
+  config = PipelineConfig.from_json(fn_args.custom_config["config"])
+  tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+  train, validation, steps_per_epoch = inputs.training_inputs(fn_args, tf_transform_output,
+                                                            config)
+  tuner = MilRandomSearch(config, directory=fn_args.working_dir, project_name="mil_search")
+  return tfx.components.TunerFnResult(
+      tuner=tuner,
+      fit_kwargs={"train": train, "validation": validation,
+                  "steps_per_epoch": steps_per_epoch})
