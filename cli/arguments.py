@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Optional
+
+from histopipe.core.errors import UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,8 +29,27 @@ def config_from_args(args, data_format: Optional[str] = None):
   if getattr(args, "slides", None):
     data = dataclasses.replace(data, slide_pattern=args.slides)
   if getattr(args, "labels", None):
-    data = dataclasses.replace(data, labels_file=args.labels)
+    data = dataclasses.replace(data, labels_file=labels_file_from_flag(
+        args.labels, getattr(args, "data", "") or ""))
   return dataclasses.replace(config, data=data)
+
+
+def labels_file_from_flag(labels: str, data_dir: str) -> str:
+  """--labels as a shell user means it: a relative path naming a file in the current
+  folder is that file (made absolute, so nothing joins it to the data folder later);
+  else it stays relative to --data (`datasets.labels_path`), and a file found in
+  neither place is named with both."""
+  from histopipe.core import storage
+  if os.path.isfile(labels):
+    return os.path.abspath(labels)
+  if storage.is_url(labels) or os.path.isabs(labels) or not data_dir:
+    return labels  # a missing absolute path or URL is the label reader's to report
+  in_data = storage.join(data_dir, labels)
+  # A data folder that is not there is reported as such when the data is planned.
+  if storage.isdir(data_dir) and not storage.exists(in_data):
+    raise UserError(f"--labels {labels}: no such file in the current folder "
+                    f"({os.getcwd()}) nor in --data ({in_data})")
+  return labels
 
 
 def model_settings(args, contract):
@@ -49,11 +71,14 @@ def add_slides_arguments(parser) -> None:
   parser.add_argument("--slides", metavar="GLOB",
                       help="the slide files, relative to --data or absolute, e.g. "
                       "'scans/*.svs'; any type the readers take (.svs, .ndpi, .mrxs, .scn, "
-                      ".bif, .tif/.tiff, .dcm). Default: train_images/*, else the files in "
-                      "--data itself")
-  parser.add_argument("--labels", help="label CSV, absolute or relative to --data "
-                      "(default: the format's, train.csv or train_labels.csv); its columns "
-                      "tell the format (image_id,data_provider,isup_grade,gleason_score: panda)")
+                      ".bif, .tif/.tiff, .qptiff, .dcm). Default: train_images/*, else the "
+                      "files in --data itself")
+  parser.add_argument("--labels", help="label CSV: a path (relative to the current folder "
+                      "or absolute), a URL, or a file name relative to --data, tried when no "
+                      "such file is in the current folder (default: the format's, train.csv "
+                      "or train_labels.csv in --data); its columns tell the format "
+                      "(image_id,data_provider,isup_grade,gleason_score: panda; id,label: "
+                      "pcam)")
 
 
 def add_config_arguments(parser, default_preset: str = "demo") -> None:

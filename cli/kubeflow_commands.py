@@ -7,8 +7,12 @@ from histopipe.cli.arguments import (config_from_args, add_config_arguments)
 
 
 def _kubeflow_compile(args) -> int:
+  from histopipe.core import storage
   from histopipe.kubeflow.compile import compile_pipeline, with_beam_args
-  config = with_beam_args(config_from_args(args, args.format), args.beam_preset,
+  data_format = args.format
+  if not data_format and args.data_root and not storage.is_url(args.data_root):
+    data_format = "auto"  # a local folder: its own format, as `run` finds it
+  config = with_beam_args(config_from_args(args, data_format), args.beam_preset,
                           args.beam_arg or [])
   compile_pipeline(config, args.out, image=args.image, pipeline_root=args.pipeline_root,
                    data_root=args.data_root, serving_model_dir=args.serving_dir)
@@ -69,8 +73,11 @@ def add_commands(commands) -> None:
                         help="where the Pusher writes <version>/ for TF Serving "
                         "(default PIPELINE_ROOT/serving_model)")
   add_config_arguments(compile_, default_preset="full")
-  compile_.add_argument("--format", choices=["panda", "pcam", "idc"],
-                        help="dataset layout (default: the config's)")
+  compile_.add_argument("--format", choices=["auto", "panda", "pcam", "idc"],
+                        help="dataset layout: panda, pcam or idc, or auto (detected from "
+                        "--data-root, which must then be a local folder). Default: detected "
+                        "from --data-root when it is a local folder, else the config's "
+                        "data.format (the presets: panda)")
   compile_.add_argument("--beam-preset", choices=["direct", "dataflow", "flink", "spark"],
                         help="Beam flags for SlideExampleGen, StatisticsGen, Transform and "
                         "Evaluator (default: the config's beam_pipeline_args)")

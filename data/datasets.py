@@ -21,10 +21,12 @@ the Beam stage can list it as rejected. Folders may be local or in a bucket
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import posixpath
 import re
-from typing import List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 from histopipe.slides import dicom_reader
 from histopipe.data.labels import (PANDA_COLUMNS, SlideLabel, read_binary_labels,
@@ -40,6 +42,8 @@ PCAM_LABELS = "train_labels.csv"
 PCAM_PATCHES = "train/*.tif"
 IDC_PATCHES = "*/*/*.png"
 PATCH_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Bytes of a label file read to find its header when telling the format.
+HEADER_BYTES = 65536
 IDC_NAME = re.compile(r"(?P<patient>.+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<label>[01])\.png")
 
 
@@ -79,11 +83,14 @@ def _require_folder(data_dir: str) -> None:
 def _label_columns(path: str) -> List[str]:
   """The header of a CSV file ([] if it cannot be read)."""
   try:
+    # A bounded read, not readline(size): an fsspec file (gcsfs, s3fs) has a
+    # readline() that takes no size, and a label file may be one huge line.
     with storage.open_file(path, "rb") as f:
-      first = f.readline(65536).decode("utf-8-sig", errors="replace")
+      prefix = f.read(HEADER_BYTES).decode("utf-8-sig", errors="replace")
   except (OSError, ValueError):
     return []
-  return [column.strip() for column in first.strip().split(",")]
+  header = next(csv.reader(prefix.splitlines()[:1]), [])
+  return [column.strip() for column in header]
 
 
 def detect_format(data_dir: str, labels_file: str = "") -> str:
@@ -156,28 +163,63 @@ def slide_files(data_dir: str, pattern: str) -> List[str]:
           _slides_matching(storage.join(data_dir, "*")))
 
 
-def _require_most_files(labels, paths, data_dir: str, pattern: str, labels_name: str) -> None:
+def _unread_files(data_dir: str, pattern: str) -> Dict[str, str]:
+  """Files where `slide_files` searches whose type no reader takes (a Zeiss
+  `.czi`), by each image id their name may carry: `a.b.czi` under `a` and `a.b`,
+  so a dotted id matches as it does for the slides."""
+  patterns = ([slide_pattern(data_dir, pattern)] if pattern else
+              [storage.join(data_dir, PANDA_SLIDES), storage.join(data_dir, "*")])
+  found: Dict[str, str] = {}
+  for path in (p for full in patterns for p in storage.glob(full)):
+    name = storage.basename(path)
+    if name.lower().endswith(SLIDE_SUFFIXES):
+      continue
+    for dot in (index for index, char in enumerate(name) if char == "." and index):
+      found.setdefault(name[:dot], path)
+  return found
+
+
+def _unread_type_problem(path: str) -> str:
+  name = storage.basename(path)
+  suffix = posixpath.splitext(name)[1]
+  return (f"the slide's file {name} is there, but no reader takes {suffix} files "
+          f"(types read: {', '.join(SLIDE_SUFFIXES)})")
+
+
+def _require_most_files(labels, paths, data_dir: str, pattern: str, labels_name: str,
+                        unread: Optional[Dict[str, str]] = None) -> None:
   """Most labelled items without a file means the slides are elsewhere (a flat
   folder, another extension): one error naming the pattern searched and what
   the folder holds, instead of a job that rejects every slide."""
-  missing = sum(1 for image_id in labels if image_id not in paths)
-  if not labels or missing * 2 <= len(labels):
+  missing = [image_id for image_id in labels if image_id not in paths]
+  if not labels or len(missing) * 2 <= len(labels):
     return
   entries = storage.listdir(data_dir)
   shown = ", ".join(entries[:6]) + (f", … ({len(entries)} entries)" if len(entries) > 6 else "")
+  unread = unread or {}
+  of_unread_type = sorted({posixpath.splitext(unread[image_id])[1] for image_id in missing
+                           if image_id in unread})
+  hint = (f"; no reader takes their files' type ({', '.join(of_unread_type)}): the readers "
+          f"take {', '.join(SLIDE_SUFFIXES)}" if of_unread_type else
+          "; say where the slides are with --slides GLOB (data.slide_pattern)")
   raise DatasetError(
-      f"{missing} of {len(labels)} slides in {labels_name} have no slide file matching "
-      f"{pattern!r} (the folder {data_dir} holds: {shown or 'nothing'}); say where the "
-      "slides are with --slides GLOB (data.slide_pattern)")
+      f"{len(missing)} of {len(labels)} slides in {labels_name} have no slide file matching "
+      f"{pattern!r} (the folder {data_dir} holds: {shown or 'nothing'}){hint}")
 
 
-def _join(labels, paths, labels_name: str, kind: str) -> List[SlideTask]:
+def _join(labels, paths, labels_name: str, kind: str,
+          unread: Optional[Dict[str, str]] = None) -> List[SlideTask]:
+  unread = unread or {}
   tasks = []
   for image_id in sorted(set(labels) | set(paths)):
     label, path = labels.get(image_id), paths.get(image_id, "")
-    problem = ("" if label and path else
-               "labelled slide has no file" if label else
-               f"slide file has no label in {labels_name}")
+    if label and path:
+      problem = ""
+    elif label:
+      problem = (_unread_type_problem(unread[image_id]) if image_id in unread else
+                 "labelled slide has no file")
+    else:
+      problem = f"slide file has no label in {labels_name}"
     tasks.append(SlideTask(image_id, path, label, kind=kind, problem=problem))
   return tasks
 
@@ -192,9 +234,12 @@ def labels_path(data_dir: str, labels_file: str) -> str:
 def plan_panda(data_dir: str, pattern: str, labels_file: str) -> List[SlideTask]:
   labels = read_panda_labels(labels_path(data_dir, labels_file))
   paths = {image_id_from_path(p): p for p in slide_files(data_dir, pattern)}
+  # Only looked for when a labelled slide has no file: the folder is listed again.
+  unread = (_unread_files(data_dir, pattern)
+            if any(image_id not in paths for image_id in labels) else {})
   _require_most_files(labels, paths, data_dir, slide_pattern(data_dir, pattern),
-                      storage.basename(labels_file))
-  return _join(labels, paths, storage.basename(labels_file), kind="slide")
+                      storage.basename(labels_file), unread)
+  return _join(labels, paths, storage.basename(labels_file), kind="slide", unread=unread)
 
 
 def plan_pcam(data_dir: str, labels_file: str = PCAM_LABELS) -> List[SlideTask]:

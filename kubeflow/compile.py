@@ -5,9 +5,10 @@ PipelineJob (the spec plus a runtime config). Kubeflow Pipelines takes the
 spec itself as a package, so we write its `pipelineSpec` as YAML with the
 pipeline root as `defaultPipelineRoot`. Each step gets its container limits
 from `KubeflowConfig` (the Trainer and Tuner a GPU); `data_root` is a pipeline
-parameter, so one compiled spec serves any slide folder. One difference from
-the local DAG: the Evaluator's baseline is the model now served
-(`components/served_model/`), because open-source KFP refuses TFX's
+parameter, so one compiled spec serves any slide folder of the format compiled
+in (named, or detected from a local `data_root` as the local runner detects
+it). One difference from the local DAG: the Evaluator's baseline is the model
+now served (`components/served_model/`), because open-source KFP refuses TFX's
 resolver tasks ("resolver executors not implemented"). The image must hold
 this package (kubeflow/Dockerfile): Transform, Tuner and Trainer load
 `trainer.*` by module path, never from a local file.
@@ -29,8 +30,10 @@ from tfx import v1 as tfx
 from histopipe.beam.flags import merge_beam_args, require_filled
 from histopipe.components.served_model.component import NEVER_CACHED
 from histopipe.core.configs import BEAM_PRESETS, KubeflowConfig, PipelineConfig, StepResources
+from histopipe.core import storage
 from histopipe.core.errors import UserError
 from histopipe.core.storage import make_output_dir
+from histopipe.data.datasets import with_detected_format
 from histopipe.pipeline import pipeline as pipeline_dag
 
 DATA_ROOT_PARAMETER = "data_root"
@@ -80,6 +83,20 @@ def with_beam_args(config: PipelineConfig, beam_preset: Optional[str] = None,
   return dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
 
 
+def with_known_format(config: PipelineConfig, data_root: Optional[str]) -> PipelineConfig:
+  """`config` with `data.format` "auto" resolved as the local runner resolves it, from a
+  local data root; a bucket (whose credentials are the cluster's) or a data root given
+  only per run is not read when compiling, so there the format must be named."""
+  if config.data.format != "auto":
+    return config
+  if data_root and not storage.is_url(data_root):
+    return with_detected_format(config, data_root)
+  where = (f"the data root {data_root} is not read when compiling" if data_root else
+           "no --data-root: the data root is given per run")
+  raise UserError(f"cannot tell the data format ({where}); name it with --format panda, "
+                  "pcam or idc (config data.format)")
+
+
 def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
                      pipeline_root: str, data_root: Optional[str] = None,
                      serving_model_dir: Optional[str] = None) -> str:
@@ -89,9 +106,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
   the serving dir defaults to `<pipeline_root>/serving_model`.
   """
   serving_model_dir = serving_model_dir or pipeline_root.rstrip("/") + "/serving_model"
-  if config.data.format == "auto":
-    raise UserError("data.format must be named (panda, pcam or idc) for Kubeflow: "
-                     "the data folder is not readable when compiling")
+  config = with_known_format(config, data_root)
   data_root_parameter = tfx.dsl.experimental.RuntimeParameter(
       name=DATA_ROOT_PARAMETER, ptype=str, default=data_root)
   dag = pipeline_dag.create_pipeline(config, data_root=data_root_parameter,

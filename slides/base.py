@@ -29,8 +29,9 @@ class Level:
 PLAUSIBLE_MPP = (0.05, 20.0)
 
 
-# File name endings of whole slides the backends read (tifffile: TIFF family;
-# OpenSlide: Aperio, Hamamatsu, 3DHistech, Leica, Ventana, Philips; wsidicom:
-# DICOM, whose slides can also be folders of `.dcm` files).
+# File name endings of whole slides the backends read (tifffile: TIFF family,
+# Akoya/PerkinElmer QPTIFF among them; OpenSlide: Aperio, Hamamatsu, 3DHistech,
+# Leica, Ventana, Philips; wsidicom: DICOM, whose slides can also be folders of
+# `.dcm` files).
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".vms", ".mrxs", ".scn", ".bif",
-                  ".svslide", ".dcm")
+                  ".svslide", ".dcm", ".qptiff")

@@ -1,10 +1,11 @@
 """`TiffSlide`, the default backend of `slide_reader.open_slide`: reads
-pyramidal TIFFs (PANDA, Aperio SVS, OME-TIFF, libvips/CAMELYON pyramids, plain
-TIFFs) one TIFF tile (or strip) at a time: a whole level is never decoded to
-cut a few tiles, `read_region` decodes only the TIFF segments that intersect the requested rectangle, so
-memory follows the region size, not the slide size, and a segment that would
-decode to more than the budget is refused before it is decoded. Formats
-tifffile cannot read or decodes wrongly go to OpenSlide
+pyramidal TIFFs (PANDA, Aperio SVS, OME-TIFF, libvips/CAMELYON pyramids,
+brightfield or single-channel Akoya QPTIFF, plain TIFFs) one TIFF tile (or
+strip) at a time: a whole level is never decoded to cut a few tiles,
+`read_region` decodes only the TIFF segments that intersect the requested
+rectangle, so memory follows the region size, not the slide size, and a segment
+that would decode to more than the budget is refused before it is decoded.
+Formats tifffile cannot read or decodes wrongly go to OpenSlide
 (`openslide_reader.py`).
 """
 
@@ -96,6 +97,10 @@ class TiffSlide:
       raise
     except Exception as e:  # malformed IFDs surface here
       raise SlideError(self.path, f"cannot read TIFF structure ({e})") from e
+    if self._tiff.is_qpi and series and len(series[0].pages) > 1:
+      # tifffile's QPTIFF baseline holds one page per channel; read as a
+      # pyramid, the first channel alone would pass for the slide.
+      raise SlideError(self.path, _qpi_channels_reason(series[0].pages))
     candidates = [p for p in candidates
                   if getattr(p, "imagewidth", 0) and getattr(p, "imagelength", 0)]
     if not candidates:
@@ -106,6 +111,8 @@ class TiffSlide:
     for page in sorted(candidates, key=lambda p: -p.imagewidth):
       if abs(page.imagewidth / page.imagelength - aspect) / aspect > 0.02:
         continue
+      if page.samplesperpixel != base.samplesperpixel:
+        continue  # another rendering (a QPTIFF's RGB thumbnail of a grey scan), not a level
       if levels and page.imagewidth >= levels[-1].imagewidth:
         continue  # same size twice (a duplicate IFD): keep the first
       levels.append(page)
@@ -113,7 +120,8 @@ class TiffSlide:
       if page.planarconfig != 1 and page.samplesperpixel > 1:
         raise SlideError(self.path, "planar-separate TIFF is not supported")
       if page.dtype != np.uint8:
-        raise SlideError(self.path, f"pixel type {page.dtype} is not 8-bit")
+        raise SlideError(self.path, f"{_pixel_type(page.dtype)} pixels ({page.dtype}): only "
+                         "unsigned 8-bit pixels are read")
       declared = _segment_count(page)
       if declared != len(page.dataoffsets):
         # A size that does not match the file's own tile offsets (an absurd
@@ -273,6 +281,39 @@ class TiffSlide:
       raise SlideError(self.path, f"TIFF segment {index} is empty")
     segment = segment[0]  # drop the depth axis: [length, width, samples]
     return _to_rgb(segment), (indices[2], indices[3])
+
+
+# Words for numpy's kinds of number, as a reason names a pixel type.
+_NUMBER_KINDS = {"u": "unsigned", "i": "signed", "f": "floating-point", "c": "complex"}
+# Channel names a reason lists at most (a PhenoCycler scan has dozens).
+_NAMED_CHANNELS = 8
+
+
+def _pixel_type(dtype) -> str:
+  """"signed 8-bit", "unsigned 16-bit", "32-bit floating-point": what a pixel type is."""
+  dtype = np.dtype(dtype)
+  if dtype.kind == "b":
+    return "1-bit (bilevel)"
+  bits = f"{dtype.itemsize * 8}-bit"
+  kind = _NUMBER_KINDS.get(dtype.kind, dtype.kind)
+  return f"{kind} {bits}" if dtype.kind in "ui" else f"{bits} {kind}"
+
+
+def _qpi_channels_reason(channel_pages) -> str:
+  """Why a multi-channel QPTIFF is refused, with its channels' names (each page's
+  `<PerkinElmer-QPI-ImageDescription>` `Name`) where it states them."""
+  names = []
+  for page in channel_pages:
+    try:
+      described = tifffile.xml2dict(page.description)["PerkinElmer-QPI-ImageDescription"]
+      names.append(str(described["Name"]))
+    except Exception:  # pylint: disable=broad-except (no name, or XML tifffile cannot parse)
+      names = []
+      break
+  shown = ", ".join(names[:_NAMED_CHANNELS]) + (", …" if len(names) > _NAMED_CHANNELS else "")
+  return (f"a QPTIFF of {len(channel_pages)} channels{f' ({shown})' if names else ''} of "
+          f"{_pixel_type(channel_pages[0].dtype)} pixels, a multiplex fluorescence scan: only "
+          "RGB or single-channel 8-bit QPTIFF are read")
 
 
 def _segment_count(page) -> int:

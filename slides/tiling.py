@@ -116,6 +116,17 @@ def read_tile(slide, scale: TileScale, x: int, y: int, tile_size: int) -> np.nda
   return cv2.resize(region, (tile_size, tile_size), interpolation=cv2.INTER_AREA)
 
 
+def _read_defect(slide, level: Level) -> str:
+  """Why the pixels of `level` cannot be read, "" when they can. A slide too small to
+  tile is rejected before any pixel is decoded; its defect (a corrupt JPEG, an unknown
+  compression) would stay hidden behind the size, so its few pixels are read to find it."""
+  try:
+    slide.read_level(level.index)
+  except SlideError as e:
+    return e.reason
+  return ""
+
+
 def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
   """The bag of one slide; raises SlideError with the reason when unusable."""
   limits = read_limits(tiling)
@@ -128,8 +139,10 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
       grid_width = int(slide.levels[0].width / scale.downsample)
       grid_height = int(slide.levels[0].height / scale.downsample)
     if grid_width < tiling.tile_size or grid_height < tiling.tile_size:
-      raise SlideError(path, f"the slide is {grid_width}x{grid_height} px at downsample "
-                       f"{scale.downsample:.3g}, smaller than one {tiling.tile_size} px tile")
+      too_small = (f"the slide is {grid_width}x{grid_height} px at downsample "
+                   f"{scale.downsample:.3g}, smaller than one {tiling.tile_size} px tile")
+      defect = _read_defect(slide, scale.level)
+      raise SlideError(path, f"{too_small}, and {defect}" if defect else too_small)
     thumbnail, thumbnail_downsample = slide.thumbnail(
         max_side=THUMBNAIL_MAX_SIDE,
         max_downsample=tiling.tile_size * scale.downsample / MASK_PIXELS_PER_TILE)

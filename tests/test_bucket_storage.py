@@ -122,3 +122,19 @@ def test_labels_in_the_bucket_that_are_bad_fail_fast_naming_the_row(bucket_data,
   assert cli.main(["tile", "--data", bad, "--out", f"{bad}-tiles"]) == 2
   error = capsys.readouterr().err
   assert "train.csv" in error and "seven" in error and error.count("\n") == 1
+
+
+def test_a_label_file_in_the_bucket_tells_the_format(bucket_data, gcs_bucket, tmp_path, capsys):
+  """`tile --labels gs://...` with the format left to detection reads the label file's header
+  from the bucket: a gcsfs file, whose readline() takes no size, as a local file does."""
+  local, url, slides = bucket_data
+  assert cli.main(["tile", "--preset", "demo", "--data", url, "--labels", f"{url}/train.csv",
+                   "--out", str(tmp_path / "tiles")]) == 0
+  assert f"{len(slides)} of {len(slides) + 1} slides tiled" in capsys.readouterr().out
+  # A PCam header (with a byte-order mark and CRLF, as Excel writes it) under another name.
+  from histopipe.data import datasets
+  folder = f"{gcs_bucket}/pcam-header"
+  with fsspec.open(f"{folder}/labels.csv", "wb") as f:
+    f.write(b"\xef\xbb\xbfid,label\r\np0,1\r\n")
+  assert datasets.detect_format(folder, f"{folder}/labels.csv") == "pcam"
+  assert datasets.detect_format(url, f"{url}/train.csv") == "panda"

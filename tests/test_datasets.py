@@ -186,3 +186,62 @@ def test_tile_exits_non_zero_when_no_slide_was_tiled(tmp_path, capsys):
   assert cli.main(["tile", "--data", str(data), "--out", str(tmp_path / "out")]) == 1
   captured = capsys.readouterr()
   assert "0 of 2 slides tiled" in captured.out and "no slide was tiled" in captured.err
+
+
+def test_a_relative_labels_path_is_taken_from_the_current_folder_first(pcam_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+  """`--labels pcam/train_labels.csv` from the folder above the data, as a shell user
+  means it; a name that is no file here is still looked for in --data; one found in
+  neither place is one line naming both."""
+  from histopipe import cli
+  monkeypatch.chdir(tmp_path)
+  argv = ["tile", "--preset", "demo", "--data", "pcam"]
+  # pcam_dir: 4 readable labelled patches of 7 items (train_labels.csv's 6 rows and one
+  # unlabelled file).
+  assert cli.main(argv + ["--labels", "pcam/train_labels.csv", "--out", "here"]) == 0
+  assert "4 of 7 slides tiled" in capsys.readouterr().out
+  assert cli.main(argv + ["--labels", "train_labels.csv", "--out", "in-data"]) == 0
+  assert "4 of 7 slides tiled" in capsys.readouterr().out
+  assert cli.main(argv + ["--labels", "labels/none.csv", "--out", "none"]) == 2
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line.startswith("histopipe tile: error: --labels labels/none.csv: no such file in "
+                         f"the current folder ({tmp_path})")
+  assert line.endswith(f"nor in --data ({os.path.join('pcam', 'labels', 'none.csv')})")
+
+
+def test_a_labelled_slide_of_a_type_no_reader_takes_is_not_called_missing(tmp_path):
+  """A file that is there with an extension the readers do not take (a Zeiss .czi) is
+  rejected naming the file and the types that are read, not as "has no file"; a QPTIFF
+  (Akoya) is a TIFF slide and is planned with its file."""
+  data = tmp_path / "data"
+  synthetic.write_dataset(str(data), 4, seed=5, level0_size=(1024, 768))
+  images = data / "train_images"
+  (images / "zeiss-1.czi").write_bytes(b"ZISRAWFILE")
+  (images / "akoya-1.qptiff").write_bytes((images / os.listdir(images)[0]).read_bytes())
+  with open(data / "train.csv", "a") as f:
+    f.write("zeiss-1,lab,1,3+3\nakoya-1,lab,2,3+4\nnowhere,lab,0,negative\n")
+  tasks = {task.image_id: task for task in datasets.plan(str(data), "panda", "")}
+  assert tasks["akoya-1"].path == str(images / "akoya-1.qptiff")
+  assert tasks["akoya-1"].problem == ""
+  zeiss = tasks["zeiss-1"].problem
+  assert zeiss.startswith("the slide's file zeiss-1.czi is there, but no reader takes .czi "
+                          "files (types read: .tif, .tiff, .svs, ")
+  assert ".qptiff" in zeiss and ".dcm" in zeiss
+  assert tasks["nowhere"].problem == "labelled slide has no file"
+
+
+def test_slides_all_of_an_unread_type_are_one_error_naming_the_type(tmp_path):
+  """Every labelled slide there as a .czi: not "say where the slides are", which they
+  are, but the type no reader takes and the types read."""
+  data = tmp_path / "data"
+  (data / "train_images").mkdir(parents=True)
+  for image_id in ("a", "b.1"):
+    (data / "train_images" / f"{image_id}.czi").write_bytes(b"ZISRAWFILE")
+  (data / "train.csv").write_text("image_id,data_provider,isup_grade,gleason_score\n"
+                                  "a,lab,1,3+3\nb.1,lab,0,negative\n")
+  with pytest.raises(datasets.DatasetError) as failed:
+    datasets.plan(str(data), "panda", "")
+  message = str(failed.value)
+  assert message.startswith("2 of 2 slides in train.csv have no slide file matching")
+  assert "no reader takes their files' type (.czi): the readers take .tif, .tiff" in message
+  assert "--slides" not in message

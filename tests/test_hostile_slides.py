@@ -6,6 +6,7 @@ Each file is made here from a small valid TIFF whose bytes are then edited
 is wrong with it. Memory is checked as a child process's peak RSS.
 """
 
+import os
 import struct
 import subprocess
 import sys
@@ -290,3 +291,53 @@ def test_a_job_of_hostile_files_stays_under_1_gb(tiny_dataset, tmp_path):
     else:
       assert row["status"] == "written", row
   assert peak < 1024, f"peak RSS {peak:.0f} MB for a job of {len(outcomes)} slides"
+
+
+REAL_SLIDES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures",
+                           "real-slides")
+
+
+def _tifffile_error(path) -> str:
+  """What tifffile's own whole-image read (not our segment reader) says is wrong."""
+  with pytest.raises(Exception) as failed:
+    tifffile.imread(path)
+  return str(failed.value)
+
+
+def _corrupt_tile_tiff(path) -> None:
+  """48 x 32 px in deflate tiles of 16 px, one of whose compressed bytes are garbage."""
+  rng = np.random.default_rng(4)
+  tifffile.imwrite(path, rng.integers(0, 200, (32, 48, 3), dtype=np.uint8), tile=(16, 16),
+                   compression="deflate", photometric="rgb")
+  with tifffile.TiffFile(path) as tif:
+    offset, count = tif.pages[0].dataoffsets[2], tif.pages[0].databytecounts[2]
+  data = bytearray(open(path, "rb").read())
+  data[offset:offset + count] = b"\xff" * count
+  open(path, "wb").write(bytes(data))
+
+
+def test_a_file_smaller_than_a_tile_that_is_also_broken_names_both(tmp_path):
+  """The size gate keeps its reason, and a file that also cannot be decoded says why,
+  in the words of an independent reader: OpenSlide for the corrupt JPEG of
+  unreadable.svs, tifffile for unopenable.tiff's unknown compression (OpenSlide says
+  "Unsupported TIFF compression: 52479") and for a hand-made file's garbage tile. An
+  intact small file (small.svs, the same 16 x 16 crop uncorrupted) is only too small."""
+  import openslide  # pylint: disable=import-outside-toplevel
+  unreadable = os.path.join(REAL_SLIDES, "unreadable.svs")
+  with openslide.OpenSlide(unreadable) as slide, pytest.raises(openslide.OpenSlideError) as bad:
+    slide.read_region((0, 0), 0, (16, 16))
+  hand_made = str(tmp_path / "corrupt.tif")
+  _corrupt_tile_tiff(hand_made)
+  broken = {unreadable: str(bad.value),  # "Bogus marker length"
+            os.path.join(REAL_SLIDES, "unopenable.tiff"):
+                _tifffile_error(os.path.join(REAL_SLIDES, "unopenable.tiff")),
+            hand_made: _tifffile_error(hand_made)}
+  for path, defect in broken.items():
+    with pytest.raises(SlideError) as rejected:
+      tile_slide(path, TILING)
+    reason = rejected.value.reason
+    assert "smaller than one 64 px tile, and " in reason and defect in reason, (path, reason)
+  with pytest.raises(SlideError) as rejected:
+    tile_slide(os.path.join(REAL_SLIDES, "small.svs"), TILING)
+  assert rejected.value.reason == ("the slide is 16x16 px at downsample 1, smaller than one "
+                                   "64 px tile")

@@ -199,3 +199,46 @@ def test_without_a_data_root_default_each_run_must_name_one(tmp_path, capsys):
   assert cli.main(["kubeflow", "submit", "--host", "http://localhost:9",
                    "--package", str(out)]) == 2
   assert "--param data_root=..." in capsys.readouterr().err
+
+
+def _example_gen_settings(package):
+  """The SlideExampleGen's data settings and input pattern, as the compiled spec carries them
+  (read through KFP's own PipelineSpec proto)."""
+  spec = json_format.ParseDict(yaml.safe_load(package.read_text()),
+                               pipeline_spec_pb2.PipelineSpec())
+  parameters = spec.root.dag.tasks["SlideExampleGen"].inputs.parameters
+  custom = json.loads(parameters["custom_config"].runtime_value.constant.string_value)
+  (split,) = json.loads(parameters["input_config"].runtime_value.constant.string_value)["splits"]
+  return json.loads(custom["custom_config"]["value"]["data"]), split["pattern"]
+
+
+def test_compile_on_a_local_folder_detects_its_format_as_run_does(tmp_path, capsys):
+  """The full preset says panda; a local PCam folder as --data-root, no --format: the
+  package tiles PCam's patches (train/*.tif, labels from train_labels.csv)."""
+  data = tmp_path / "pcam"
+  assert cli.main(["synth", "--format", "pcam", "--out", str(data), "--slides", "4"]) == 0
+  out = tmp_path / "pipeline.yaml"
+  argv = ["kubeflow", "compile", "--out", str(out), "--image", IMAGE,
+          "--pipeline-root", "gs://bucket/root"]
+  assert cli.main(argv + ["--data-root", str(data)]) == 0
+  data_settings, pattern = _example_gen_settings(out)
+  assert data_settings["format"] == "pcam" and pattern == "train/*.tif"
+  # --format still decides when given.
+  assert cli.main(argv + ["--data-root", str(data), "--format", "idc"]) == 0
+  assert _example_gen_settings(out)[0]["format"] == "idc"
+
+
+@pytest.mark.parametrize("data_root", [["--data-root", "gs://bucket/data"], []],
+                         ids=["bucket", "no_data_root"])
+def test_compile_refuses_a_format_it_cannot_know(tmp_path, capsys, data_root):
+  """A config that leaves the format to detection, and a data root that is not read when
+  compiling: one line asking for --format, exit 2, no package."""
+  config = tmp_path / "auto.json"
+  config.write_text(json.dumps({"data": {"format": "auto"}}))
+  out = tmp_path / "pipeline.yaml"
+  for flags in (["--config", str(config)], ["--format", "auto"]):
+    assert cli.main(["kubeflow", "compile", "--out", str(out), "--image", IMAGE,
+                     "--pipeline-root", "gs://bucket/root", *data_root, *flags]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("histopipe kubeflow compile: error: ") and "--format" in line
+    assert not out.exists()

@@ -205,3 +205,19 @@ def test_area_average_is_the_block_mean_rounded_half_up(factor):
         expected[row, col] = (2 * block.reshape(-1, 3).astype(np.int64).sum(0) + count) // (
             2 * count)
     np.testing.assert_array_equal(resample.area_average(image, factor), expected)
+
+
+@pytest.mark.parametrize("dtype,described", [
+    (np.int8, "signed 8-bit pixels (int8)"),
+    (np.uint16, "unsigned 16-bit pixels (uint16)"),
+    (np.float32, "32-bit floating-point pixels (float32)"),
+])
+def test_pixels_other_than_unsigned_8_bit_are_named_as_what_they_are(tmp_path, dtype, described):
+  """An int8 OME-TIFF is 8-bit, but signed: the reason says so rather than "not 8-bit"."""
+  path = str(tmp_path / "pixels.ome.tif")
+  tifffile.imwrite(path, np.zeros((64, 96), dtype), ome=True)
+  with tifffile.TiffFile(path) as tif:
+    assert tif.is_ome and tif.pages[0].dtype == dtype
+  with pytest.raises(SlideError) as rejected:
+    TiffSlide(path)
+  assert rejected.value.reason == f"{described}: only unsigned 8-bit pixels are read"
