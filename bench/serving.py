@@ -1,7 +1,7 @@
 """Latency of `histopipe predict` for one slide, and where the time goes.
 
 One request per slide, as `histopipe predict` sends them: tile the slide
-(components.tiling.cut_bag, the SlideExampleGen's code), serialize the bag,
+(slides.tiling.cut_bag, the SlideExampleGen's code), serialize the bag,
 call Predict over gRPC on the development server (serving/dev_server.py,
 in this process, on localhost). Per slide and repeat:
 

@@ -9,8 +9,8 @@ What it does, in one process:
 
 1. Slides. Writes N synthetic biopsies of about 25,000 x 15,000 px at level 0
    (`--width/--height`) as JPEG-compressed tiled pyramidal TIFFs with levels at
-   downsample 1/4/16 (`components.synthetic.write_pyramidal_tiff`), and a
-   PANDA `train.csv`. Tissue is drawn by `components.synthetic.render_tissue`
+   downsample 1/4/16 (`data.synthetic.write_pyramidal_tiff`), and a
+   PANDA `train.csv`. Tissue is drawn by `data.synthetic.render_tissue`
    at level-1 resolution (downsample 4) with the tumour morphology scaled by
    1/4 (radii / 4, densities x 16), so level 1, the level that is tiled, has
    level-0-like texture; level 0 is that image upscaled with cv2.resize
@@ -36,7 +36,7 @@ What it does, in one process:
        decodes the WHOLE level 1, pads it with white to a multiple of 256
        (centred, as in the notebooks), reshapes it into tiles, keeps the 36
        with the lowest pixel sum (darkest) and encodes them with
-       `components.tiling.encode_tile`. tifffile decodes with several threads
+       `slides.tiling.encode_tile`. tifffile decodes with several threads
        by default; (b1) repeats it with `maxworkers=1`, which is the fair
        comparison with the single-worker (a).
    (c) The floor: for exactly the tiles (a) chose (read back from its bags),
@@ -52,15 +52,15 @@ What it does, in one process:
        jpegtables=page.jpegtables)`, as `slides/slide_reader.py` does
        (as fast as `page.asarray(maxworkers=1)` here, and it is the same
        decode as the tile step), and the level is shrunk to the pipeline's
-       thumbnail (`components.tiling.THUMBNAIL_MAX_SIDE`, by
+       thumbnail (`slides.tiling.THUMBNAIL_MAX_SIDE`, by
        `resample.area_average`, so the mask sees the same pixels); then
        `tissue.tissue_mask`, `tissue.tile_tissue_fractions` and
        `tissue.select_tiles` choose the tiles, only the TIFF tiles under each
        chosen 256 px tile of the tiled level are decoded (decoded TIFF tiles
        kept in a plain dict for the slide, since neighbouring tiles share
        them) and assembled, and each tile is encoded as (a) does
-       (`components.tiling.encode_tile`, after `resize_to` if set). The
-       level is the pipeline's own, `components.tiling.choose_scale` on the
+       (`slides.tiling.encode_tile`, after `resize_to` if set). The
+       level is the pipeline's own, `slides.tiling.choose_scale` on the
        opened slide, learnt once per distinct file before the clock starts
        (metadata, ~4 ms a slide); (c3) cuts it as it is and refuses a slide
        the pipeline would read at another scale and shrink. Its tiles must
@@ -70,7 +70,7 @@ What it does, in one process:
        --direct_num_workers=1`: one worker process, as (d) runs them.
    (d) the same with `--direct_num_workers=2`; (d)/(d1) is the scaling from
        one to two Beam workers, (d)/(a) compares with the in-memory runner.
-   (e) For reference: `components.tiling.tile_slide` in a plain loop (the
+   (e) For reference: `slides.tiling.tile_slide` in a plain loop (the
        work (a) does per slide, without Beam and without writing).
    (f) The SlideExampleGen as `histopipe run` runs it: a TFX pipeline of that
        one component under `LocalDagRunner` (ML Metadata in SQLite, no cache,
@@ -99,7 +99,7 @@ What it does, in one process:
    the same `tile_slide` so they decode what (e) decodes; for (b) it is every
    TIFF tile of level 1; (c3) counts its own `page.decode` calls. "Tissue in
    chosen tiles" is the mean fraction of non-white pixels (any channel <
-   `components.tissue.WHITE_LEVEL`) over the tiles each method keeps, a check
+   `slides.tissue.WHITE_LEVEL`) over the tiles each method keeps, a check
    that a faster method does not pick worse tiles. tiles/s counts tiles cut
    from the slide (bag padding excluded).
 

@@ -17,7 +17,7 @@ Run from the repository root:
    cached in the workdir.
 2. Tiles it in a fresh SUBPROCESS per mode, with the `full` config (36 tiles of
    256 px from level 1, the preset's tile format):
-     * `tile_slide`: `components.tiling.tile_slide(path, full_config().tiling)`;
+     * `tile_slide`: `slides.tiling.tile_slide(path, full_config().tiling)`;
      * `tile_job`: `run_tile_job` (the `histopipe tile` Beam job, in-memory
        DirectRunner, 1 worker, previews on as in the CLI) on a data folder
        holding only this slide.

@@ -248,7 +248,7 @@ class PipelineConfig:
     sigmoid (PCam, IDC), gated on AUC. Needs a resolved `data.format`."""
     if self.data.format == "auto":
       raise ValueError("data.format is 'auto': resolve it from the data folder first "
-                       "(components.datasets.with_detected_format)")
+                       "(data.datasets.with_detected_format)")
     return "binary" if self.data.format in PATCH_FORMATS else "isup"
 
   @property

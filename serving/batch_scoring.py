@@ -3,7 +3,7 @@
 Beam's RunInference with a model handler for our SavedModel's
 `serving_default` (serialized bags in; grade, probabilities, attention out):
 each worker loads the model once and scores batches of bags. Tiling is
-`components.tiling.cut_bag`, as in SlideExampleGen and `histopipe predict`,
+`slides.tiling.cut_bag`, as in SlideExampleGen and `histopipe predict`,
 and the records are `predict`'s: the JSON lines (predictions and rejected
 slides) and optionally the submission CSV. Runs on any Beam runner; the
 DirectRunner by default.

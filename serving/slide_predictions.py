@@ -1,6 +1,6 @@
 """Slides in, one prediction record per slide out, through any Predict client.
 
-Tiling is `components.tiling.cut_bag`, the code SlideExampleGen runs, with
+Tiling is `slides.tiling.cut_bag`, the code SlideExampleGen runs, with
 the pipeline's TilingConfig, so the served model sees the tiles it was
 trained on. A slide that cannot be tiled becomes a "rejected" record with its
 reason; a server that cannot be reached at the start stops the run

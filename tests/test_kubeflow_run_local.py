@@ -69,28 +69,73 @@ def _signatures(model_dir):
   return described
 
 
+def _compiled_spec(package_file) -> pipeline_spec_pb2.PipelineSpec:
+  """The compiled package as kfp's own PipelineSpec proto reads it (not through run-local)."""
+  with open(package_file) as f:
+    return json_format.ParseDict(yaml.safe_load(f), pipeline_spec_pb2.PipelineSpec())
+
+
+def _producers(task: pipeline_spec_pb2.PipelineTaskSpec) -> set:
+  """The tasks a task must wait for, as the spec states them: its
+  `dependent_tasks` and the producers named in its inputs."""
+  producers = set(task.dependent_tasks)
+  producers |= {artifact.task_output_artifact.producer_task
+                for artifact in task.inputs.artifacts.values()
+                if artifact.HasField("task_output_artifact")}
+  producers |= {parameter.task_output_parameter.producer_task
+                for parameter in task.inputs.parameters.values()
+                if parameter.HasField("task_output_parameter")}
+  return producers
+
+
+def _executor_input(run, task_name) -> pipeline_spec_pb2.ExecutorInput:
+  """The ExecutorInput a task's container was given, as kfp's proto reads it."""
+  with open(os.path.join(run.work_dir, task_name, "executor_input.json")) as f:
+    return json_format.Parse(f.read(), pipeline_spec_pb2.ExecutorInput())
+
+
 def test_the_package_runs_end_to_end_and_pushes_what_the_local_run_pushes(
     package, two_runs, local_model):
   work, package_file = package
   first = two_runs[0]
-  spec = package_spec.load_package(str(package_file))
-  assert [task.name for task in first.tasks] == package_spec.task_order(spec)
-  assert {task.name for task in first.tasks} == set(spec.root.dag.tasks)
+  spec = _compiled_spec(package_file)
+  tasks = spec.root.dag.tasks
+  order = [task.name for task in first.tasks]  # as they ran
+  assert sorted(order) == sorted(tasks)  # every task of the spec, each once
   assert all(task.kind == "container" and not task.cached for task in first.tasks)
-  # Each task ran its own container command with the ExecutorInput KFP builds.
-  trainer_input = json_format.Parse(
-      open(os.path.join(first.work_dir, "Trainer", "executor_input.json")).read(),
-      pipeline_spec_pb2.ExecutorInput())
+  # Each task ran after every task the spec says it depends on: later in the
+  # run, and started (its ExecutorInput written) after the producer's log was closed.
+  producers = {name: _producers(task) for name, task in tasks.items()}
+  assert {name for name, upstream in producers.items() if not upstream} == {
+      "SlideExampleGen", "ServedModel"}
+  assert producers["StatisticsGen"] == {"SlideExampleGen"}
+  assert {"Trainer", "DriftCheck"} <= producers["Pusher"]
+  for name, upstream in producers.items():
+    for producer in upstream:
+      assert producer in tasks, (name, producer)
+      assert order.index(producer) < order.index(name), f"{name} ran before its producer {producer}"
+      assert (os.path.getmtime(os.path.join(first.work_dir, producer, "log.txt")) <=
+              os.path.getmtime(os.path.join(first.work_dir, name, "executor_input.json"))), (
+                  name, producer)
+  # Each task ran its own container command with the ExecutorInput KFP builds:
+  # the Trainer's examples are the artifact its producer (per the spec) was told to write.
+  trainer_input = _executor_input(first, "Trainer")
+  source = tasks["Trainer"].inputs.artifacts["examples"].task_output_artifact
+  assert (source.producer_task, source.output_artifact_key) == ("SlideExampleGen", "examples")
+  (written,) = _executor_input(first, source.producer_task).outputs.artifacts[
+      source.output_artifact_key].artifacts
   examples = trainer_input.inputs.artifacts["examples"].artifacts[0]
-  assert examples.uri == first.output("SlideExampleGen", "examples")["uri"]
+  assert examples.uri == written.uri
+  assert glob.glob(os.path.join(examples.uri, "Split-train", "*"))
   assert examples.type.instance_schema.startswith("title: tfx.Examples")
   model_uri = trainer_input.outputs.artifacts["model"].artifacts[0].uri
   assert re.fullmatch(re.escape(f"{work}/root/histopipe/first/Trainer/") +
                       r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/model",
                       model_uri)
   # The command is the package's own, with `{{$}}` replaced by that input.
+  executor_label = spec.components[tasks["Trainer"].component_ref.name].executor_label
   container = json_format.MessageToDict(spec.deployment_spec)["executors"][
-      "Trainer_executor"]["container"]
+      executor_label]["container"]
   argv = json.load(open(os.path.join(first.work_dir, "Trainer", "command.json")))
   expected = container["command"] + container["args"]
   assert len(argv) == len(expected)
@@ -100,10 +145,10 @@ def test_the_package_runs_end_to_end_and_pushes_what_the_local_run_pushes(
     else:
       assert ran == declared
   # Both runs pushed the same model: one version (the Pusher is idempotent).
-  pushed = glob.glob(str(work / "serving" / "*" / "saved_model.pb"))
-  assert len(pushed) == 1
-  first_version = first.output("Pusher", "pushed_model")["metadata"]["pushed_version"]
-  model_dir = str(work / "serving" / first_version)
+  (pushed,) = glob.glob(str(work / "serving" / "*" / "saved_model.pb"))
+  model_dir = os.path.dirname(pushed)
+  assert first.output("Pusher", "pushed_model")["metadata"]["pushed_version"] == \
+      os.path.basename(model_dir)
   assert _signatures(model_dir) == _signatures(local_model)
 
 
@@ -283,7 +328,7 @@ def test_parameters_are_typed_by_the_package_and_checked(tmp_path, capsys):
 
 
 def test_the_image_environment_is_the_dockerfiles():
-  with open(os.path.join(REPO, "histopipe", "kubeflow", "Dockerfile")) as f:
+  with open(os.path.join(REPO, "kubeflow", "Dockerfile")) as f:
     lines = [line for line in f.read().splitlines() if line.startswith("ENV ")]
   env = dict(re.fullmatch(r"ENV (\w+)=(\S+)", line).groups() for line in lines)
   assert env == run_local.IMAGE_ENV

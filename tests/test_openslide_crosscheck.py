@@ -29,9 +29,9 @@ import cv2
 import numpy as np
 import pytest
 
-openslide = pytest.importorskip("openslide")
+import openslide  # noqa: E402  (a required dependency: missing, these tests fail)
 
-from PIL import Image  # noqa: E402  (after the skip: only needed with openslide)
+from PIL import Image  # noqa: E402
 
 from histopipe.data import synthetic  # noqa: E402
 from histopipe.slides.tiling import tile_slide  # noqa: E402

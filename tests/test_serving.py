@@ -7,6 +7,7 @@ The end-to-end test runs `predict` against the pipeline's own pushed model.
 """
 
 import csv
+import glob
 import io
 import json
 import os
@@ -26,9 +27,13 @@ from histopipe.core.configs import load_config
 from histopipe.serving import client as serving_client
 from histopipe.serving import slide_predictions
 from histopipe.serving.dev_server import DevServer
+from tests.conftest import TINY_LEVEL0
 
 TILES = 4
 TILING = {"tiles_per_slide": TILES, "tile_size": 32}
+# The tiny slides' tiles: 32 px at the middle level (downsample 1024 / 256 = 4),
+# 128 px at level 0, on the grid of the 1024 x 768 level 0.
+LEVEL0_TILE = 32 * 4
 
 
 class _CountingModel(tf.Module):
@@ -172,14 +177,19 @@ def test_predict_command_prints_json_lines_and_a_submission_csv(
   assert rejected["image_id"] == "broken" and rejected["path"] == str(broken)
   predicted = {r["image_id"]: r for r in records if "rejected" not in r}
   assert set(predicted) == {s.image_id for s in slides}
-  tiling = load_config(config_file).tiling
-  for slide in slides[:3]:  # the client tiles exactly as SlideExampleGen does
-    bag = cut_bag(slide.path, "slide", tiling).bag
-    record = predicted[slide.image_id]
-    assert record["grade"] == sum(bag.tile_valid) % 6
-    assert [(t["x"], t["y"]) for t in record["attention"]] == [
-        (x, y) for x, y, v in zip(bag.tile_x, bag.tile_y, bag.tile_valid) if v]
-    assert all(t["size"] == 32 * 4 for t in record["attention"])
+  for record in predicted.values():
+    # The counting model answers with the real tiles it parsed from the request
+    # (at most 4, so no wrap at 6) and a uniform attention over them: the
+    # record's tiles are those the server was sent.
+    grade, tiles = record["grade"], record["attention"]
+    assert 1 <= grade <= TILES and len(tiles) == grade, record
+    assert all(t["weight"] == pytest.approx(1 / grade, abs=1e-6) for t in tiles)
+    # Level-0 positions on the slide's 128 px grid, inside it, each tile once.
+    assert all(t["size"] == LEVEL0_TILE for t in tiles)
+    assert all(t["x"] % LEVEL0_TILE == 0 and 0 <= t["x"] <= TINY_LEVEL0[0] - LEVEL0_TILE and
+               t["y"] % LEVEL0_TILE == 0 and 0 <= t["y"] <= TINY_LEVEL0[1] - LEVEL0_TILE
+               for t in tiles), tiles
+    assert len({(t["x"], t["y"]) for t in tiles}) == len(tiles)
   rows = list(csv.reader(io.StringIO(out_csv.read_text())))
   assert rows[0] == ["image_id", "isup_grade"]
   assert {r[0]: int(r[1]) for r in rows[1:]} == {k: r["grade"] for k, r in predicted.items()}
@@ -339,7 +349,7 @@ def _start_dev_server(model_dir: str, port: int):
        "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_predict_survives_a_server_restart_and_loses_no_slide(model_dir, tiny_dataset,
+def test_predict_survives_a_server_restart_and_loses_no_slide(model_dir, server, tiny_dataset,
                                                              config_file):
   """A real `serve-dev` process is killed (SIGKILL) after the third slide and
   started again on the same port: the client's retries carry the run over,
@@ -366,9 +376,9 @@ def test_predict_survives_a_server_restart_and_loses_no_slide(model_dir, tiny_da
     assert second is not None and second.poll() is None
     assert [r["image_id"] for r in records] == [s.image_id for s in slides]
     assert not [r for r in records if "rejected" in r]
-    for slide, record in zip(slides, records):
-      bag = cut_bag(slide.path, "slide", config.tiling).bag
-      assert record["grade"] == sum(bag.tile_valid) % 6, slide.image_id
+    # The records of a run that no restart disturbed (the module's own server).
+    with serving_client.GrpcPredictClient(f"localhost:{server.port}", "histopipe") as steady:
+      assert records == list(predict_slides([s.path for s in slides], steady, config))
     # Gone for good: the first BREAKER_FAILURES slides cost their retries,
     # the rest are rejected unsent; every slide is a record.
     second.kill()
@@ -389,3 +399,78 @@ def test_predict_survives_a_server_restart_and_loses_no_slide(model_dir, tiny_da
       if process is not None and process.poll() is None:
         process.kill()
         process.wait(timeout=30)
+
+
+def _written_bags(run_out) -> dict:
+  """image_id -> tf.train.Example of every bag SlideExampleGen wrote in a
+  `histopipe run` (all splits of its Examples artifact), read with TF's own
+  record reader and proto."""
+  (examples_uri,) = glob.glob(os.path.join(str(run_out), "pipeline_root", "SlideExampleGen",
+                                           "examples", "*"))
+  files = sorted(glob.glob(os.path.join(examples_uri, "Split-*", "*")))
+  assert files, examples_uri
+  bags = {}
+  for path in files:
+    for record in tf.data.TFRecordDataset(path, "GZIP" if path.endswith(".gz") else ""):
+      example = tf.train.Example.FromString(record.numpy())
+      (image_id,) = example.features.feature["image_id"].bytes_list.value
+      assert image_id.decode() not in bags, image_id
+      bags[image_id.decode()] = example
+  return bags
+
+
+def _values(feature):
+  return list(getattr(feature, feature.WhichOneof("kind")).value)
+
+
+def test_the_client_tiles_each_slide_as_slide_example_gen_wrote_it(pcam_run, monkeypatch,
+                                                                   capsys):
+  """`histopipe predict` against the shared PCam run's pushed model, with the
+  settings the model carries: for every patch, the request the client sends
+  holds the tiles and tile_valid of the bag SlideExampleGen wrote for it, byte
+  for byte; the record's tile positions, size and image statistics are that
+  bag's; the answer is the model's own answer to that bag."""
+  assert pcam_run.exit_code == 0
+  written = _written_bags(pcam_run.out)
+  patches = sorted(glob.glob(str(pcam_run.data / "train" / "*.tif")))
+  assert len(patches) == len(written) == 40
+  sent = {}
+  predict = serving_client.GrpcPredictClient.predict
+
+  def recording(self, inputs, signature=None):
+    if "examples" in inputs:
+      for example in inputs["examples"].tolist():
+        request = tf.train.Example.FromString(example)
+        (image_id,) = request.features.feature["image_id"].bytes_list.value
+        sent[image_id.decode()] = request
+    return predict(self, inputs, signature)
+
+  monkeypatch.setattr(serving_client.GrpcPredictClient, "predict", recording)
+  with DevServer(str(pcam_run.out / "serving_model"), "histopipe") as running:
+    assert cli.main(["predict", "--server", f"localhost:{running.port}",
+                     str(pcam_run.data / "train")]) == 0
+  records = {r["image_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+  assert set(records) == set(sent) == set(written)
+  for image_id, bag in written.items():
+    features, request = bag.features.feature, sent[image_id].features.feature
+    assert set(request) == {"image_id", "tiles", "tile_valid"}
+    assert request["tiles"] == features["tiles"], image_id
+    assert request["tile_valid"] == features["tile_valid"], image_id
+    valid = _values(features["tile_valid"])
+    side = round(_values(features["tile_size"])[0] * _values(features["level_downsample"])[0])
+    assert [(t["x"], t["y"], t["size"]) for t in records[image_id]["attention"]] == [
+        (x, y, side) for x, y, v in zip(_values(features["tile_x"]), _values(features["tile_y"]),
+                                        valid) if v]
+    statistics = {name: _values(feature)[0] for name, feature in features.items()
+                  if name.startswith("img_")}
+    assert statistics and records[image_id]["image_stats"] == {
+        name: pytest.approx(value, rel=1e-6, abs=1e-4) for name, value in statistics.items()}
+  # The model's own answers to the bags SlideExampleGen wrote.
+  (model_dir,) = glob.glob(str(pcam_run.out / "serving_model" / "*"))
+  order = sorted(written)
+  answers = tf.saved_model.load(model_dir).signatures["serving_default"](
+      examples=tf.constant([written[i].SerializeToString() for i in order]))
+  for image_id, grade, probabilities in zip(order, answers["grade"].numpy(),
+                                            answers["probabilities"].numpy()):
+    assert records[image_id]["grade"] == int(grade), image_id
+    assert records[image_id]["probabilities"] == pytest.approx(probabilities.tolist(), abs=1e-5)

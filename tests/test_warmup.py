@@ -10,7 +10,6 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from histopipe.bags import bag_features
 from histopipe.bags.bag_features import SlideBag
-from histopipe.core import signatures
 from histopipe.core.configs import ModelConfig, PipelineConfig
 from histopipe.trainer import features, warmup
 from histopipe.trainer.preprocessing import decode_tiles
@@ -78,11 +77,17 @@ def test_first_bags_reads_the_split_files_and_keeps_only_the_model_inputs(
   # A Trainer's eval_files: a list of patterns.
   chosen = warmup.first_bags([str(split / "*")], count=2)
   assert len(chosen) == 2
-  spec = {bag_features.TILES: tf.io.FixedLenFeature([TILES_PER_BAG], tf.string),
-          bag_features.TILE_VALID: tf.io.FixedLenFeature([TILES_PER_BAG], tf.int64)}
+  spec = {"tiles": tf.io.FixedLenFeature([TILES_PER_BAG], tf.string),
+          "tile_valid": tf.io.FixedLenFeature([TILES_PER_BAG], tf.int64)}
   for request, bag in zip(chosen, bags):
     kept = tf.train.Example.FromString(request).features.feature
-    assert sorted(kept) == sorted(features.MODEL_INPUT_KEYS)  # no patient id, label, grade
+    # What a client must send: the encoded tiles and which of them are real;
+    # no image or patient id, provider, label, Gleason score, coordinates or statistics.
+    assert set(kept) == {"tiles", "tile_valid"}
+    original = tf.train.Example.FromString(bag).features.feature
+    assert {"image_id", "patient_id", "label", "gleason_score"} <= set(original)
+    for key in ("tiles", "tile_valid"):
+      assert kept[key] == original[key], key
     assert {key: value.numpy().tolist() for key, value in
             tf.io.parse_single_example(request, spec).items()} == \
         {key: value.numpy().tolist() for key, value in
@@ -126,10 +131,12 @@ def test_exported_model_carries_warmup_requests_its_serving_default_answers(tmp_
 
   logs = _read_logs(os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests"))
   assert len(logs) == 2
-  serve = tf.saved_model.load(export_dir).signatures[signatures.SERVING_DEFAULT]
-  for log in logs:
+  serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+  for log, bag in zip(logs, bags):
     request = log.predict_log.request
+    assert request.model_spec.signature_name == "serving_default"
+    assert tf.make_ndarray(request.inputs["examples"]).tolist() == [bag]
     outputs = serve(**{name: tf.constant(tf.make_ndarray(tensor))
                        for name, tensor in request.inputs.items()})
-    assert outputs[signatures.GRADE].shape == [1]
-    assert outputs[signatures.ATTENTION].shape == [1, TILES_PER_BAG]
+    assert outputs["grade"].shape == [1]
+    assert outputs["attention"].shape == [1, TILES_PER_BAG]
