@@ -111,6 +111,11 @@ class ModelConfig:
   attention_units: int = 128
   dense_units: int = 512
   dropout: float = 0.3
+  # The head's normalisation after its dense layer. "layer" (LayerNorm) is
+  # per bag, so a replica holding one bag (4 bags over 4 GPUs) trains as a
+  # single device would; "batch" (BatchNorm) is over a replica's bags: with
+  # one bag its variance is zero.
+  head_normalization: Literal["layer", "batch"] = "layer"
   imagenet_weights: str = ""  # path to a .h5 file, "imagenet" for the Keras cache, "" random
   # Backbone BatchNorm momentum; 0 keeps the backbone's own (0.99). Training
   # from random init on a few hundred steps needs a shorter memory (0.9), or
@@ -125,7 +130,10 @@ class ModelConfig:
 
 @_settings
 class TrainingConfig:
-  batch_size: int = 8  # bags per batch
+  # Bags per replica (a GPU, or a logical CPU with cpu_replicas) per step: the
+  # global batch is this times the replicas, so adding GPUs keeps each one's
+  # share, and no replica is ever left without a bag.
+  batch_size: int = 8
   epochs: int = 30
   steps_per_epoch: int = 0  # 0: one pass over the training split
   learning_rate: float = 1e-4
@@ -141,9 +149,18 @@ class TrainingConfig:
   # class equally often per epoch) or "none". Counts come from a TFT analyzer
   # over the training split.
   class_balance: Literal["class_weights", "balanced_sampling", "none"] = "class_weights"
-  # With GPUs: mixed float16 compute (float32 outputs), and MirroredStrategy
-  # over all of a node's GPUs. Ignored on CPU.
-  mixed_precision: bool = True
+  # MirroredStrategy over all of a node's GPUs. On CPU, `cpu_replicas` > 0
+  # splits the host CPU into that many logical devices and trains with
+  # MirroredStrategy over them: the code an N-GPU node runs, rehearsed before
+  # anyone pays for GPUs. 0: one device, no strategy.
+  cpu_replicas: int = 0
+  # Mixed float16 compute in the training step (float32 variables and
+  # outputs): "auto" is on when training on GPUs. The exported model is
+  # float32 whatever this says: CPU consumers would pay for float16 casts.
+  mixed_precision: Literal["auto", "on", "off"] = "auto"
+  # Refuse to train without a GPU (a Kubeflow Trainer given GPUs sets it):
+  # a GPU job that silently trains on CPU takes days to notice.
+  require_gpu: bool = False
 
 
 @_settings

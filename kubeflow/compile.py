@@ -97,6 +97,17 @@ def with_known_format(config: PipelineConfig, data_root: Optional[str]) -> Pipel
                   "pcam or idc (config data.format)")
 
 
+def with_gpu_requirement(config: PipelineConfig) -> PipelineConfig:
+  """`config` with `training.require_gpu` set when the Trainer or Tuner step is
+  given GPUs: such a pod that sees none (a driver or image mismatch) stops at
+  once, naming what it saw, instead of training on CPU for days."""
+  kubeflow = config.kubeflow
+  if not (kubeflow.trainer.gpus or kubeflow.tuner.gpus):
+    return config
+  return dataclasses.replace(config, training=dataclasses.replace(config.training,
+                                                                  require_gpu=True))
+
+
 def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
                      pipeline_root: str, data_root: Optional[str] = None,
                      serving_model_dir: Optional[str] = None) -> str:
@@ -106,7 +117,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
   the serving dir defaults to `<pipeline_root>/serving_model`.
   """
   serving_model_dir = serving_model_dir or pipeline_root.rstrip("/") + "/serving_model"
-  config = with_known_format(config, data_root)
+  config = with_gpu_requirement(with_known_format(config, data_root))
   data_root_parameter = tfx.dsl.experimental.RuntimeParameter(
       name=DATA_ROOT_PARAMETER, ptype=str, default=data_root)
   dag = pipeline_dag.create_pipeline(config, data_root=data_root_parameter,

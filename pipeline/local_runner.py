@@ -106,6 +106,11 @@ def run_local(config: PipelineConfig, data_root: str, out_dir: str,
   make_output_dir(paths.out_dir)
   # TFX takes seconds to import: only once the inputs are known to be usable.
   from tfx import v1 as tfx  # pylint: disable=import-outside-toplevel
+  if config.training.cpu_replicas:
+    # Every step runs in this process and TensorFlow fixes its devices at its
+    # first op (the Transform's): the Trainer's logical CPUs are made now.
+    from histopipe.trainer import devices  # pylint: disable=import-outside-toplevel
+    devices.split_cpu(config.training.cpu_replicas)
   from histopipe.pipeline import pipeline as pipeline_dag  # pylint: disable=import-outside-toplevel
   dag = pipeline_dag.create_pipeline(
       config,

@@ -242,3 +242,24 @@ def test_compile_refuses_a_format_it_cannot_know(tmp_path, capsys, data_root):
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("histopipe kubeflow compile: error: ") and "--format" in line
     assert not out.exists()
+
+
+def _trainer_settings(spec):
+  """The settings the compiled Trainer task trains with (its custom_config, read
+  through KFP's PipelineSpec proto)."""
+  parameters = spec.root.dag.tasks["Trainer"].inputs.parameters
+  custom = json.loads(parameters["custom_config"].runtime_value.constant.string_value)
+  return json.loads(custom["config"])
+
+
+def test_a_trainer_given_gpus_is_compiled_to_refuse_training_without_them(compiled, tmp_path):
+  _, _, spec = compiled
+  assert _trainer_settings(spec)["training"]["require_gpu"] is True  # the full preset: 1 GPU
+  config = tmp_path / "cpu.json"
+  config.write_text(json.dumps({"kubeflow": {"trainer": {"cpu": 8, "memory_gb": 32, "gpus": 0},
+                                             "tuner": {"cpu": 8, "memory_gb": 32, "gpus": 0}}}))
+  code, out = _compile(tmp_path, "--config", str(config), "--format", "panda")
+  assert code == 0
+  cpu_only = json_format.ParseDict(yaml.safe_load(out.read_text()),
+                                   pipeline_spec_pb2.PipelineSpec())
+  assert _trainer_settings(cpu_only)["training"]["require_gpu"] is False

@@ -27,12 +27,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def package(pcam_run, tmp_path_factory):
   """The package compiled from the shared PCam run's data and settings (one
-  epoch, no tuner: the signatures do not depend on them)."""
+  epoch, no tuner, no GPU: the signatures do not depend on them)."""
   work = tmp_path_factory.mktemp("kfp_local")
   config = work / "config.json"
+  # A CPU package: compiled for a GPU Trainer, the Trainer would refuse to run on this
+  # machine (training.require_gpu), as it must on a node without its GPUs.
   config.write_text(json.dumps({**PCAM_CONFIG, "training": {**PCAM_CONFIG["training"],
                                                             "epochs": 1},
-                                "tuning": {"enabled": False}}))
+                                "tuning": {"enabled": False},
+                                "kubeflow": {"trainer": {"cpu": 2, "memory_gb": 8, "gpus": 0},
+                                             "tuner": {"cpu": 2, "memory_gb": 8, "gpus": 0}}}))
   package = work / "pipeline.yaml"
   assert cli.main(["kubeflow", "compile", "--out", str(package), "--image",
                    "registry.example/histopipe:test", "--pipeline-root", str(work / "root"),

@@ -3,6 +3,7 @@ transform graph applied in it, augmented, batched, and balanced by class."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Dict, List
 
@@ -11,18 +12,22 @@ import tensorflow_transform as tft
 from tfx_bsl.public import tfxio
 
 from histopipe.core.configs import PipelineConfig, TrainingConfig
+from histopipe.core.errors import UserError
 from histopipe.trainer import features
 from histopipe.trainer.augmentation import BagAugmenter
 from histopipe.trainer.model import ordinal_targets
 
+
 def read_bags(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOutput,
-             config: PipelineConfig, training: bool) -> tf.data.Dataset:
+              config: PipelineConfig, training: bool,
+              drop_final_batch: bool = False) -> tf.data.Dataset:
   training_config = config.training
   options = tfxio.TensorFlowDatasetOptions(
       batch_size=training_config.batch_size if training else training_config.eval_batch_size,
       shuffle=training,
       shuffle_seed=training_config.seed,
       num_epochs=1,  # Keras re-iterates the finite dataset every epoch
+      drop_final_batch=drop_final_batch,
   )
   raw = data_accessor.tf_dataset_factory(file_pattern, options,
                                          tf_transform_output.raw_metadata.schema)
@@ -83,7 +88,7 @@ def class_weights(counts: Dict[int, int], num_classes: int) -> List[float]:
 
 
 def balanced_by_class(raw: tf.data.Dataset, labels: List[int],
-              training: TrainingConfig) -> tf.data.Dataset:
+                      training: TrainingConfig) -> tf.data.Dataset:
   """Every present class drawn equally often (each class's bags repeat)."""
   bags = raw.unbatch()
   per_class = [bags.filter(lambda bag, k=k: tf.equal(
@@ -94,14 +99,29 @@ def balanced_by_class(raw: tf.data.Dataset, labels: List[int],
   ).batch(training.batch_size)
 
 
+def global_batches(training: TrainingConfig, replicas: int) -> TrainingConfig:
+  """`training` with its per-replica batch sizes made global (times the replicas)."""
+  return dataclasses.replace(training, batch_size=training.batch_size * replicas,
+                             eval_batch_size=training.eval_batch_size * replicas)
+
+
 def training_inputs(fn_args, tf_transform_output: tft.TFTransformOutput,
-                    config: PipelineConfig):
+                    config: PipelineConfig, replicas: int = 1):
   """(train, validation, steps_per_epoch) for `fit`, from the Trainer's or
-  the Tuner's fn_args."""
+  the Tuner's fn_args: `training.batch_size` bags per replica each step.
+  Across several replicas the last, partial training batch is dropped, so
+  no replica steps without a bag (its BatchNorm and loss would see none)."""
+  config = dataclasses.replace(config, training=global_batches(config.training, replicas))
+  if replicas > 1:
+    train_bags = sum(label_counts(tf_transform_output).values())
+    if train_bags < config.training.batch_size:
+      raise UserError(f"the train split has {train_bags} bags, fewer than one global batch "
+                      f"({config.training.batch_size}: training.batch_size bags on each of "
+                      f"{replicas} replicas); lower training.batch_size")
   train = read_bags(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
-                   config, training=True)
+                    config, training=True, drop_final_batch=replicas > 1)
   validation = read_bags(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
-                        config, training=False)
+                         config, training=False)
   steps_per_epoch = config.training.steps_per_epoch or None
   if config.training.class_balance == "balanced_sampling":
     # An endless stream: an epoch is as many bags as the training split has.

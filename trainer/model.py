@@ -241,7 +241,8 @@ def build_mil_model(model: ModelConfig, tiles_per_slide: int,
   attention = tf.pad(attention, [[0, 0], [0, tiles_per_slide - used]])
 
   hidden = keras.layers.Dense(model.dense_units, activation="relu")(pooled)
-  hidden = keras.layers.BatchNormalization()(hidden)
+  hidden = (keras.layers.LayerNormalization()(hidden) if model.head_normalization == "layer"
+            else keras.layers.BatchNormalization()(hidden))
   hidden = keras.layers.Dropout(model.dropout)(hidden)
   logits = keras.layers.Dense(num_classes - 1, name=features.ORDINAL_LOGITS,
                               dtype="float32")(hidden)

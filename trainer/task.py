@@ -17,9 +17,11 @@ import tf_keras as keras
 from tfx import v1 as tfx
 
 from histopipe.core.configs import PipelineConfig, with_tuned_values
-from histopipe.trainer import warmup
+from histopipe.trainer import resume, warmup
 from histopipe.trainer.inputs import training_inputs
-from histopipe.trainer.fit import build_model, fit_in_phases, selection_metric, training_strategy
+from histopipe.trainer.devices import (FLOAT32_POLICY, precision_policy, training_policy,
+                                       training_strategy)
+from histopipe.trainer.fit import build_model, fit_in_phases, float32_copy, selection_metric
 from histopipe.trainer.export import export, referral_settings
 
 
@@ -29,16 +31,29 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     values = keras_tuner.HyperParameters.from_config(fn_args.hyperparameters).values
     logging.info("training with the Tuner's best hyperparameters: %s", values)
     config = with_tuned_values(config, values)
+  # Devices first: TensorFlow fixes them when it runs its first op.
+  strategy = training_strategy(config.training)
+  replicas = strategy.num_replicas_in_sync
+  logging.info("global batch: %d bags (training.batch_size %d on each of %d replica(s))",
+               config.training.batch_size * replicas, config.training.batch_size, replicas)
   keras.utils.set_random_seed(config.training.seed)
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-  train, validation, steps_per_epoch = training_inputs(fn_args, tf_transform_output, config)
-  strategy = training_strategy(config.training)
-  model = build_model(config, strategy)
-  best = fit_in_phases(model, config, strategy, train, validation, steps_per_epoch,
-                       log_dir=os.path.join(fn_args.model_run_dir, "logs"))
+  train, validation, steps_per_epoch = training_inputs(fn_args, tf_transform_output, config,
+                                                       replicas=replicas)
+  policy = training_policy(config.training)
+  logging.info("training step precision: %s", policy)
+  with precision_policy(policy):
+    model = build_model(config, strategy)
+    state_dir = resume.training_state_dir(fn_args)
+    best = fit_in_phases(model, config, strategy, train, validation, steps_per_epoch,
+                         log_dir=os.path.join(fn_args.model_run_dir, "logs"),
+                         state_dir=state_dir)
   logging.info("best %s during training: %.3f", selection_metric(config), best)
+  # The export is float32 whatever the training step was: its consumers may be CPUs.
+  exported = model if policy == FLOAT32_POLICY else float32_copy(model, config)
   # Real bags warm up what clients will send: the same tile format, size and count.
-  export(model, tf_transform_output, config, fn_args.serving_model_dir,
+  export(exported, tf_transform_output, config, fn_args.serving_model_dir,
          warmup_bags=warmup.first_bags(fn_args.eval_files),
          training_bags=fn_args.train_files,
-         referral_choice=referral_settings(model, validation, config))
+         referral_choice=referral_settings(exported, validation, config))
+  resume.remove(state_dir)  # exported: a retry from here on starts afresh

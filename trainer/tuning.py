@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 
 import keras_tuner
+import tensorflow as tf
 import tensorflow_transform as tft
+import tf_keras as keras
 from tfx import v1 as tfx
 
 from histopipe.core.configs import TUNED_FIELDS, PipelineConfig, with_tuned_values
-from histopipe.trainer import fit, inputs
+from histopipe.trainer import devices, fit, inputs
 
 
 def search_space(config: PipelineConfig) -> keras_tuner.HyperParameters:
@@ -32,8 +34,9 @@ class MilRandomSearch(keras_tuner.engine.base_tuner.BaseTuner):
   """Each trial: the MIL model with the trial's values, trained for
   `tuning.epochs` on "train", scored by the best validation kappa (AUC)."""
 
-  def __init__(self, config: PipelineConfig, **kwargs):
+  def __init__(self, config: PipelineConfig, strategy: tf.distribute.Strategy, **kwargs):
     self._config = config
+    self._strategy = strategy  # one for every trial: it holds the devices
     oracle = keras_tuner.oracles.RandomSearchOracle(
         objective=keras_tuner.Objective(fit.selection_metric(config), direction="max"),
         max_trials=config.tuning.max_trials, hyperparameters=search_space(config),
@@ -44,18 +47,24 @@ class MilRandomSearch(keras_tuner.engine.base_tuner.BaseTuner):
     config = with_tuned_values(self._config, trial.hyperparameters.values)
     config = dataclasses.replace(config, training=dataclasses.replace(
         config.training, epochs=config.tuning.epochs))
-    strategy = fit.training_strategy(config.training)
-    model = fit.build_model(config, strategy)
-    best = fit.fit_in_phases(model, config, strategy, train, validation, steps_per_epoch)
+    # The last trial's model, optimizer and graph state go before the next is
+    # built: on a GPU each trial's ResNet50 would otherwise stay allocated.
+    keras.backend.clear_session()
+    with devices.precision_policy(devices.training_policy(config.training)):
+      model = fit.build_model(config, self._strategy)
+      best = fit.fit_in_phases(model, config, self._strategy, train, validation,
+                               steps_per_epoch)
     return {fit.selection_metric(config): best}
 
 
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
   config = PipelineConfig.from_json(fn_args.custom_config["config"])
+  strategy = devices.training_strategy(config.training)
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-  train, validation, steps_per_epoch = inputs.training_inputs(fn_args, tf_transform_output,
-                                                            config)
-  tuner = MilRandomSearch(config, directory=fn_args.working_dir, project_name="mil_search")
+  train, validation, steps_per_epoch = inputs.training_inputs(
+      fn_args, tf_transform_output, config, replicas=strategy.num_replicas_in_sync)
+  tuner = MilRandomSearch(config, strategy, directory=fn_args.working_dir,
+                          project_name="mil_search")
   return tfx.components.TunerFnResult(
       tuner=tuner,
       fit_kwargs={"train": train, "validation": validation,
