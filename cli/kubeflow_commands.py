@@ -17,10 +17,30 @@ def _kubeflow_compile(args) -> int:
   compile_pipeline(config, args.out, image=args.image, pipeline_root=args.pipeline_root,
                    data_root=args.data_root, serving_model_dir=args.serving_dir)
   default = f"default {args.data_root}" if args.data_root else "no default: set it per run"
-  print(f"wrote {args.out}: KFP v2 pipeline spec, image {args.image}, "
-        f"Trainer {config.kubeflow.trainer.gpus} x {config.kubeflow.gpu_resource}, "
-        f"parameter data_root ({default})")
+  print(f"wrote {args.out}: KFP v2 pipeline spec, image {args.image}\n"
+        f"  Trainer: {_trainer_pod(config.kubeflow)}\n"
+        f"  parameter data_root: {default}")
   return 0
+
+
+def _trainer_pod(kubeflow) -> str:
+  """'1 x nvidia.com/gpu, 8 CPU (request 8), 32 GB (request 32); node
+  nvidia.com/gpu.product=NVIDIA-L4; tolerates nvidia.com/gpu': what a
+  cluster must offer the Trainer's pod."""
+  from histopipe.kubeflow.scheduling import kubernetes_executor_config
+  trainer = kubeflow.trainer
+  cpu_request, memory_request = trainer.requests
+  said = [f"{trainer.gpus} x {kubeflow.gpu_resource}, "
+          f"{trainer.cpu:g} CPU (request {cpu_request:g}), "
+          f"{trainer.memory_gb:g} GB (request {memory_request:g})"]
+  placement = kubernetes_executor_config(trainer, kubeflow)
+  labels = placement.get("nodeSelector", {}).get("labels", {})
+  if labels:
+    said.append("node " + ", ".join(f"{k}={v}" for k, v in labels.items()))
+  tolerated = [t["key"] or "every taint" for t in placement.get("tolerations", [])]
+  if tolerated:
+    said.append("tolerates " + ", ".join(tolerated))
+  return "; ".join(said)
 
 
 def _kubeflow_submit(args) -> int:

@@ -219,11 +219,63 @@ class TuningConfig:
 
 
 @_settings
+class Toleration:
+  """A Kubernetes toleration: lets a step's pod onto nodes with a matching
+  taint (GPU pools are commonly tainted so that only GPU work lands there).
+  Kubernetes' own rules are checked here, when the config is loaded, not
+  when the cluster refuses the pod."""
+  key: str = ""
+  operator: Literal["Equal", "Exists"] = "Equal"
+  value: str = ""
+  effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+  toleration_seconds: Optional[int] = None  # NoExecute only: how long the pod stays
+
+  def __post_init__(self):
+    if self.operator == "Exists" and self.value:
+      raise ValueError("a toleration with operator Exists takes no value")
+    if self.operator == "Equal" and not self.key:
+      raise ValueError("a toleration without a key must have operator Exists")
+    if self.toleration_seconds is not None and self.effect != "NoExecute":
+      raise ValueError("toleration_seconds needs effect NoExecute")
+
+
+@_settings
 class StepResources:
-  """Container limits of one pipeline step on Kubeflow (0 = none set)."""
-  cpu: float = 0.0  # cores
-  memory_gb: float = 0.0
-  gpus: int = 0
+  """What one pipeline step's pod asks of the cluster on Kubeflow: limits
+  (0 = none set), requests (0 = the limit), and where it may be scheduled."""
+  cpu: float = 0.0  # cores (limit)
+  memory_gb: float = 0.0  # limit
+  gpus: int = 0  # of KubeflowConfig.gpu_resource
+  # Requests below the limits let the scheduler place the pod on a node with
+  # less free; Kubernetes refuses a request above its limit.
+  cpu_request: float = 0.0
+  memory_request_gb: float = 0.0
+  # A GPU model, written as the node selector KubeflowConfig.gpu_model_label
+  # = gpu_model (e.g. "NVIDIA-L4" with the GPU operator's label, "nvidia-l4"
+  # with GKE's cloud.google.com/gke-accelerator). Steps with gpus only.
+  gpu_model: str = ""
+  node_selector: Dict[str, str] = dataclasses.field(default_factory=dict)
+  tolerations: Tuple[Toleration, ...] = ()
+
+  def __post_init__(self):
+    for request, limit, name in ((self.cpu_request, self.cpu, "cpu"),
+                                 (self.memory_request_gb, self.memory_gb, "memory_gb")):
+      if limit and request > limit:
+        raise ValueError(f"a request above its limit ({name} {limit}): Kubernetes refuses "
+                         "such a pod")
+    if self.gpu_model and not self.gpus:
+      raise ValueError("gpu_model is set on a step with no gpus")
+
+  @property
+  def requests(self) -> Tuple[float, float]:
+    """(cpu, memory GB) requested: the requests given, else the limits."""
+    return self.cpu_request or self.cpu, self.memory_request_gb or self.memory_gb
+
+
+# GPU pools are commonly tainted nvidia.com/gpu (GKE adds this taint to every
+# GPU node pool; the NVIDIA GPU operator's docs taint with it too). A
+# toleration only allows a node, never requires one: harmless elsewhere.
+GPU_TOLERATIONS = (Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"),)
 
 
 @_settings
@@ -231,9 +283,15 @@ class KubeflowConfig:
   """What the compiled Kubeflow pipeline asks of the cluster. Beam-based steps
   (SlideExampleGen, StatisticsGen, Transform, Evaluator) run with
   PipelineConfig.beam_pipeline_args (see BEAM_PRESETS)."""
-  # The Kubernetes resource name of a GPU (KFP's accelerator type); the
-  # Trainer's node must have the NVIDIA device plugin.
+  # The Kubernetes resource name of a GPU (KFP's accelerator type: the open-source
+  # driver makes it the name of the container's limit); the node must have the
+  # NVIDIA device plugin.
   gpu_resource: str = "nvidia.com/gpu"
+  # The node label a step's `gpu_model` selects on: NVIDIA GPU Feature
+  # Discovery's (deployed by the GPU operator); on GKE cloud.google.com/gke-accelerator.
+  gpu_model_label: str = "nvidia.com/gpu.product"
+  # Added to the tolerations of every step given GPUs.
+  gpu_tolerations: Tuple[Toleration, ...] = GPU_TOLERATIONS
   trainer: StepResources = StepResources(cpu=8, memory_gb=32, gpus=1)
   tuner: StepResources = StepResources(cpu=8, memory_gb=32, gpus=1)
   # SlideExampleGen, StatisticsGen, Transform, Evaluator: Beam with the DirectRunner

@@ -4,7 +4,9 @@
 PipelineJob (the spec plus a runtime config). Kubeflow Pipelines takes the
 spec itself as a package, so we write its `pipelineSpec` as YAML with the
 pipeline root as `defaultPipelineRoot`. Each step gets its container limits
-from `KubeflowConfig` (the Trainer and Tuner a GPU); `data_root` is a pipeline
+and requests from `KubeflowConfig`, and the Trainer and Tuner a GPU, the GPU
+pool's toleration and any node selector, in a platform spec after it
+(kubeflow/scheduling.py); `data_root` is a pipeline
 parameter, so one compiled spec serves any slide folder of the format compiled
 in (named, or detected from a local `data_root` as the local runner detects
 it). One difference from the local DAG: the Evaluator's baseline is the model
@@ -20,57 +22,22 @@ import dataclasses
 import json
 import os
 import tempfile
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import yaml
-from google.protobuf import json_format
-from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
 from histopipe.beam.flags import merge_beam_args, require_filled
 from histopipe.components.served_model.component import NEVER_CACHED
-from histopipe.core.configs import BEAM_PRESETS, KubeflowConfig, PipelineConfig, StepResources
+from histopipe.core.configs import BEAM_PRESETS, PipelineConfig
 from histopipe.core import storage
 from histopipe.core.errors import UserError
 from histopipe.core.storage import make_output_dir
 from histopipe.data.datasets import with_detected_format
+from histopipe.kubeflow.scheduling import schedule_steps
 from histopipe.pipeline import pipeline as pipeline_dag
 
 DATA_ROOT_PARAMETER = "data_root"
-# Steps that run Beam (the DirectRunner inside their container by default).
-BEAM_STEPS = ("SlideExampleGen", "StatisticsGen", "Transform", "Evaluator")
-RESOURCE_SPEC = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
-
-
-def resource_spec(resources: StepResources, gpu_resource: str):
-  spec = RESOURCE_SPEC()
-  if resources.cpu:
-    spec.cpu_limit = resources.cpu
-  if resources.memory_gb:
-    spec.memory_limit = resources.memory_gb
-  if resources.gpus:
-    spec.accelerator.type = gpu_resource
-    spec.accelerator.count = resources.gpus
-  return spec
-
-
-def step_resources(kubeflow: KubeflowConfig) -> Dict[str, StepResources]:
-  """Limits by component id; the rest get `light_step`."""
-  return {"Trainer": kubeflow.trainer, "Tuner": kubeflow.tuner,
-          **{step: kubeflow.beam_step for step in BEAM_STEPS}}
-
-
-def _set_resources(spec: dict, kubeflow: KubeflowConfig) -> None:
-  """Container limits on every step's executor. (Done on the spec rather than
-  with `with_platform_config`, which TFX drops for file-based ExampleGens.)"""
-  limits = step_resources(kubeflow)
-  for name, executor in spec["deploymentSpec"]["executors"].items():
-    if "container" not in executor:
-      continue  # importers: no container
-    component = name[:-len("_executor")]
-    resources = limits.get(component, kubeflow.light_step)
-    executor["container"]["resources"] = json_format.MessageToDict(
-        resource_spec(resources, kubeflow.gpu_resource))
 
 
 def with_beam_args(config: PipelineConfig, beam_preset: Optional[str] = None,
@@ -138,13 +105,15 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str,
   if data_root:
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     parameters[DATA_ROOT_PARAMETER]["defaultValue"] = data_root
-  _set_resources(spec, config.kubeflow)
+  platform_spec = schedule_steps(spec, config.kubeflow)
   # A step that reads state outside the pipeline (the served model) must run
   # every time: KFP would otherwise reuse its output from the cache. (No
   # cachingOptions is KFP's "off", as TFX writes it for an uncached pipeline.)
   for task_name in NEVER_CACHED:
     spec["root"]["dag"]["tasks"][task_name].pop("cachingOptions", None)
   make_output_dir(os.path.dirname(os.path.abspath(output_file)))
+  # As kfp's compiler writes a package with Kubernetes placement: the pipeline
+  # spec, then the platform spec as a second YAML document.
   with open(output_file, "w") as f:
-    yaml.safe_dump(spec, f, sort_keys=False)
+    yaml.safe_dump_all([spec, platform_spec] if platform_spec else [spec], f, sort_keys=False)
   return output_file

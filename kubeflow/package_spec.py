@@ -4,7 +4,7 @@ dependency order and the pipeline parameters typed as the package declares."""
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import yaml
 from google.protobuf import json_format, struct_pb2
@@ -16,16 +16,23 @@ from histopipe.kubeflow.placeholders import PLACEHOLDER, placeholder_problem
 PARAMETER_TYPES = kfp_spec.ParameterType.ParameterTypeEnum
 
 
-def load_package(path: str) -> kfp_spec.PipelineSpec:
-  """The PipelineSpec in a compiled package (YAML or JSON; a PipelineJob's
-  `pipelineSpec` too), parsed by kfp's own proto."""
+def _documents(path: str) -> list:
+  """The YAML documents of a package: the pipeline spec, then, when the
+  package places steps on Kubernetes nodes, the platform spec."""
   try:
     with open(path, encoding="utf-8") as f:
-      document = yaml.safe_load(f)
+      return list(yaml.safe_load_all(f))
   except OSError as e:
     raise PackageError(f"{path}: cannot read the package ({e.strerror})") from None
   except yaml.YAMLError as e:
     raise PackageError(f"{path}: not YAML or JSON ({e})") from None
+
+
+def load_package(path: str) -> kfp_spec.PipelineSpec:
+  """The PipelineSpec in a compiled package (YAML or JSON; a PipelineJob's
+  `pipelineSpec` too), parsed by kfp's own proto."""
+  documents = _documents(path)
+  document = documents[0] if documents else None
   if isinstance(document, dict) and "pipelineSpec" in document:
     document = document["pipelineSpec"]
   if not isinstance(document, dict) or "root" not in document:
@@ -34,6 +41,38 @@ def load_package(path: str) -> kfp_spec.PipelineSpec:
     return json_format.ParseDict(document, kfp_spec.PipelineSpec())
   except json_format.ParseError as e:
     raise PackageError(f"{path}: not a KFP v2 pipeline spec ({e})") from None
+
+
+def load_platform_spec(path: str) -> kfp_spec.PlatformSpec:
+  """The package's platform spec (empty when it has none), merged from the
+  documents after the first as kfp's client merges them."""
+  merged: dict = {}
+  for document in _documents(path)[1:]:
+    if not isinstance(document, dict):
+      raise PackageError(f"{path}: a document after the pipeline spec is not a platform spec")
+    merged.update(document)
+  try:
+    return json_format.ParseDict(merged, kfp_spec.PlatformSpec())
+  except json_format.ParseError as e:
+    raise PackageError(f"{path}: not a KFP platform spec ({e})") from None
+
+
+# What a platform spec may say of an executor for run-local to run it: where
+# its pod is scheduled, which changes nothing a task computes. Anything else
+# (secrets, volumes, config maps as files or env) would have to be skipped.
+PLACEMENT_FIELDS = ("nodeSelector", "tolerations", "nodeAffinity", "podAffinity")
+
+
+def unsupported_platform_features(platform: kfp_spec.PlatformSpec) -> List[str]:
+  problems = []
+  for name, single in sorted(platform.platforms.items()):
+    if name != "kubernetes":
+      problems.append(f"platform {name}: not Kubernetes")
+      continue
+    for executor, config in sorted(single.deployment_spec.executors.items()):
+      for field in sorted(set(config.keys()) - set(PLACEMENT_FIELDS)):
+        problems.append(f"{executor}: Kubernetes {field} (only node placement can be run locally)")
+  return problems
 
 
 def executor_of(spec: kfp_spec.PipelineSpec, task_name: str):
@@ -46,9 +85,10 @@ def executor_of(spec: kfp_spec.PipelineSpec, task_name: str):
   return component, deployment.executors.get(component.executor_label)
 
 
-def check_supported(spec: kfp_spec.PipelineSpec) -> None:
+def check_supported(spec: kfp_spec.PipelineSpec,
+                    platform: Optional[kfp_spec.PlatformSpec] = None) -> None:
   """Refuses, naming the task, anything this tool would have to skip or fake."""
-  problems = []
+  problems = unsupported_platform_features(platform) if platform is not None else []
   for name, task in spec.root.dag.tasks.items():
     component, executor = executor_of(spec, name)
     if component.HasField("dag"):

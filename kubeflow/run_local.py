@@ -57,7 +57,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2 as kfp_spec
 
 from histopipe.kubeflow.errors import PackageError, TaskFailed
 from histopipe.kubeflow.package_spec import (check_supported, executor_of, load_package,
-                                             parse_parameter, pipeline_parameters, task_order)
+                                             load_platform_spec, parse_parameter,
+                                             pipeline_parameters, task_order)
 from histopipe.kubeflow.placeholders import DRIVER_CONSTANTS, replace_placeholders
 from histopipe.kubeflow.step_cache import StepCache, cache_key
 from histopipe.pipeline.fingerprints import package_digest
@@ -306,7 +307,9 @@ def run_package(package: str, work_dir: str, parameters: Optional[Mapping[str, s
   ran, also when one failed."""
   stream = stream or sys.stderr
   spec = load_package(package)
-  check_supported(spec)
+  # Node selectors and tolerations are the cluster's business: here every task
+  # runs on this machine.
+  check_supported(spec, load_platform_spec(package))
   values = pipeline_parameters(spec, parameters or {})
   root = (pipeline_root or spec.default_pipeline_root).rstrip("/")
   if not root:

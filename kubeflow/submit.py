@@ -12,9 +12,10 @@ import json
 from typing import Dict, List, NamedTuple, Optional
 
 import requests
-import yaml
 
 from histopipe.core.errors import UserError
+from histopipe.kubeflow.errors import PackageError
+from histopipe.kubeflow.package_spec import load_package
 
 HEALTHZ_PATH = "/apis/v2beta1/healthz"
 
@@ -43,18 +44,14 @@ def parse_params(pairs: List[str]) -> Dict[str, object]:
   return params
 
 
-def declared_parameters(package: str) -> Dict[str, dict]:
+def declared_parameters(package: str) -> Dict[str, bool]:
+  """The package's pipeline parameters: name -> whether it has a default."""
   try:
-    with open(package) as f:
-      spec = yaml.safe_load(f)
-  except OSError as e:
-    raise SubmitError(f"{package}: cannot read the pipeline package ({e.strerror})") from None
-  except yaml.YAMLError as e:
-    raise SubmitError(f"{package}: not YAML ({e})") from None
-  if not isinstance(spec, dict) or "root" not in spec or "deploymentSpec" not in spec:
-    raise SubmitError(f"{package} is not a KFP v2 pipeline spec (compile it with "
-                      "`histopipe kubeflow compile`)")
-  return spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    spec = load_package(package)
+  except PackageError as e:
+    raise SubmitError(f"{e} (compile it with `histopipe kubeflow compile`)") from None
+  return {name: parameter.HasField("default_value")
+          for name, parameter in spec.root.input_definitions.parameters.items()}
 
 
 def check_reachable(host: str, timeout_s: float) -> None:
@@ -79,8 +76,8 @@ def submit(host: str, package: str, experiment: str = "histopipe",
   if unknown:
     raise SubmitError(f"unknown pipeline parameter(s) {unknown}; {package} declares "
                       f"{sorted(declared) or 'none'}")
-  missing = sorted(name for name, spec in declared.items()
-                   if "defaultValue" not in spec and name not in params)
+  missing = sorted(name for name, has_default in declared.items()
+                   if not has_default and name not in params)
   if missing:
     raise SubmitError(f"{package} has no default for {missing}: pass "
                       + " ".join(f"--param {name}=..." for name in missing))

@@ -15,7 +15,9 @@ from http import server as http_server
 import pytest
 import yaml
 from google.protobuf import json_format
+from kfp.client import client as kfp_client
 from kfp.pipeline_spec import pipeline_spec_pb2
+from kubernetes import client as kubernetes_client
 
 from histopipe import cli
 from tests.test_pipeline_dag import EXPECTED_UPSTREAM
@@ -32,12 +34,22 @@ def _compile(tmp_path, *extra):
   return code, out
 
 
+def _read_package(path):
+  """The package as kfp's own client reads it for a run: (PipelineSpec, PlatformSpec)."""
+  package = kfp_client._extract_pipeline_yaml(str(path))
+  return package.pipeline_spec, package.platform_spec
+
+
+def _pipeline_document(path):
+  """The package's first YAML document, the pipeline spec, as a dict."""
+  return next(yaml.safe_load_all(open(path)))
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
   code, out = _compile(tmp_path_factory.mktemp("kfp"))
   assert code == 0
-  text = out.read_text()
-  return out, text, json_format.ParseDict(yaml.safe_load(text), pipeline_spec_pb2.PipelineSpec())
+  return out, out.read_text(), _read_package(out)[0]
 
 
 # The local DAG with one change: the Evaluator's baseline is the model now
@@ -88,9 +100,15 @@ def test_trainer_asks_for_a_gpu_and_every_step_has_limits(compiled):
   trainer = containers["Trainer"].resources
   assert trainer.accelerator.type == "nvidia.com/gpu" and trainer.accelerator.count == 1
   assert trainer.cpu_limit == 8 and trainer.memory_limit == 32
+  # Requests as well as limits: by default the limits (a pod the scheduler
+  # places only where all of it is free).
+  assert trainer.cpu_request == 8 and trainer.memory_request == 32
   for name, container in containers.items():
     assert container.image == IMAGE
-    assert container.resources.cpu_limit > 0 and container.resources.memory_limit > 0, name
+    resources = container.resources
+    assert resources.cpu_limit > 0 and resources.memory_limit > 0, name
+    assert 0 < resources.cpu_request <= resources.cpu_limit, name
+    assert 0 < resources.memory_request <= resources.memory_limit, name
     if name != "Trainer":
       assert not container.resources.accelerator.count, name
   # The full preset's Beam flags reach the Beam-based steps.
@@ -115,7 +133,7 @@ def test_beam_presets_reach_the_beam_steps_and_placeholders_are_refused(tmp_path
                        "--beam-arg=--region=europe-west4",
                        "--beam-arg=--temp_location=gs://bucket/tmp")
   assert code == 0
-  spec = yaml.safe_load(out.read_text())
+  spec = _pipeline_document(out)
   args = spec["deploymentSpec"]["executors"]["Transform_executor"]["container"]["args"]
   assert "--runner=DataflowRunner" in args and "--project=p" in args
   assert "--setup_file=./setup.py" in args and not any("YOUR_" in a for a in args)
@@ -174,7 +192,10 @@ def test_submit_uploads_the_compiled_spec_with_its_parameters(compiled, fake_kfp
   assert experiment["display_name"] == "panda"
   (run,) = [b for m, p, b in requests if p == "/apis/v2beta1/runs"]
   assert run["experiment_id"] == "exp-1"
-  assert run["pipeline_spec"] == yaml.safe_load(text)  # the package, as compiled
+  # The package as compiled: the pipeline spec and the Trainer's placement.
+  pipeline, platform = yaml.safe_load_all(text)
+  assert run["pipeline_spec"] == {"pipeline_spec": pipeline, "platform_spec": platform}
+  assert "Trainer_executor" in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
   assert run["runtime_config"]["parameters"] == {"data_root": "gs://other/panda"}
 
 
@@ -193,7 +214,7 @@ def test_without_a_data_root_default_each_run_must_name_one(tmp_path, capsys):
   out = tmp_path / "pipeline.yaml"
   assert cli.main(["kubeflow", "compile", "--out", str(out), "--image", IMAGE,
                    "--pipeline-root", "gs://bucket/root"]) == 0
-  spec = yaml.safe_load(out.read_text())
+  spec = _pipeline_document(out)
   assert "defaultValue" not in spec["root"]["inputDefinitions"]["parameters"]["data_root"]
   assert "gs://bucket/root/serving_model" in out.read_text()  # the Pusher's default
   assert cli.main(["kubeflow", "submit", "--host", "http://localhost:9",
@@ -204,8 +225,7 @@ def test_without_a_data_root_default_each_run_must_name_one(tmp_path, capsys):
 def _example_gen_settings(package):
   """The SlideExampleGen's data settings and input pattern, as the compiled spec carries them
   (read through KFP's own PipelineSpec proto)."""
-  spec = json_format.ParseDict(yaml.safe_load(package.read_text()),
-                               pipeline_spec_pb2.PipelineSpec())
+  spec, _ = _read_package(package)
   parameters = spec.root.dag.tasks["SlideExampleGen"].inputs.parameters
   custom = json.loads(parameters["custom_config"].runtime_value.constant.string_value)
   (split,) = json.loads(parameters["input_config"].runtime_value.constant.string_value)["splits"]
@@ -260,6 +280,85 @@ def test_a_trainer_given_gpus_is_compiled_to_refuse_training_without_them(compil
                                              "tuner": {"cpu": 8, "memory_gb": 32, "gpus": 0}}}))
   code, out = _compile(tmp_path, "--config", str(config), "--format", "panda")
   assert code == 0
-  cpu_only = json_format.ParseDict(yaml.safe_load(out.read_text()),
-                                   pipeline_spec_pb2.PipelineSpec())
+  cpu_only, platform = _read_package(out)
   assert _trainer_settings(cpu_only)["training"]["require_gpu"] is False
+  # No GPU, so no GPU pool to tolerate: a one-document package.
+  assert platform == pipeline_spec_pb2.PlatformSpec()
+  assert len(list(yaml.safe_load_all(out.read_text()))) == 1
+
+
+class _Response:
+  """What kubernetes' ApiClient.deserialize reads: a body."""
+
+  def __init__(self, value):
+    self.data = json.dumps(value)
+
+
+def _as_kubernetes(value, kind):
+  """`value` read as the Kubernetes API reads it (the kubernetes client's own models)."""
+  return kubernetes_client.ApiClient().deserialize(_Response(value), kind)
+
+
+def test_the_gpu_steps_are_placed_on_gpu_nodes_and_light_steps_anywhere(tmp_path, capsys):
+  """kubeflow.trainer/tuner's node labels, GPU model and tolerations reach the
+  platform spec that kfp's client reads and the KFP driver applies to the
+  pod; each toleration reads as a Kubernetes Toleration with the values
+  given; the GPU pool's own toleration is added; no other step is placed."""
+  spot = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
+          "effect": "NoSchedule"}
+  evicted = {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+             "effect": "NoExecute", "toleration_seconds": 600}
+  gpu_step = {"cpu": 8, "memory_gb": 48, "gpus": 2, "cpu_request": 6, "memory_request_gb": 40,
+              "gpu_model": "nvidia-l4", "node_selector": {"pool": "gpu-spot"},
+              "tolerations": [spot, evicted]}
+  config = tmp_path / "gpu.json"
+  config.write_text(json.dumps({
+      "tuning": {"enabled": True},
+      "kubeflow": {"gpu_model_label": "cloud.google.com/gke-accelerator",
+                   "trainer": gpu_step, "tuner": gpu_step}}))
+  code, out = _compile(tmp_path, "--config", str(config), "--format", "panda")
+  assert code == 0
+  printed = capsys.readouterr().out
+  assert ("Trainer: 2 x nvidia.com/gpu, 8 CPU (request 6), 48 GB (request 40); node "
+          "pool=gpu-spot, cloud.google.com/gke-accelerator=nvidia-l4; tolerates "
+          "cloud.google.com/gke-spot, node.kubernetes.io/not-ready, nvidia.com/gpu") in printed
+  spec, platform = _read_package(out)
+  placed = platform.platforms["kubernetes"].deployment_spec.executors
+  assert set(placed) == {"Trainer_executor", "Tuner_executor"}
+  for executor in placed.values():
+    written = json_format.MessageToDict(executor)
+    assert written["nodeSelector"]["labels"] == {
+        "pool": "gpu-spot", "cloud.google.com/gke-accelerator": "nvidia-l4"}
+    tolerations = _as_kubernetes(written["tolerations"], "list[V1Toleration]")
+    assert [t.to_dict() for t in tolerations] == [
+        {**spot, "toleration_seconds": None},
+        {**evicted, "value": None},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "value": None, "effect": "NoSchedule",
+         "toleration_seconds": None}]
+  deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec),
+                                     pipeline_spec_pb2.PipelineDeploymentConfig())
+  for step in ("Trainer", "Tuner"):
+    resources = deployment.executors[f"{step}_executor"].container.resources
+    assert (resources.cpu_limit, resources.cpu_request) == (8, 6)
+    assert (resources.memory_limit, resources.memory_request) == (48, 40)
+    assert (resources.accelerator.type, resources.accelerator.count) == ("nvidia.com/gpu", 2)
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"cpu": 4, "cpu_request": 8}, "a request above its limit"),
+    ({"gpus": 0, "gpu_model": "nvidia-l4"}, "gpu_model is set on a step with no gpus"),
+    ({"tolerations": [{"key": "a", "operator": "Exists", "value": "b"}]}, "takes no value"),
+    ({"tolerations": [{"operator": "Equal", "value": "b"}]}, "must have operator Exists"),
+    ({"tolerations": [{"key": "a", "effect": "NoSchedule", "toleration_seconds": 5}]},
+     "needs effect NoExecute"),
+], ids=["request_over_limit", "model_without_gpu", "exists_with_value", "equal_without_key",
+        "seconds_without_noexecute"])
+def test_a_pod_kubernetes_would_refuse_is_refused_when_compiling(tmp_path, capsys, step,
+                                                                  message):
+  config = tmp_path / "bad.json"
+  config.write_text(json.dumps({"kubeflow": {"trainer": step}}))
+  code, out = _compile(tmp_path, "--config", str(config), "--format", "panda")
+  assert code == 2 and not out.exists()
+  (line,) = capsys.readouterr().err.splitlines()
+  assert "config.kubeflow.trainer" in line and message in line
+

@@ -269,7 +269,12 @@ def test_placeholders_output_parameters_importers_and_the_step_cache(tmp_path):
   reference = tmp_path / "reference.txt"
   reference.write_text("!")
   package = tmp_path / "small.yaml"
-  package.write_text(yaml.safe_dump(_small_package(reference)))
+  # With a platform spec placing a task on GPU nodes, as compile writes one:
+  # where a pod lands changes nothing a task computes, so it runs here.
+  package.write_text(yaml.safe_dump_all([_small_package(reference), _placement(
+      {"nodeSelector": {"labels": {"nvidia.com/gpu.product": "NVIDIA-L4"}},
+       "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                        "effect": "NoSchedule"}]})]))
   out, root = tmp_path / "out", tmp_path / "root"
 
   def run(run_id, **flags):
@@ -291,6 +296,12 @@ def test_placeholders_output_parameters_importers_and_the_step_cache(tmp_path):
     run("four")
 
 
+def _placement(make_executor: dict) -> dict:
+  """A platform spec (kfp-kubernetes' layout) for the small package's `make` executor."""
+  return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {
+      "make_executor": make_executor}}}}}
+
+
 def test_what_cannot_run_locally_is_refused_before_anything_runs(tmp_path):
   package = tmp_path / "p.yaml"
   package.write_text(yaml.safe_dump(_spec_with(
@@ -309,6 +320,13 @@ def test_what_cannot_run_locally_is_refused_before_anything_runs(tmp_path):
     run_local.run_package(str(package), str(tmp_path / "out"), pipeline_root=str(tmp_path))
   assert "make: a condition" in str(refused.value)
   assert "use: {{$.inputs.artifacts['other'].path}} names no input artifact" in str(refused.value)
+  assert not (tmp_path / "out").exists()
+  # A secret as an environment variable would have to be faked here.
+  package.write_text(yaml.safe_dump_all([_small_package(tmp_path / "reference.txt"), _placement(
+      {"secretAsEnv": [{"secretName": "gcs", "keyToEnv": [{"secretKey": "k",
+                                                           "envVar": "KEY"}]}]})]))
+  with pytest.raises(PackageError, match="make_executor: Kubernetes secretAsEnv"):
+    run_local.run_package(str(package), str(tmp_path / "out"), pipeline_root=str(tmp_path))
   assert not (tmp_path / "out").exists()
 
 
