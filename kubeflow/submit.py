@@ -49,7 +49,7 @@ def declared_parameters(package: str) -> Dict[str, bool]:
   try:
     spec = load_package(package)
   except PackageError as e:
-    raise SubmitError(f"{e} (compile it with `histopipe kubeflow compile`)") from None
+    raise SubmitError(str(e)) from None
   return {name: parameter.HasField("default_value")
           for name, parameter in spec.root.input_definitions.parameters.items()}
 

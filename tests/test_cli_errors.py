@@ -35,7 +35,7 @@ def _commands(tmp_path):
       (["kubeflow", "compile", "--out", out, "--image", "i", "--pipeline-root", "gs://b/r",
         "--config", f"{MISSING}.json"], f"{MISSING}.json: cannot read the config file"),
       (["kubeflow", "submit", "--host", "http://localhost:9", "--package", f"{MISSING}.yaml"],
-       f"{MISSING}.yaml: cannot read the pipeline package"),
+       f"{MISSING}.yaml: cannot read the package (No such file or directory)"),
   ]
 
 

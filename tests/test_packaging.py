@@ -160,7 +160,7 @@ def test_compiled_spec_names_only_histopipe_modules_and_they_resolve_beside_them
               "--data-root", "gs://b/data", "--preset", "demo", "--format", "panda")
   assert done.returncode == 0, done.stderr[-3000:]
   text = open(spec_path).read()
-  yaml.safe_load(text)
+  list(yaml.safe_load_all(text))  # the pipeline spec, then the GPU steps' placement
   paths = set(re.findall(r"\bhistopipe(?:\.\w+)+", text))
   assert {"histopipe.trainer.task.run_fn", "histopipe.trainer.preprocessing.preprocessing_fn",
           "histopipe.trainer.metrics",
