@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from histopipe.bags import bag_features
 from histopipe.beam import tfrecord as beam_tfrecord
-from histopipe.bags import example_proto
+from histopipe.bags import example_proto, statistics_table
 from histopipe.slides import previews
 from histopipe.data.datasets import SlideTask
 from histopipe.slides.base import SlideError
@@ -178,7 +178,11 @@ class TileSlideFn(CountingDoFn):
     tiles = sum(bag.tile_valid)
     self._written.inc()
     self._tiles.inc(tiles)
-    yield label.patient_id or label.image_id, example
+    key = label.patient_id or label.image_id
+    yield key, example
+    if bag.image_stats:
+      yield beam.pvalue.TaggedOutput("statistics", (key, statistics_table.row(
+          label.image_id, label.data_provider, bag.image_stats)))
     yield beam.pvalue.TaggedOutput(
         "outcomes", SlideOutcome(task.image_id, task.path, "written", "", tiles))
 
@@ -193,11 +197,12 @@ def csv_line(values: Iterable[Any]) -> str:
 @beam.ptransform_fn
 def TileSlides(tasks, tiling: TilingConfig, preview_dir: str = "",  # pylint: disable=invalid-name
                progress: Optional[ItemProgress] = None):
-  """PCollection[SlideTask] -> (examples: (patient_id, serialized tf.Example bag), outcomes)."""
+  """PCollection[SlideTask] -> (examples: (patient_id, serialized tf.Example bag),
+  outcomes, statistics: (patient_id, the bag's statistics_table row))."""
   return (tasks
           | "Reshuffle" >> beam.Reshuffle()  # spread slides over workers
           | "Tile" >> beam.ParDo(TileSlideFn(tiling, preview_dir, progress)).with_outputs(
-              "outcomes", main="examples"))
+              "outcomes", "statistics", main="examples"))
 
 
 def split_index(patient_id: str, buckets: List[int]) -> int:
@@ -239,6 +244,22 @@ def WriteSlideReport(outcomes, report_dir: str,  # pylint: disable=invalid-name
   return (outcomes
           | "AllOutcomes" >> beam.combiners.ToList()
           | "WriteReport" >> beam.Map(write_slide_report, report_dir, write_text))
+
+
+@beam.ptransform_fn
+def WriteBagStatistics(keyed_rows, path: str,  # pylint: disable=invalid-name
+                       write_text: Callable[[str, str], None] = storage.write_text):
+  """One split's bag statistics table (bags/statistics_table.py), written once
+  its bags are all tiled: about 250 bytes a bag, in one file."""
+  return (keyed_rows
+          | "DropPatientKeys" >> beam.Values()
+          | "AllRows" >> beam.combiners.ToList()
+          | "WriteTable" >> beam.Map(write_bag_statistics, path, write_text))
+
+
+def write_bag_statistics(rows: Iterable[tuple], path: str,
+                         write_text: Callable[[str, str], None] = storage.write_text) -> None:
+  write_text(path, statistics_table.table_text(rows))
 
 
 def read_outcomes(report_dir: str,

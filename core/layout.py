@@ -15,6 +15,28 @@ from histopipe.core.errors import UserError
 SLIDE_REPORT_DIR = "slide_report"
 OUTCOMES_FILE = "slides.csv"  # image_id,path,status,reason,tiles
 REJECTS_FILE = "rejects.csv"  # image_id,path,reason
+# Beside them, one file a split: each bag's image statistics and data provider
+# (bag_features.IMAGE_STATISTICS), written as the bags are, so that DriftCheck,
+# the Trainer's training statistics, ModelCard and the report read kilobytes,
+# not the bags. Outside the split folders: TFX reads every file in those.
+BAG_STATISTICS_FILE = "bag_statistics-{split}.csv"  # image_id,data_provider,img_...
+SPLIT_PREFIX = "Split-"  # TFX's name of a split's folder in an Examples artifact
+
+
+def bag_statistics_path(examples_uri: str, split: str) -> str:
+  """The bag statistics file of one split of an Examples artifact."""
+  return "/".join([examples_uri.rstrip("/"), SLIDE_REPORT_DIR,
+                   BAG_STATISTICS_FILE.format(split=split)])
+
+
+def bag_statistics_path_of_split_files(pattern: str) -> str:
+  """The same, from the file pattern of a split (`<examples>/Split-train/*`, as
+  TFX gives a Trainer its `train_files`)."""
+  split_dir = pattern[:-len("/*")] if pattern.endswith("/*") else pattern.rstrip("/")
+  examples_uri, _, split_folder = split_dir.rpartition("/")
+  if not examples_uri or not split_folder.startswith(SPLIT_PREFIX):
+    raise ValueError(f"{pattern}: not the files of a split of an Examples artifact")
+  return bag_statistics_path(examples_uri, split_folder[len(SPLIT_PREFIX):])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ here, by one function, with the same slice names.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Dict, Iterable, Iterator, List, Optional
 
@@ -24,7 +25,8 @@ import pandas as pd
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
-from histopipe.bags import bag_features
+from histopipe.bags import bag_features, statistics_table
+from histopipe.core import layout
 
 # Written by the Trainer under the SavedModel's assets.extra/: the image
 # statistics of the bags the model was trained on (a serialized
@@ -32,6 +34,8 @@ from histopipe.bags import bag_features
 TRAINING_STATISTICS_FILE = "training_statistics.pb"
 # TFDV's names for the whole set and for a slice by data provider.
 ALL_BAGS = "All Examples"
+# A frame of bags: one row a bag, its image statistics and data provider.
+FRAME_COLUMNS = list(bag_features.IMAGE_STATISTICS) + [bag_features.DATA_PROVIDER]
 
 
 def slice_name(provider: str) -> str:
@@ -54,8 +58,7 @@ def frame_of_examples(serialized_bags: Iterable[bytes]) -> pd.DataFrame:
     provider = feature[bag_features.DATA_PROVIDER].bytes_list.value
     row[bag_features.DATA_PROVIDER] = provider[0].decode() if provider else ""
     rows.append(row)
-  return pd.DataFrame(rows, columns=list(bag_features.IMAGE_STATISTICS) +
-                      [bag_features.DATA_PROVIDER])
+  return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 
 def read_serialized_bags(file_patterns: Iterable[str]) -> Iterator[bytes]:
@@ -69,11 +72,50 @@ def read_serialized_bags(file_patterns: Iterable[str]) -> Iterator[bytes]:
         yield record.numpy()
 
 
+def frame_of_table(path: str) -> Optional[pd.DataFrame]:
+  """The rows of a bag statistics table (bags/statistics_table.py) as
+  frame_of_examples gives them, or None when there is no such file (Examples
+  written before the SlideExampleGen wrote tables, or by another ExampleGen)."""
+  from tfx.dsl.io import fileio  # pylint: disable=import-outside-toplevel
+  if not fileio.exists(path):
+    return None
+  with fileio.open(path, "rb") as f:
+    rows = statistics_table.parse_table(f.read().decode("utf-8"), path)
+  return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+
+
+def frame_of_split_files(patterns: Iterable[str]) -> pd.DataFrame:
+  """The bag statistics of the splits whose files `patterns` name
+  (`<examples>/Split-<name>/*`, as TFX names them): from each split's table,
+  kilobytes; from its bags only where the SlideExampleGen wrote no table."""
+  frames = []
+  for pattern in patterns:
+    frame = frame_of_table(layout.bag_statistics_path_of_split_files(pattern))
+    if frame is None:
+      logging.warning("%s: no bag statistics table beside these bags: reading the bags "
+                      "(Examples written by an older SlideExampleGen)", pattern)
+      frame = frame_of_examples(read_serialized_bags([pattern]))
+    frames.append(frame)
+  return (pd.concat(frames, ignore_index=True) if frames
+          else pd.DataFrame(columns=FRAME_COLUMNS))
+
+
+def split_names(examples_uri: str) -> List[str]:
+  """The splits of an Examples artifact, from its `Split-<name>` folders."""
+  from tfx.dsl.io import fileio  # pylint: disable=import-outside-toplevel
+  prefix = "/".join([examples_uri.rstrip("/"), layout.SPLIT_PREFIX])
+  return sorted(path.rstrip("/")[len(prefix):] for path in fileio.glob(prefix + "*"))
+
+
+def split_files(examples_uri: str, split: str) -> str:
+  """The file pattern of one split of an Examples artifact, as TFX names it."""
+  return "/".join([examples_uri.rstrip("/"), layout.SPLIT_PREFIX + split, "*"])
+
+
 def frame_of_bags(bags: Iterable[bag_features.SlideBag], provider: str = "") -> pd.DataFrame:
   """The same rows from bags in memory (what `score` cut)."""
   rows = [{**bag.image_stats, bag_features.DATA_PROVIDER: provider} for bag in bags]
-  return pd.DataFrame(rows, columns=list(bag_features.IMAGE_STATISTICS) +
-                      [bag_features.DATA_PROVIDER])
+  return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 
 def statistics_of_frame(frame: pd.DataFrame) -> statistics_pb2.DatasetFeatureStatisticsList:

@@ -203,8 +203,8 @@ def inputs_section(examples_uri: str, drift_report: dict, out_dir: str) -> str:
   """Each provider's distribution of the bag image statistics (every split)
   and DriftCheck's verdict; HTML."""
   try:
-    frame = drift.frame_of_examples(drift.read_serialized_bags(
-        [storage.join(examples_uri, "Split-*", "*")]))
+    frame = drift.frame_of_split_files([drift.split_files(examples_uri, split)
+                                        for split in drift.split_names(examples_uri)])
   except ValueError as e:  # bags tiled before they carried image statistics
     return f"<p>{html.escape(str(e))}</p>"
   if frame.empty:

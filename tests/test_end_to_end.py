@@ -30,6 +30,7 @@ from typing import Dict, List
 from unittest import mock
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -442,6 +443,71 @@ def test_editing_one_label_reruns_the_example_gen_and_every_step_below(runs):
   before = runs.get("unchanged").run.output("SlideExampleGen", "examples")
   after = edited.run.output("SlideExampleGen", "examples")
   assert after.uri != before.uri
+
+
+def _sorted(frame):
+  return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+
+def _means_by_slice(statistics):
+  return {d.name: (d.num_examples, {f.path.step[0]: round(f.num_stats.mean, 4)
+                                    for f in d.features}) for d in statistics.datasets}
+
+
+def _examples_artifact(uri, recorded):
+  """A TFX Examples artifact at `uri` with the splits ML Metadata recorded."""
+  from tfx.types import standard_artifacts
+  artifact = standard_artifacts.Examples()
+  artifact.uri = uri
+  artifact.split_names = recorded.properties["split_names"].string_value
+  return artifact
+
+
+def test_drift_card_trainer_and_report_read_the_bag_statistics_not_the_bags(runs, tmp_path):
+  """DriftCheck, the Trainer's training statistics, ModelCard and the report
+  take each bag's image statistics from the tables the SlideExampleGen wrote
+  beside the bags: the numbers the bags themselves give (read here as the
+  code before the tables read them, through TF's TFRecord reader and the
+  tf.Example proto), and nothing opens a bag: in a copy of the Examples whose
+  record files are garbage, they give the same again."""
+  from histopipe.components.model_card.executor import slides_per_split
+  from histopipe.monitoring import drift
+  from histopipe.reports import run_report
+  fresh = runs.get("fresh")
+  examples = fresh.run.output("SlideExampleGen", "examples")
+  splits = ["train", "valid", "eval"]
+  from_bags = {split: drift.frame_of_examples(drift.read_serialized_bags(
+      [os.path.join(examples.uri, f"Split-{split}", "*")])) for split in splits}
+  everything = pd.concat(from_bags.values(), ignore_index=True)
+  # DriftCheck's statistics of this run's bags, and the Trainer's of its training bags.
+  drift_uri = fresh.run.output("DriftCheck", "drift_report").uri
+  checked = drift.read_statistics(os.path.join(drift_uri, "statistics.pb"))
+  assert _means_by_slice(checked) == _means_by_slice(drift.statistics_of_frame(everything))
+  model_uri = fresh.run.output("Trainer", "model").uri
+  trained = drift.model_training_statistics(os.path.join(model_uri, "Format-Serving"))
+  assert _means_by_slice(trained) == _means_by_slice(drift.statistics_of_frame(from_bags["train"]))
+  # ModelCard's bags per split and provider.
+  counted = {split: dict(sorted(frame[bag_features.DATA_PROVIDER].value_counts().items()))
+             for split, frame in from_bags.items()}
+  assert slides_per_split(_examples_artifact(examples.uri, examples)) == counted
+  # The same from a copy whose bags cannot be read.
+  copy = tmp_path / "examples"
+  shutil.copytree(examples.uri, copy)
+  records = glob.glob(str(copy / "Split-*" / "*"))
+  assert records
+  for path in records:
+    with open(path, "wb") as f:
+      f.write(b"not a TFRecord")
+  with pytest.raises(tf.errors.DataLossError):  # what reading a bag would meet
+    list(drift.read_serialized_bags(records[:1]))
+  tables = {split: drift.frame_of_split_files([drift.split_files(str(copy), split)])
+            for split in splits}
+  for split in splits:
+    assert _sorted(tables[split]).equals(_sorted(from_bags[split])), split
+  assert slides_per_split(_examples_artifact(str(copy), examples)) == counted
+  (tmp_path / "report").mkdir()
+  html = run_report.inputs_section(str(copy), {}, str(tmp_path / "report"))
+  assert "colours.png" in html and (tmp_path / "report" / "colours.png").stat().st_size > 0
 
 
 def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(pcam_run):

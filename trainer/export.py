@@ -112,7 +112,8 @@ def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
   with tf.io.gfile.GFile(os.path.join(extra, CONTRACT_FILE), "w") as f:
     f.write(contract.to_json())
   if training_bags:
-    frame = drift.frame_of_examples(drift.read_serialized_bags(training_bags))
+    # From the train split's bag statistics table, not its bags (the GPUs wait).
+    frame = drift.frame_of_split_files(training_bags)
     drift.write_statistics(drift.statistics_of_frame(frame),
                            os.path.join(extra, drift.TRAINING_STATISTICS_FILE))
   if warmup_bags:

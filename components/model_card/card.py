@@ -22,11 +22,25 @@ SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_ca
 SCHEMA_VERSION = "0.0.2"
 
 
+DIFF_SUFFIX = "_diff"  # TFMA's name of a metric's change against the baseline model
+OVERALL = "overall"
+
+
+def _formatted(name: str, value: float) -> str:
+  """Counts as whole numbers, the rest to 4 decimals; a change with its sign."""
+  if name.endswith("count"):
+    return f"{round(value):d}"
+  return f"{value:+.4f}" if name.endswith(DIFF_SUFFIX) else f"{value:.4f}"
+
+
 def build_card(config: PipelineConfig, contract: Optional[ModelContract],
                slides: Dict[str, Dict[str, int]], rejects: Dict[str, int],
                metrics: Dict[str, Dict[str, float]], drift_report: dict, blessed: bool,
-               pushed: Dict[str, str], lineage: Dict[str, Any], synthetic_data: bool) -> dict:
-  """The card as model-card-toolkit's JSON schema lays it out."""
+               pushed: Dict[str, str], lineage: Dict[str, Any], synthetic_data: bool,
+               other_baseline: bool = False) -> dict:
+  """The card as model-card-toolkit's JSON schema lays it out. `other_baseline`:
+  the Evaluator compared this model with another one (its `*_diff` metrics
+  say something); otherwise they are left out."""
   model, tiling = config.model, config.tiling
   binary = config.task == "binary"
   task = ("a 0/1 label of a patch (e.g. metastasis in a lymph-node patch)" if binary else
@@ -43,9 +57,12 @@ def build_card(config: PipelineConfig, contract: Optional[ModelContract],
   gate = config.evaluation
   floor, drop = ((gate.min_auc, gate.max_auc_drop) if binary
                  else (gate.min_kappa, gate.max_kappa_drop))
-  performance = [{"type": name, "value": f"{value:.4f}", "slice": slice_name}
+  performance = [{"type": name, "value": _formatted(name, value), "slice": slice_name}
                  for slice_name, values in metrics.items()
-                 for name, value in sorted(values.items())]
+                 for name, value in sorted(values.items())
+                 # Against the model itself (a re-run whose baseline is this very
+                 # model) every change is 0: shown only against another model.
+                 if other_baseline or not name.endswith(DIFF_SUFFIX)]
   performance += [{"type": f"gate: {gate_metric} at least", "value": f"{floor:g}",
                    "slice": "overall"},
                   {"type": f"gate: largest {gate_metric} drop vs the baseline model",
@@ -127,12 +144,34 @@ def _rows(rows: List[List[str]]) -> str:
                  for row in rows)
 
 
+def metrics_table(performance: List[Dict[str, str]]) -> str:
+  """The metrics as one table read at a glance: a row a metric, a column a
+  slice (overall first, then each provider), a metric's change against the
+  baseline beside its value when the card has one; the gate's rows after."""
+  gate = [m for m in performance if m["type"].startswith("gate: ")]
+  measured = [m for m in performance if not m["type"].startswith("gate: ")]
+  slices = sorted({m["slice"] for m in measured}, key=lambda s: (s != OVERALL, s))
+  values = {(m["type"], m["slice"]): m["value"] for m in measured}
+  names = sorted({m["type"] for m in measured if not m["type"].endswith(DIFF_SUFFIX)},
+                 key=lambda n: (not n.endswith("count"), n))
+  rows = []
+  for name in names:
+    cells = [name]
+    for slice_name in slices:
+      cell = values.get((name, slice_name), "–")
+      change = values.get((name + DIFF_SUFFIX, slice_name))
+      cells.append(f"{cell} ({change} vs baseline)" if change else cell)
+    rows.append(cells)
+  header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in ["metric"] + slices) + "</tr>"
+  gate_rows = _rows([[m["type"][len("gate: "):], m["value"]] for m in gate])
+  return f"<table>{header}{_rows(rows)}</table><p>The gate:</p><table>{gate_rows}</table>"
+
+
 def render_html(card: dict) -> str:
   """The card as one self-contained page (no scripts, no network)."""
   details, parameters = card["model_details"], card["model_parameters"]
   analysis, considerations = card["quantitative_analysis"], card["considerations"]
-  metrics = _rows([[m["slice"], m["type"], m["value"]]
-                   for m in analysis["performance_metrics"]])
+  metrics = metrics_table(analysis["performance_metrics"])
   data = _rows([[d["name"], d["description"]] for d in parameters["data"]])
   limits = "".join(f"<li>{html.escape(l['description'])}</li>"
                    for l in considerations["limitations"])
@@ -141,14 +180,14 @@ def render_html(card: dict) -> str:
   return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Model card: {html.escape(details['name'])}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td{{border:1px solid #ccc;
-padding:3px 8px}}table{{border-collapse:collapse}}</style></head><body>
+padding:3px 8px}}th{{text-align:left;padding:3px 8px}}table{{border-collapse:collapse}}</style></head><body>
 <h1>Model card: {html.escape(details['name'])} (version {html.escape(details['version']['name'])})</h1>
 <p>{html.escape(details['overview'])} {html.escape(details['documentation'])}</p>
 <h2>Intended use and limits</h2><ul>{uses}{limits}</ul>
 <h2>Model</h2><p>{html.escape(parameters['model_architecture'])}</p>
 <p>Input: {html.escape(parameters['input_format'])}. Output: {html.escape(parameters['output_format'])}.</p>
 <h2>Data</h2><table>{data}</table>
-<h2>Metrics (eval split) and the gate</h2><table>{metrics}</table>
+<h2>Metrics (eval split) and the gate</h2>{metrics}
 <h2>Referral</h2><p>{html.escape(considerations['tradeoffs'][0]['description'])}</p>
 <h2>Input drift</h2><p>{html.escape(analysis['drift'].get('summary', 'not checked'))}</p>
 <h2>Lineage (ML Metadata)</h2><table>{lineage}</table>

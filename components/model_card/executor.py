@@ -26,18 +26,17 @@ from histopipe.core.layout import REJECTS_FILE, SLIDE_REPORT_DIR, TRAINER_SERVIN
 from histopipe.core.model_contract import CONTRACT_FILE, ModelContract
 from histopipe.components.model_card.card import build_card, write_card
 
+# What TFX's Evaluator records on its blessing (tfx.components.evaluator.constants).
+CURRENT_MODEL_ID = "current_model_id"
+BASELINE_MODEL_ID = "baseline_model_id"
+
 def slides_per_split(examples: types.Artifact) -> Dict[str, Dict[str, int]]:
-  """{split: {provider: bags}} from the Examples' own bags."""
-  from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
+  """{split: {provider: bags}} from the bag statistics tables of the Examples."""
   counts: Dict[str, Dict[str, int]] = {}
   for split in artifact_utils.decode_split_names(examples.split_names):
-    pattern = os.path.join(artifact_utils.get_split_uri([examples], split), "*")
-    per_provider: Dict[str, int] = collections.Counter()
-    for data in drift.read_serialized_bags([pattern]):
-      provider = example_pb2.Example.FromString(data).features.feature[
-          bag_features.DATA_PROVIDER].bytes_list.value
-      per_provider[provider[0].decode() if provider else ""] += 1
-    counts[split] = dict(sorted(per_provider.items()))
+    frame = drift.frame_of_split_files([drift.split_files(examples.uri, split)])
+    per_provider = collections.Counter(frame[bag_features.DATA_PROVIDER])
+    counts[split] = {provider: int(count) for provider, count in sorted(per_provider.items())}
   return counts
 
 
@@ -62,6 +61,17 @@ def evaluation_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
                      for key, value in values.get("", {}).get("", {}).items()
                      if "doubleValue" in value}
   return metrics
+
+
+def compared_with_another_model(blessing: types.Artifact) -> bool:
+  """Whether the Evaluator had a baseline other than the model it judged (the
+  ids it records on its blessing, which DriftCheck passes on): a re-run whose
+  baseline is the latest blessed model, this very one, compares it with itself."""
+  properties = blessing.mlmd_artifact.custom_properties
+  if BASELINE_MODEL_ID not in properties:
+    return False
+  return (blessing.get_int_custom_property(BASELINE_MODEL_ID)
+          != blessing.get_int_custom_property(CURRENT_MODEL_ID))
 
 
 def _contract(model_uri: str) -> Optional[ModelContract]:
@@ -95,7 +105,8 @@ class ModelCardExecutor(base_executor.BaseExecutor):
         rejected_slides(one["examples"].uri), evaluation_metrics(one["evaluation"].uri),
         drift_report, one["blessing"].get_int_custom_property("blessed") == 1, pushed, lineage,
         synthetic_data=bool(data_root) and storage.exists(
-            storage.join(data_root, synthetic.SYNTHETIC_MARKER)))
+            storage.join(data_root, synthetic.SYNTHETIC_MARKER)),
+        other_baseline=compared_with_another_model(one["blessing"]))
     out = artifact_utils.get_single_instance(output_dict["model_card"])
     write_card(card, out.uri)
     if pushed.get("destination"):

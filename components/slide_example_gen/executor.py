@@ -13,15 +13,29 @@ from tfx.utils import proto_utils
 
 from histopipe.components.slide_example_gen import artifact_files
 from histopipe.data import datasets
-from histopipe.beam.slide_stages import (TileSlides, WriteSlideReport,
-                                               partition_by_patient, read_outcomes,
-                                               summarize_outcomes)
+from histopipe.beam.slide_stages import (TileSlides, WriteBagStatistics, WriteSlideReport,
+                                         partition_by_patient, read_outcomes,
+                                         summarize_outcomes)
 from histopipe.core import storage
-from histopipe.core.layout import SLIDE_REPORT_DIR
+from histopipe.core.layout import SLIDE_REPORT_DIR, bag_statistics_path
 from histopipe.components.slide_example_gen.custom_config import (config_from_exec_properties,
                                                                   input_split)
 
 RECORDS_PREFIX = "data_tfrecord"  # TFX's own name for an ExampleGen's record files
+
+
+# About this many bags a record file: at PANDA's 1-5 MB a bag, shards of
+# 0.1-0.5 GB, and 74 shards for its 7,400 training bags, which the Trainer
+# reads interleaved in a new order each epoch (file-level shuffling) so that
+# its shuffle buffer can stay a few hundred bags.
+BAGS_PER_SHARD = 100
+
+
+def shards_per_split(slides: int) -> int:
+  """Record files a split is written in: one per BAGS_PER_SHARD slides of the
+  whole job, at least one (a split holds a share of them, so its files hold
+  fewer; the count is fixed before the job, when only the slides are known)."""
+  return max(1, slides // BAGS_PER_SHARD)
 
 
 class SlideExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
@@ -49,12 +63,18 @@ class SlideExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
                  | "TileSlides" >> TileSlides(config.tiling))
       by_split = results.examples | "SplitByPatient" >> beam.Partition(
           partition_by_patient, len(splits), buckets)
-      for split, bags in zip(splits, by_split):
+      # The bags' statistics split as the bags are (same keys, same function).
+      statistics_by_split = results.statistics | "SplitStatisticsByPatient" >> beam.Partition(
+          partition_by_patient, len(splits), buckets)
+      shards = shards_per_split(len(tasks))
+      for split, bags, statistics in zip(splits, by_split, statistics_by_split):
         _ = (bags
              | f"DropPatientKeys[{split.name}]" >> beam.Values()
              | f"WriteSplit[{split.name}]" >> beam.io.WriteToTFRecord(
                  storage.join(artifact_utils.get_split_uri(artifacts, split.name),
-                              RECORDS_PREFIX)))
+                              RECORDS_PREFIX), num_shards=shards))
+        _ = statistics | f"WriteBagStatistics[{split.name}]" >> WriteBagStatistics(
+            bag_statistics_path(examples.uri, split.name), artifact_files.write_text)
       _ = results.outcomes | "WriteSlideReport" >> WriteSlideReport(report_dir,
                                                                      artifact_files.write_text)
     for key, value in summarize_outcomes(read_outcomes(report_dir,
