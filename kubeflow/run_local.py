@@ -46,11 +46,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from typing import Dict, List, Mapping, Optional, TextIO
+from typing import Dict, List, Mapping, Optional, TextIO, Tuple
 
 from google.protobuf import json_format, struct_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2 as kfp_spec
@@ -75,6 +77,7 @@ class TaskRun:
   kind: str  # "container" or "importer"
   cached: bool = False  # outputs reused from an earlier execution
   seconds: float = 0.0
+  peak_rss_mb: float = 0.0  # the task's process and the children it waited for
   log: str = ""
   outputs: Dict[str, List[dict]] = dataclasses.field(default_factory=dict)  # key -> artifacts
 
@@ -90,6 +93,43 @@ class LocalRun:
     """The single artifact `task` wrote under `key` (a RuntimeArtifact as JSON)."""
     (artifact,) = next(t for t in self.tasks if t.name == task).outputs[key]
     return artifact
+
+
+# Runs a command, then writes the peak resident memory (KiB) `os.wait4` reports
+# for it. A small process of its own starts the command: Linux carries the
+# memory high-water mark of the process that forks and execs into the child's
+# figure, and this (run-local's) process holds TensorFlow, hundreds of MB.
+_MEASURING_LAUNCHER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as f:
+  f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(argv: List[str], **popen_arguments) -> Tuple[int, float]:
+  """(exit status, peak resident memory in MB) of one command: its own peak
+  or that of a child it waited for, whichever is larger (`wait4` in a small
+  launcher; `getrusage(RUSAGE_CHILDREN)` here would give the largest over
+  every child this process has had)."""
+  with tempfile.TemporaryDirectory() as scratch:
+    peak_file = os.path.join(scratch, "peak_kib")
+    process = subprocess.Popen(  # pylint: disable=consider-using-with
+        [sys.executable, "-c", _MEASURING_LAUNCHER, peak_file] + list(argv),
+        start_new_session=True, **popen_arguments)
+    try:
+      code = process.wait()
+    except BaseException:
+      os.killpg(process.pid, signal.SIGKILL)  # the launcher and the command
+      process.wait()
+      raise
+    peak_kib = 0.0
+    if os.path.exists(peak_file):
+      with open(peak_file, encoding="ascii") as f:
+        peak_kib = float(f.read())
+  return code, peak_kib / 1024  # Linux counts KiB
 
 
 class _Runner:
@@ -209,15 +249,15 @@ class _Runner:
     log_path = os.path.join(task_dir, "log.txt")
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
-      code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=environment,
-                            cwd=image_workdir(), check=False).returncode
+      code, peak_rss_mb = run_measured(argv, stdout=log, stderr=subprocess.STDOUT,
+                                       env=environment, cwd=image_workdir())
     seconds = time.monotonic() - started
     if code != 0:
       raise TaskFailed(f"task {name} failed (exit status {code}); its log: {log_path}")
     outputs = self._merge_executor_output(name, component, executor_input, log_path)
     if caching:
       self.cache.remember(key, name, outputs, self.parameter_outputs[name])
-    return TaskRun(name, "container", False, seconds, log_path, outputs)
+    return TaskRun(name, "container", False, seconds, peak_rss_mb, log_path, outputs)
 
   def _merge_executor_output(self, name: str, component, executor_input: kfp_spec.ExecutorInput,
                              log_path: str) -> Dict[str, List[dict]]:
@@ -297,6 +337,13 @@ def image_workdir() -> str:
   return root if os.path.exists(os.path.join(root, "setup.py")) else os.getcwd()
 
 
+def _what_it_took(ran: TaskRun) -> str:
+  if ran.cached:
+    return "cached"
+  took = f"done in {ran.seconds:.0f} s"
+  return took + (f", peak memory {ran.peak_rss_mb:,.0f} MB" if ran.peak_rss_mb else "")
+
+
 def run_package(package: str, work_dir: str, parameters: Optional[Mapping[str, str]] = None,
                 pipeline_root: str = "", run_id: str = "",
                 stream: Optional[TextIO] = None, use_cache: bool = True) -> LocalRun:
@@ -334,8 +381,7 @@ def run_package(package: str, work_dir: str, parameters: Optional[Mapping[str, s
         ran = runner.run_importer(name, task, component, executor.importer)
       else:
         ran = runner.run_container(name, task, component, executor.container)
-      stream.write(f"[{number}/{len(order)}] {name}: "
-                   + ("cached\n" if ran.cached else f"done in {ran.seconds:.0f} s\n"))
+      stream.write(f"[{number}/{len(order)}] {name}: {_what_it_took(ran)}\n")
       stream.flush()
       record.tasks.append(ran)
   finally:

@@ -356,3 +356,20 @@ def test_the_image_environment_is_the_dockerfiles():
   assert env == run_local.IMAGE_ENV
   # WORKDIR /pipeline holds setup.py (Dataflow's --setup_file=./setup.py).
   assert os.path.exists(os.path.join(run_local.image_workdir(), "setup.py"))
+
+
+def test_each_task_s_peak_memory_is_its_own():
+  """run-local measures a task's peak resident memory from its own process
+  (wait4), so a small task after a large one reads small: the figure the scale
+  rehearsal compares per component."""
+  import subprocess
+  import sys
+  big = ("b = bytearray(300 * 2**20)\n"
+         "for i in range(0, len(b), 4096): b[i] = 1")  # touched: resident
+  code, big_mb = run_local.run_measured([sys.executable, "-c", big])
+  assert code == 0 and big_mb >= 300
+  code, small_mb = run_local.run_measured([sys.executable, "-c", "pass"])
+  assert code == 0 and 0 < small_mb < 100
+  code, _ = run_local.run_measured([sys.executable, "-c", "raise SystemExit(3)"],
+                                   stderr=subprocess.DEVNULL)
+  assert code == 3
