@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, Literal, Optional, Tuple
 
 import pydantic
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -135,7 +135,10 @@ class TrainingConfig:
   # share, and no replica is ever left without a bag.
   batch_size: int = 8
   epochs: int = 30
-  steps_per_epoch: int = 0  # 0: one pass over the training split
+  # 0: one pass over the training split; with class_balance
+  # "balanced_sampling" as many bags as the split has, with "undersample"
+  # the classes present times the smallest class's count.
+  steps_per_epoch: int = 0
   learning_rate: float = 1e-4
   warmup_epochs: int = 1
   # Transfer learning: train the head for this many epochs with the backbone
@@ -146,9 +149,21 @@ class TrainingConfig:
   seed: int = 42
   # Class imbalance (PANDA is skewed to grades 0 and 1): "class_weights"
   # (loss weight total / (classes * count)), "balanced_sampling" (every
-  # class equally often per epoch) or "none". Counts come from a TFT analyzer
-  # over the training split.
-  class_balance: Literal["class_weights", "balanced_sampling", "none"] = "class_weights"
+  # class equally often: rejection sampling of one endless stream, rare
+  # bags repeat within an epoch), "undersample" (each epoch a new random
+  # subset of every class, of the smallest class's size, as imbalanced-learn's
+  # RandomUnderSampler) or "none". Counts come from a TFT analyzer over the
+  # training split. All read the split once, through one shuffle buffer.
+  class_balance: Literal["class_weights", "balanced_sampling", "undersample",
+                         "none"] = "class_weights"
+  # Training bags the reader holds to shuffle (serialized, as read): this,
+  # not the split's size, bounds the input's memory. tfxio's default, 10,000,
+  # holds all of PANDA's 7,431 train bags (6 GB as JPEG, 35 GB as PNG,
+  # against the Trainer's 32 GB) and refills before every epoch's first
+  # step; 256 bags of 0.8 MB (JPEG, `full`) to 4.7 MB (PNG) are 0.2-1.2 GB.
+  # The split's shards are read in a new order each epoch, so a buffer of a
+  # few ~100-bag shards still mixes the whole split across epochs.
+  shuffle_buffer_bags: Annotated[int, pydantic.Field(gt=0)] = 256
   # MirroredStrategy over all of a node's GPUs. On CPU, `cpu_replicas` > 0
   # splits the host CPU into that many logical devices and trains with
   # MirroredStrategy over them: the code an N-GPU node runs, rehearsed before

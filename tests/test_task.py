@@ -25,7 +25,7 @@ def test_balanced_sampling_draws_rare_classes_as_often_as_common_ones():
   labels = np.array([0] * 90 + [1] * 9 + [4] * 1, np.int64)
   raw = tf.data.Dataset.from_tensor_slices(
       {features.LABEL_KEY: labels[:, None], "x": np.arange(100)}).batch(10)
-  balanced = balanced_by_class(raw, [0, 1, 4], TrainingConfig(batch_size=30, seed=1))
+  balanced = balanced_by_class(raw, {0: 90, 1: 9, 4: 1}, TrainingConfig(batch_size=30, seed=1))
   drawn = np.concatenate([b[features.LABEL_KEY].numpy().ravel()
                           for b in balanced.take(20)])
   shares = {k: v / len(drawn) for k, v in collections.Counter(drawn.tolist()).items()}

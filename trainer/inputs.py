@@ -1,5 +1,10 @@
 """The Trainer's input pipeline: bags read from the Examples artifact, the
-transform graph applied in it, augmented, batched, and balanced by class."""
+transform graph applied in it, augmented, batched, and balanced by class.
+
+Memory is bounded by settings, not by the split: the reader holds
+`training.shuffle_buffer_bags` serialized bags to shuffle (plus the few that
+tf.data reads ahead of each open shard), and class balancing reads that one
+stream once, keeping or dropping each bag as it passes."""
 
 from __future__ import annotations
 
@@ -17,39 +22,71 @@ from histopipe.trainer import features
 from histopipe.trainer.augmentation import BagAugmenter
 from histopipe.trainer.model import ordinal_targets
 
+# class_balance choices that choose which bags a training epoch holds (the
+# others weigh the loss, or do nothing).
+RESAMPLING = ("balanced_sampling", "undersample")
 
-def read_bags(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOutput,
-              config: PipelineConfig, training: bool,
-              drop_final_batch: bool = False) -> tf.data.Dataset:
-  training_config = config.training
-  options = tfxio.TensorFlowDatasetOptions(
+
+def reader_options(training_config: TrainingConfig, training: bool,
+                   drop_final_batch: bool = False) -> tfxio.TensorFlowDatasetOptions:
+  """How tfxio reads a split. For training, tfxio lists the split's files with
+  `tf.data.Dataset.list_files(shuffle=True, seed)`, which reshuffles on every
+  iteration: each epoch reads the shards in a new order, then shuffles bags
+  through a buffer of `shuffle_buffer_bags`. tfxio's own buffer (10,000
+  records) would hold all of a PANDA train split and read it whole before
+  each epoch's first step. The shards are interleaved as tf.data's default
+  decides: one at a time on a 2-core host (measured); `reader_num_threads`
+  stays AUTOTUNE, as a fixed value above the host's cores fails when the
+  dataset is iterated."""
+  return tfxio.TensorFlowDatasetOptions(
       batch_size=training_config.batch_size if training else training_config.eval_batch_size,
       shuffle=training,
+      shuffle_buffer_size=training_config.shuffle_buffer_bags,
       shuffle_seed=training_config.seed,
       num_epochs=1,  # Keras re-iterates the finite dataset every epoch
       drop_final_batch=drop_final_batch,
   )
-  raw = data_accessor.tf_dataset_factory(file_pattern, options,
-                                         tf_transform_output.raw_metadata.schema)
-  return model_batches(raw, tf_transform_output, config, training)
+
+
+def read_raw_bags(file_pattern, data_accessor, schema, training_config: TrainingConfig,
+                  training: bool, drop_final_batch: bool = False) -> tf.data.Dataset:
+  """Batches of parsed raw bags, as the Trainer's data accessor reads them."""
+  return data_accessor.tf_dataset_factory(
+      file_pattern, reader_options(training_config, training, drop_final_batch), schema)
+
+
+def read_bags(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOutput,
+              config: PipelineConfig, training: bool,
+              drop_final_batch: bool = False) -> tf.data.Dataset:
+  # Resampling re-batches the bags it keeps, so the batch to drop is its own:
+  # dropped by the reader, up to a batch of bags would be missing from the
+  # counts an undersampled epoch is drawn against.
+  resampled = training and config.training.class_balance in RESAMPLING
+  raw = read_raw_bags(file_pattern, data_accessor, tf_transform_output.raw_metadata.schema,
+                      config.training, training, drop_final_batch and not resampled)
+  return model_batches(raw, tf_transform_output, config, training, drop_final_batch)
 
 
 def model_batches(raw: tf.data.Dataset, tf_transform_output: tft.TFTransformOutput,
-                  config: PipelineConfig, training: bool) -> tf.data.Dataset:
+                  config: PipelineConfig, training: bool,
+                  drop_final_batch: bool = False) -> tf.data.Dataset:
   """Batches of parsed raw bags -> (inputs, targets[, sample weights]) for Keras:
-  the transform graph, then, for training, balancing and augmentation."""
+  the transform graph, then, for training, balancing and augmentation.
+  `drop_final_batch` drops an undersampled epoch's last, partial batch."""
   training_config = config.training
   tft_layer = tf_transform_output.transform_features_layer()
   num_classes = config.num_classes
   augment = BagAugmenter(config.augmentation, seed=training_config.seed) if training else None
   balance = training_config.class_balance if training else "none"
-  if balance not in ("none", "class_weights", "balanced_sampling"):
+  if balance not in ("none", "class_weights") + RESAMPLING:
     raise ValueError(f"unknown class_balance {balance!r}")
   # Label counts are needed only to balance training batches.
   counts = label_counts(tf_transform_output) if balance != "none" else {}
   weights = tf.constant(class_weights(counts, num_classes), tf.float32)
   if balance == "balanced_sampling":
-    raw = balanced_by_class(raw, sorted(counts), training_config)
+    raw = balanced_by_class(raw, counts, training_config)
+  elif balance == "undersample":
+    raw = undersampled(raw, counts, training_config, drop_final_batch)
 
   def to_model_io(raw_batch) -> tuple:  # (inputs, targets[, sample weights])
     transformed = tft_layer(raw_batch)
@@ -87,16 +124,87 @@ def class_weights(counts: Dict[int, int], num_classes: int) -> List[float]:
           for k in range(num_classes)]
 
 
-def balanced_by_class(raw: tf.data.Dataset, labels: List[int],
+def balanced_by_class(raw: tf.data.Dataset, counts: Dict[int, int],
                       training: TrainingConfig) -> tf.data.Dataset:
-  """Every present class drawn equally often (each class's bags repeat)."""
-  bags = raw.unbatch()
-  per_class = [bags.filter(lambda bag, k=k: tf.equal(
-      tf.reshape(tf.cast(bag[features.LABEL_KEY], tf.int32), []), k)).repeat()
-               for k in labels]
-  return tf.data.Dataset.sample_from_datasets(
-      per_class, weights=[1.0 / len(labels)] * len(labels), seed=training.seed,
-  ).batch(training.batch_size)
+  """Every present class drawn equally often, from one endless stream of
+  the split (pass after pass, each in a new order): rejection sampling
+  towards a uniform target from the initial distribution `counts`, which
+  keeps a bag of class k with probability min_count / count_k, so each pass
+  keeps about min_count bags of every class and rare bags repeat across
+  passes. That acceptance is `tf.data.Dataset.rejection_resample`'s,
+  (t_k / p_k) / max_j (t_j / p_j), when it draws nothing from the original
+  stream; rejection_resample itself, on a skewed split, also draws from
+  the original stream (`sample_from_datasets` over both), and so in TF 2.16
+  reads the input twice at once: two readers, two shuffle buffers."""
+  acceptance = tf.constant(_acceptance_by_class(counts), tf.float32)
+  bags = tf.data.Dataset.zip((raw.unbatch().repeat(), _uniform_draws(training)))
+  kept = bags.filter(lambda bag, draw: draw < tf.gather(acceptance, _label(bag)))
+  return kept.map(lambda kept_bag, _: kept_bag).batch(training.batch_size)
+
+
+def undersampled(raw: tf.data.Dataset, counts: Dict[int, int], training: TrainingConfig,
+                 drop_final_batch: bool = False) -> tf.data.Dataset:
+  """One epoch from one pass over the split: a random subset of exactly
+  min_count bags of every present class, as imbalanced-learn's
+  RandomUnderSampler draws (each subset of that size equally likely), a new
+  one on every iteration. Selection sampling (Knuth, TAOCP 3.4.2, Algorithm
+  S) per class keeps a bag with probability (still needed) / (still to
+  come), two counters per class in a `scan`. A filter keeping each bag with
+  probability min_count / count_k would hold min_count bags a class only on
+  average, give or take up to sqrt(min_count) (29, 3%, for PANDA's ~860
+  train bags of grade 5): class shares that wander from epoch to epoch, and
+  an epoch whose length steps_per_epoch could not state."""
+  num_classes = max(counts) + 1
+  smallest = min(counts.values())
+  class_bags = tf.constant([counts.get(k, 0) for k in range(num_classes)], tf.float32)
+  quota = tf.constant([smallest if counts.get(k) else 0 for k in range(num_classes)],
+                      tf.float32)
+
+  def select(state, bag_and_draw):  # (seen, taken) per class -> keep this bag?
+    seen, taken = state
+    bag, draw = bag_and_draw
+    label = _label(bag)
+    still_needed = quota[label] - taken[label]
+    # More bags of a class than its count (counts from another split) reads as
+    # "the rest are needed": the class fills its quota from the bags that remain.
+    still_to_come = tf.maximum(class_bags[label] - seen[label], 0.0)
+    keep = tf.logical_and(still_needed > 0, draw * still_to_come < still_needed)
+    one_hot = tf.one_hot(label, num_classes, dtype=tf.float32)
+    return (seen + one_hot, taken + one_hot * tf.cast(keep, tf.float32)), (bag, keep)
+
+  start = (tf.zeros([num_classes], tf.float32), tf.zeros([num_classes], tf.float32))
+  epoch = tf.data.Dataset.zip((raw.unbatch(), _uniform_draws(training))).scan(start, select)
+  kept = epoch.filter(lambda bag, keep: keep).map(lambda kept_bag, _: kept_bag)
+  return kept.batch(training.batch_size, drop_remainder=drop_final_batch)
+
+
+def epoch_bags(counts: Dict[int, int], class_balance: str) -> int:
+  """Bags in a training epoch: the split's, or the classes present times the
+  smallest class's count when undersampling."""
+  if class_balance == "undersample":
+    return len(counts) * min(counts.values())
+  return sum(counts.values())
+
+
+def _acceptance_by_class(counts: Dict[int, int]) -> List[float]:
+  """Rejection sampling's acceptance towards equal class shares: 1 for the
+  smallest class, min_count / count_k for the others, 0 for absent labels."""
+  smallest = min(counts.values())
+  return [smallest / counts[k] if counts.get(k) else 0.0 for k in range(max(counts) + 1)]
+
+
+def _uniform_draws(training: TrainingConfig) -> tf.data.Dataset:
+  """Endless uniform [0, 1) draws, a new sequence on every iteration (a new
+  subset each epoch), reproducible from `training.seed`: a stream of its own
+  beside the bags, not a stateful random op inside the filter, whose
+  sequence would start again with each epoch's iterator."""
+  resolution = 2**24  # float32 holds every multiple of 2**-24 below 1 exactly
+  return tf.data.Dataset.random(seed=training.seed, rerandomize_each_iteration=True).map(
+      lambda value: tf.cast(tf.math.floormod(value, resolution), tf.float32) / resolution)
+
+
+def _label(bag) -> tf.Tensor:
+  return tf.reshape(tf.cast(bag[features.LABEL_KEY], tf.int32), [])
 
 
 def global_batches(training: TrainingConfig, replicas: int) -> TrainingConfig:
@@ -112,21 +220,28 @@ def training_inputs(fn_args, tf_transform_output: tft.TFTransformOutput,
   Across several replicas the last, partial training batch is dropped, so
   no replica steps without a bag (its BatchNorm and loss would see none)."""
   config = dataclasses.replace(config, training=global_batches(config.training, replicas))
-  if replicas > 1:
-    train_bags = sum(label_counts(tf_transform_output).values())
-    if train_bags < config.training.batch_size:
-      raise UserError(f"the train split has {train_bags} bags, fewer than one global batch "
-                      f"({config.training.batch_size}: training.batch_size bags on each of "
+  training = config.training
+  resampled = training.class_balance in RESAMPLING
+  if replicas > 1 or resampled:
+    counts = label_counts(tf_transform_output)
+    train_bags = epoch_bags(counts, training.class_balance)
+    if replicas > 1 and train_bags < training.batch_size:
+      held = ("the train split has" if training.class_balance != "undersample" else
+              f"an undersampled epoch ({len(counts)} classes x {min(counts.values())}) has")
+      raise UserError(f"{held} {train_bags} bags, fewer than one global batch "
+                      f"({training.batch_size}: training.batch_size bags on each of "
                       f"{replicas} replicas); lower training.batch_size")
   train = read_bags(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                     config, training=True, drop_final_batch=replicas > 1)
   validation = read_bags(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
                          config, training=False)
-  steps_per_epoch = config.training.steps_per_epoch or None
-  if config.training.class_balance == "balanced_sampling":
-    # An endless stream: an epoch is as many bags as the training split has.
-    train_bags = sum(label_counts(tf_transform_output).values())
-    steps_per_epoch = steps_per_epoch or math.ceil(train_bags / config.training.batch_size)
-  elif steps_per_epoch:
+  steps_per_epoch = training.steps_per_epoch or None
+  if resampled:
+    # Balanced sampling's stream is endless; an undersampled epoch is one
+    # subset's batches (its partial last one dropped across replicas), and
+    # the repeat below draws a new subset for the next.
+    whole_batches = math.floor if replicas > 1 else math.ceil
+    steps_per_epoch = steps_per_epoch or whole_batches(train_bags / training.batch_size)
+  if steps_per_epoch and training.class_balance != "balanced_sampling":
     train = train.repeat()
   return train, validation, steps_per_epoch
