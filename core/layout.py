@@ -21,6 +21,10 @@ REJECTS_FILE = "rejects.csv"  # image_id,path,reason
 # not the bags. Outside the split folders: TFX reads every file in those.
 BAG_STATISTICS_FILE = "bag_statistics-{split}.csv"  # image_id,data_provider,img_...
 SPLIT_PREFIX = "Split-"  # TFX's name of a split's folder in an Examples artifact
+EVAL_SPLIT = "eval"  # the split the Evaluator judges, held out from training and early stopping
+# In a Model artifact, beside Format-Serving: the exported model's predictions on
+# the eval split, made once by the Trainer (trainer/eval_predictions.py).
+EVAL_PREDICTIONS_FILE = "eval_predictions.npz"
 
 
 def bag_statistics_path(examples_uri: str, split: str) -> str:

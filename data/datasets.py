@@ -17,6 +17,13 @@ Planning never tiles: it joins labels and files, fails fast on a bad label
 file, and marks each item that cannot be used with its reason (`problem`), so
 the Beam stage can list it as rejected. Folders may be local or in a bucket
 (core/storage.py); `input_fingerprint` tells when any input file changed.
+
+The planner and the fingerprint list the data folder once (`list_data_folder`,
+a `storage.FolderListing`) and answer every glob, existence and size from that
+listing: in a bucket, a few paged requests however many slides, instead of a
+request or two per slide. Each takes a listing already made (`listing=`), so
+that a caller that plans and then fingerprints (or detects the format first)
+lists the folder once.
 """
 
 from __future__ import annotations
@@ -75,9 +82,32 @@ class DatasetError(UserError, ValueError):
   """A data folder that is missing, or whose layout cannot be told."""
 
 
+def list_data_folder(data_dir: str) -> storage.FolderListing:
+  """Every file under `data_dir`, listed once; a DatasetError when it is not a folder."""
+  listing = storage.list_folder(data_dir)
+  # An empty listing is a missing folder, or an empty one (or bucket).
+  if not listing.is_folder and not storage.isdir(data_dir):
+    raise DatasetError(f"{data_dir}: no such data folder")
+  return listing
+
+
+def _listed(data_dir: str, listing: Optional[storage.FolderListing]) -> storage.FolderListing:
+  return listing if listing is not None else list_data_folder(data_dir)
+
+
 def _require_folder(data_dir: str) -> None:
   if not storage.isdir(data_dir):
     raise DatasetError(f"{data_dir}: no such data folder")
+
+
+def _glob(pattern: str, listing: Optional[storage.FolderListing]) -> List[str]:
+  """The paths `pattern` matches: from the listing when there is one, else
+  from the store (a listing of the pattern's folder)."""
+  return listing.glob(pattern) if listing is not None else storage.glob(pattern)
+
+
+def _exists(path: str, listing: Optional[storage.FolderListing]) -> bool:
+  return listing.exists(path) if listing is not None else storage.exists(path)
 
 
 def _label_columns(path: str) -> List[str]:
@@ -93,53 +123,61 @@ def _label_columns(path: str) -> List[str]:
   return [column.strip() for column in header]
 
 
-def detect_format(data_dir: str, labels_file: str = "") -> str:
+def detect_format(data_dir: str, labels_file: str = "",
+                  listing: Optional[storage.FolderListing] = None) -> str:
   """The layout of `data_dir`: by its label file's columns when one is named,
-  else by the files it holds."""
-  _require_folder(data_dir)
+  else by the files it holds (from `listing` when given; else a few probes,
+  cheaper than a listing for a caller that needs nothing more)."""
+  if listing is None:
+    _require_folder(data_dir)
   if labels_file:
     columns = _label_columns(labels_path(data_dir, labels_file))
     if set(PANDA_COLUMNS) <= set(columns):
       return "panda"
     if {"id", "label"} <= set(columns):
       return "pcam"
-  if storage.exists(storage.join(data_dir, PANDA_LABELS)):
+  if _exists(storage.join(data_dir, PANDA_LABELS), listing):
     return "panda"
-  if storage.exists(storage.join(data_dir, PCAM_LABELS)):
+  if _exists(storage.join(data_dir, PCAM_LABELS), listing):
     return "pcam"
-  if storage.glob(storage.join(data_dir, "*", "[01]", "*_idx5_*_class[01].png")):
+  if _glob(storage.join(data_dir, "*", "[01]", "*_idx5_*_class[01].png"), listing):
     return "idc"
   raise DatasetError(f"{data_dir}: cannot tell the dataset format: no {PANDA_LABELS} "
                    f"(panda), no {PCAM_LABELS} (pcam), no <patient>/<0|1>/*_idx5_*.png "
                    "(idc); name it with --format")
 
 
-def with_detected_format(config, data_dir: str):
+def with_detected_format(config, data_dir: str,
+                         listing: Optional[storage.FolderListing] = None):
   """`config` with `data.format` "auto" replaced by the format of `data_dir`."""
   if config.data.format != "auto":
     return config
   return dataclasses.replace(config, data=dataclasses.replace(
-      config.data, format=detect_format(data_dir, config.data.labels_file)))
+      config.data, format=detect_format(data_dir, config.data.labels_file, listing)))
 
 
-def slide_pattern(data_dir: str, pattern: str) -> str:
+def slide_pattern(data_dir: str, pattern: str,
+                  listing: Optional[storage.FolderListing] = None) -> str:
   """The glob the slides are searched with: `pattern` (relative to the data
   folder, or absolute), or by default `train_images/*` when slides are there
   (PANDA), else the data folder's own files."""
   if pattern:
     return pattern if storage.is_url(pattern) else storage.join(data_dir, pattern)
-  return storage.join(data_dir, default_slide_pattern(data_dir))
+  return storage.join(data_dir, default_slide_pattern(data_dir, listing))
 
 
-def default_slide_pattern(data_dir: str) -> str:
+def default_slide_pattern(data_dir: str,
+                          listing: Optional[storage.FolderListing] = None) -> str:
   """`train_images/*` when slides are there, else `*` (relative)."""
-  return PANDA_SLIDES if _slides_matching(storage.join(data_dir, PANDA_SLIDES)) else "*"
+  return (PANDA_SLIDES if _slides_matching(storage.join(data_dir, PANDA_SLIDES), listing)
+          else "*")
 
 
-def _slides_matching(full_pattern: str) -> List[str]:
+def _slides_matching(full_pattern: str,
+                     listing: Optional[storage.FolderListing] = None) -> List[str]:
   """Matching files of a slide type, and local folders of DICOM instances
   (one slide each); the loose `.dcm` instances of one slide listed once."""
-  matches = storage.glob(full_pattern)
+  matches = _glob(full_pattern, listing)
   slides = [path for path in matches
             if path.lower().endswith(SLIDE_SUFFIXES) or
             (not storage.is_url(path) and dicom_reader.is_dicom_folder(path))]
@@ -154,23 +192,25 @@ def files_of_slide(path: str) -> List[str]:
   return dicom_reader.instance_files(path)
 
 
-def slide_files(data_dir: str, pattern: str) -> List[str]:
+def slide_files(data_dir: str, pattern: str,
+                listing: Optional[storage.FolderListing] = None) -> List[str]:
   """The slide files `slide_pattern` finds, of the types the readers take
   (the default's folder listed once)."""
   if pattern:
-    return _slides_matching(slide_pattern(data_dir, pattern))
-  return (_slides_matching(storage.join(data_dir, PANDA_SLIDES)) or
-          _slides_matching(storage.join(data_dir, "*")))
+    return _slides_matching(slide_pattern(data_dir, pattern), listing)
+  return (_slides_matching(storage.join(data_dir, PANDA_SLIDES), listing) or
+          _slides_matching(storage.join(data_dir, "*"), listing))
 
 
-def _unread_files(data_dir: str, pattern: str) -> Dict[str, str]:
+def _unread_files(data_dir: str, pattern: str,
+                  listing: Optional[storage.FolderListing] = None) -> Dict[str, str]:
   """Files where `slide_files` searches whose type no reader takes (a Zeiss
   `.czi`), by each image id their name may carry: `a.b.czi` under `a` and `a.b`,
   so a dotted id matches as it does for the slides."""
   patterns = ([slide_pattern(data_dir, pattern)] if pattern else
               [storage.join(data_dir, PANDA_SLIDES), storage.join(data_dir, "*")])
   found: Dict[str, str] = {}
-  for path in (p for full in patterns for p in storage.glob(full)):
+  for path in (p for full in patterns for p in _glob(full, listing)):
     name = storage.basename(path)
     if name.lower().endswith(SLIDE_SUFFIXES):
       continue
@@ -231,28 +271,33 @@ def labels_path(data_dir: str, labels_file: str) -> str:
   return storage.join(data_dir, labels_file)
 
 
-def plan_panda(data_dir: str, pattern: str, labels_file: str) -> List[SlideTask]:
+def plan_panda(data_dir: str, pattern: str, labels_file: str,
+               listing: Optional[storage.FolderListing] = None) -> List[SlideTask]:
+  listing = _listed(data_dir, listing)
   labels = read_panda_labels(labels_path(data_dir, labels_file))
-  paths = {image_id_from_path(p): p for p in slide_files(data_dir, pattern)}
-  # Only looked for when a labelled slide has no file: the folder is listed again.
-  unread = (_unread_files(data_dir, pattern)
+  paths = {image_id_from_path(p): p for p in slide_files(data_dir, pattern, listing)}
+  # Only looked for when a labelled slide has no file.
+  unread = (_unread_files(data_dir, pattern, listing)
             if any(image_id not in paths for image_id in labels) else {})
-  _require_most_files(labels, paths, data_dir, slide_pattern(data_dir, pattern),
+  _require_most_files(labels, paths, data_dir, slide_pattern(data_dir, pattern, listing),
                       storage.basename(labels_file), unread)
   return _join(labels, paths, storage.basename(labels_file), kind="slide", unread=unread)
 
 
-def plan_pcam(data_dir: str, labels_file: str = PCAM_LABELS) -> List[SlideTask]:
+def plan_pcam(data_dir: str, labels_file: str = PCAM_LABELS,
+              listing: Optional[storage.FolderListing] = None) -> List[SlideTask]:
+  listing = _listed(data_dir, listing)
   labels = read_binary_labels(labels_path(data_dir, labels_file), data_provider="pcam")
-  paths = {image_id_from_path(p): p for p in storage.glob(storage.join(data_dir, PCAM_PATCHES))}
+  paths = {image_id_from_path(p): p for p in listing.glob(storage.join(data_dir, PCAM_PATCHES))}
   _require_most_files(labels, paths, data_dir, storage.join(data_dir, PCAM_PATCHES),
                       storage.basename(labels_file))
   return _join(labels, paths, storage.basename(labels_file), kind="patch")
 
 
-def plan_idc(data_dir: str) -> List[SlideTask]:
+def plan_idc(data_dir: str,
+             listing: Optional[storage.FolderListing] = None) -> List[SlideTask]:
   tasks = []
-  for path in storage.glob(storage.join(data_dir, IDC_PATCHES)):
+  for path in _listed(data_dir, listing).glob(storage.join(data_dir, IDC_PATCHES)):
     class_folder = storage.basename(storage.dirname(path))
     patient = storage.basename(storage.dirname(storage.dirname(path)))
     image_id = image_id_from_path(path)
@@ -275,50 +320,55 @@ def plan_idc(data_dir: str) -> List[SlideTask]:
   return tasks
 
 
-def plan(data_dir: str, data_format: str, pattern: str,
-         labels_file: str = "") -> List[SlideTask]:
-  """Every item of the folder; raises LabelFileError on a bad label file."""
-  _require_folder(data_dir)
+def plan(data_dir: str, data_format: str, pattern: str, labels_file: str = "",
+         listing: Optional[storage.FolderListing] = None) -> List[SlideTask]:
+  """Every item of the folder (from `listing`, or one listing of it made
+  here); raises LabelFileError on a bad label file."""
+  listing = _listed(data_dir, listing)
   if data_format == "auto":
-    data_format = detect_format(data_dir, labels_file)
+    data_format = detect_format(data_dir, labels_file, listing)
   if data_format == "panda":
-    return plan_panda(data_dir, pattern, labels_file or PANDA_LABELS)
+    return plan_panda(data_dir, pattern, labels_file or PANDA_LABELS, listing)
   if data_format == "pcam":
-    return plan_pcam(data_dir, labels_file or PCAM_LABELS)
+    return plan_pcam(data_dir, labels_file or PCAM_LABELS, listing)
   if data_format == "idc":
-    return plan_idc(data_dir)
+    return plan_idc(data_dir, listing)
   raise DatasetError(f"unknown format {data_format!r}; choose from auto, {', '.join(FORMATS)}")
 
 
-def input_files(data_dir: str, data_format: str, pattern: str,
-                labels_file: str = "") -> List[str]:
+def input_files(data_dir: str, data_format: str, pattern: str, labels_file: str = "",
+                listing: Optional[storage.FolderListing] = None) -> List[str]:
   """Every file a run reads from the folder: the label file and the slides or patches."""
+  listing = _listed(data_dir, listing)
   if data_format == "auto":
-    data_format = detect_format(data_dir, labels_file)
+    data_format = detect_format(data_dir, labels_file, listing)
   if data_format == "idc":
-    return storage.glob(storage.join(data_dir, IDC_PATCHES))
+    return listing.glob(storage.join(data_dir, IDC_PATCHES))
   if data_format == "panda":
     return [labels_path(data_dir, labels_file or PANDA_LABELS)] + [
-        file for slide in slide_files(data_dir, pattern) for file in files_of_slide(slide)]
+        file for slide in slide_files(data_dir, pattern, listing)
+        for file in files_of_slide(slide)]
   if data_format == "pcam":
-    return [labels_path(data_dir, labels_file or PCAM_LABELS)] + storage.glob(
+    return [labels_path(data_dir, labels_file or PCAM_LABELS)] + listing.glob(
         storage.join(data_dir, PCAM_PATCHES))
   raise DatasetError(f"unknown format {data_format!r}; choose from auto, {', '.join(FORMATS)}")
 
 
-def input_fingerprint(data_dir: str, data_format: str, pattern: str,
-                      labels_file: str = "") -> str:
+def input_fingerprint(data_dir: str, data_format: str, pattern: str, labels_file: str = "",
+                      listing: Optional[storage.FolderListing] = None) -> str:
   """Changes whenever a label file or an input file is added, removed, resized
   or rewritten: the label file's bytes (small, and an edit in the same second
   as the last write still counts), and the size and modification time or
-  object generation of each slide (slides are not read)."""
+  object generation of each slide (slides are not read), all from one listing
+  of the folder (a label file elsewhere is asked for on its own)."""
+  listing = _listed(data_dir, listing)
   if data_format == "auto":
-    data_format = detect_format(data_dir, labels_file)
+    data_format = detect_format(data_dir, labels_file, listing)
   digest = hashlib.sha256()
-  files = input_files(data_dir, data_format, pattern, labels_file)
+  files = input_files(data_dir, data_format, pattern, labels_file, listing)
   total = 0
   for index, path in enumerate(files):
-    described = storage.info(path) if storage.exists(path) else storage.FileInfo(path, -1, "")
+    described = listing.info(path)  # size -1: no such file (a label file not there)
     total += max(described.size, 0)
     digest.update(f"{path}\t{described.size}\t{described.modified}\n".encode())
     if index == 0 and data_format != "idc" and described.size >= 0:  # the label file

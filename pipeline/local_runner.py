@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from unittest import mock
 from typing import Iterator, Optional, TextIO
@@ -97,11 +98,17 @@ def run_local(config: PipelineConfig, data_root: str, out_dir: str,
   steps whose inputs, settings and code are unchanged reuse earlier outputs.
 
   The data folder and its label file are checked first, so a missing folder
-  or a bad label row fails in a second, before TFX starts.
+  or a bad label row fails in a second, before TFX starts; the first line
+  says how many files the folder's one listing found, and how long it took
+  (in a bucket, the wait before anything else happens).
   """
   data_root = storage.absolute(data_root)
-  config = datasets.with_detected_format(config, data_root)
-  datasets.plan(data_root, config.data.format, config.data.slide_pattern, config.data.labels_file)
+  listing = datasets.list_data_folder(data_root)
+  config = datasets.with_detected_format(config, data_root, listing)
+  datasets.plan(data_root, config.data.format, config.data.slide_pattern, config.data.labels_file,
+                listing)
+  print(f"listed {len(listing.files):,} files in {data_root} in {listing.seconds:.1f} s",
+        file=stream or sys.stderr, flush=True)
   paths = RunPaths(os.path.abspath(out_dir))
   make_output_dir(paths.out_dir)
   # TFX takes seconds to import: only once the inputs are known to be usable.

@@ -26,7 +26,7 @@ from histopipe.components.model_card.component import COMPONENT_ID as MODEL_CARD
 from histopipe.components.pusher.component import IdempotentPusher
 from histopipe.components.served_model.component import BaselineEvaluator, ServedModel
 from histopipe.components.slide_example_gen.component import SlideExampleGen
-from histopipe.core import signatures
+from histopipe.core import layout, signatures
 from histopipe.core.configs import PipelineConfig
 from histopipe.pipeline.fingerprints import code_fingerprint
 from histopipe.trainer import features, metrics
@@ -197,7 +197,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       examples=example_gen.outputs["examples"],
       model=trainer.outputs["model"],
       baseline_model=baseline_step.outputs["model"],
-      example_splits=["eval"],
+      example_splits=[layout.EVAL_SPLIT],
       eval_config=eval_config(config)).with_id("Evaluator")
   drift_check = DriftCheck(
       examples=example_gen.outputs["examples"],

@@ -2,7 +2,8 @@
 
 The page shows the gate decision and TFMA's numbers (what the Evaluator
 judged), and figures from the trained model's own predictions on the eval
-split: the confusion matrix, ROC curves (cancer vs benign for ISUP, the
+split, which the Trainer made once through the exported signature
+(trainer/eval_predictions.py): the confusion matrix, ROC curves (cancer vs benign for ISUP, the
 positive class for binary tasks) overall and per data provider, kappa and AUC
 per provider, and for a sample of eval slides the thumbnail with an attention
 heatmap over the chosen tiles.
@@ -11,11 +12,11 @@ heatmap over the chosen tiles.
 from __future__ import annotations
 
 import html
+import logging
 import os
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
-import tensorflow as tf
 from sklearn.metrics import cohen_kappa_score, roc_auc_score, roc_curve
 from tfx.dsl.io import fileio
 
@@ -24,75 +25,31 @@ from histopipe.monitoring import drift
 from histopipe.slides.base import SlideError
 from histopipe.slides.slide_reader import open_slide
 from histopipe.beam.slide_stages import read_outcomes
-from histopipe.core import referral, signatures
+from histopipe.core import referral
 from histopipe.core import storage
 from histopipe.core.errors import UserError
-from histopipe.core.layout import SLIDE_REPORT_DIR, TRAINER_SERVING_SUBDIR, RunPaths
+from histopipe.core.layout import EVAL_SPLIT, SLIDE_REPORT_DIR, TRAINER_SERVING_SUBDIR, RunPaths
 from histopipe.reports import figures, lineage, run_summary
-from histopipe.serving.saved_model import LoadedModel, read_contract
+from histopipe.serving.saved_model import read_contract
+from histopipe.trainer import eval_predictions
+from histopipe.trainer.eval_predictions import EvalPredictions
 
 THUMBNAIL_MAX_SIDE = 768
 
 
-class EvalPredictions(NamedTuple):
-  """The model's outputs on every eval bag, row-aligned with the bags."""
-  image_ids: List[str]
-  providers: List[str]
-  labels: np.ndarray  # [B] int
-  grades: np.ndarray  # [B] int
-  probabilities: np.ndarray  # [B, 6] or [B, 1]
-  attention: np.ndarray  # [B, N]
-  bags: List[bag_features.SlideBag]
-
-
-def _bag_from_features(feature) -> bag_features.SlideBag:
-  """A bag's tile positions and level from its tf.Example features (no tiles)."""
-
-  def ints(key):
-    return list(feature[key].int64_list.value)
-
-  def floats(key):
-    return list(feature[key].float_list.value)
-
-  return bag_features.SlideBag(
-      tiles=[], tile_valid=ints(bag_features.TILE_VALID), tile_x=ints(bag_features.TILE_X),
-      tile_y=ints(bag_features.TILE_Y), tile_tissue=floats(bag_features.TILE_TISSUE),
-      level=ints(bag_features.LEVEL)[0], level_downsample=floats(bag_features.LEVEL_DOWNSAMPLE)[0],
-      tile_size=ints(bag_features.TILE_SIZE)[0], mpp=floats(bag_features.MPP)[0],
-      slide_width=ints(bag_features.SLIDE_WIDTH)[0],
-      slide_height=ints(bag_features.SLIDE_HEIGHT)[0])
-
-
-def predict_eval_split(model_dir: str, examples_uri: str, batch_size: int = 16
-                       ) -> EvalPredictions:
-  """The served signature over the eval split's bags, as TFMA sees them."""
-  files = sorted(fileio.glob(storage.join(examples_uri, "Split-eval", "*")))
+def eval_split_predictions(model_uri: str, examples_uri: str) -> EvalPredictions:
+  """The model's predictions on the eval split, as the Trainer made them once
+  (trainer/eval_predictions.py); for a model trained before it did, made
+  here from the eval split's bags, as the Trainer would."""
+  path = eval_predictions.path_in_model(model_uri)
+  if fileio.exists(path):
+    return eval_predictions.load(path)
+  files = sorted(fileio.glob(storage.join(examples_uri, f"Split-{EVAL_SPLIT}", "*")))
   if not files:
     raise UserError(f"no eval split under {examples_uri}")
-  model = LoadedModel(model_dir)
-  outputs: Dict[str, List[np.ndarray]] = {}
-  features_of_bags = []  # metadata only: the tiles are not kept (a PANDA eval split is GBs)
-  # TFX's own ExampleGens gzip their records, ours does not: told by the name.
-  compression = "GZIP" if files[0].endswith(".gz") else ""
-  batches = tf.data.TFRecordDataset(files, compression_type=compression).batch(batch_size)
-  for batch in batches:
-    for key, value in model.run(signatures.SERVING_DEFAULT,
-                                {signatures.EXAMPLES: batch.numpy()}).items():
-      outputs.setdefault(key, []).append(value)
-    for record in batch.numpy():
-      example = tf.train.Example.FromString(record)
-      del example.features.feature[bag_features.TILES]
-      features_of_bags.append(example.features.feature)
-  return EvalPredictions(
-      image_ids=[f[bag_features.IMAGE_ID].bytes_list.value[0].decode()
-                 for f in features_of_bags],
-      providers=[f[bag_features.DATA_PROVIDER].bytes_list.value[0].decode()
-                 for f in features_of_bags],
-      labels=np.array([f[bag_features.LABEL].int64_list.value[0] for f in features_of_bags]),
-      grades=np.concatenate(outputs[signatures.GRADE]).astype(int),
-      probabilities=np.concatenate(outputs[signatures.PROBABILITIES]),
-      attention=np.concatenate(outputs[signatures.ATTENTION]),
-      bags=[_bag_from_features(f) for f in features_of_bags])
+  logging.warning("%s: the Trainer kept no eval predictions (a model trained before it "
+                  "did): running the model over the eval split", model_uri)
+  return eval_predictions.predict(os.path.join(model_uri, TRAINER_SERVING_SUBDIR), files)
 
 
 def positive_scores(predictions: EvalPredictions):
@@ -243,7 +200,7 @@ def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
   out_dir = out_dir or paths.report_dir
   fileio.makedirs(out_dir)
   model_dir = os.path.join(summary.model_uri, TRAINER_SERVING_SUBDIR)
-  predictions = predict_eval_split(model_dir, summary.examples_uri)
+  predictions = eval_split_predictions(summary.model_uri, summary.examples_uri)
   num_classes = 2 if predictions.probabilities.shape[1] == 1 else predictions.probabilities.shape[1]
   names = figures.class_names(num_classes)
 

@@ -201,7 +201,9 @@ def test_pipeline_runs_end_to_end_and_pushes_a_servable_model(runs):
   names = {f.path.step[0] for f in statistics.datasets[0].features}
   assert set(drift.bag_features.IMAGE_STATISTICS) <= names
   # A person sees one line per component; the libraries' logs are in run.log.
-  progress = fresh.stderr.splitlines()
+  # First, the one listing of the data folder (in the bucket): how many files, how long.
+  listed, *progress = fresh.stderr.splitlines()
+  assert re.fullmatch(rf"listed \d+ files in {re.escape(runs.data)} in [\d.]+ s", listed), listed
   assert progress[0] == "[1/11] SlideExampleGen ..." and "[1/11] SlideExampleGen: done in" in progress[1]
   assert all(line.startswith("[") for line in progress), progress
   assert "Trainer" in (out / "run.log").read_text()
@@ -406,7 +408,11 @@ def test_the_report_describes_the_last_complete_run_after_a_failed_one(runs, cap
   from histopipe.reports import run_report, run_summary
   runs.get("epochs_failed")
   unchanged = runs.get("unchanged").run
-  assert cli.main(["report", "--run", str(runs.out)]) == 0
+  from histopipe.trainer import eval_predictions
+  # The model's predictions come from what the Trainer kept: the report runs no model.
+  with mock.patch.object(eval_predictions, "predict",
+                         side_effect=AssertionError("the report ran the model")):
+    assert cli.main(["report", "--run", str(runs.out)]) == 0
   printed = capsys.readouterr()
   index = runs.out / "report" / "index.html"
   # One line for the person; TensorFlow's and TFMA's logging went to report.log.
@@ -425,9 +431,16 @@ def test_the_report_describes_the_last_complete_run_after_a_failed_one(runs, cap
   assert summary.model_uri == unchanged.output("Trainer", "model").uri
   assert summary.model_uri != runs.get("epochs_failed").run.output("Trainer", "model").uri
   # The report's predictions are the ones TFMA judged: same kappa on the same split.
-  predictions = run_report.predict_eval_split(
-      os.path.join(summary.model_uri, "Format-Serving"), summary.examples_uri)
+  predictions = run_report.eval_split_predictions(summary.model_uri, summary.examples_uri)
   assert len(predictions.labels) == summary.eval_metrics["example_count"]
+  # And what the exported signature gives on the eval bags now.
+  again = eval_predictions.predict(os.path.join(summary.model_uri, "Format-Serving"),
+                                   sorted(glob.glob(os.path.join(summary.examples_uri,
+                                                                 "Split-eval", "*"))))
+  assert predictions.image_ids == again.image_ids
+  np.testing.assert_array_equal(predictions.grades, again.grades)
+  np.testing.assert_allclose(predictions.probabilities, again.probabilities, atol=1e-6)
+  assert [b.tile_x for b in predictions.bags] == [b.tile_x for b in again.bags]
   ours = run_report.slice_metrics(predictions, 6)["overall"]
   assert ours["kappa"] == pytest.approx(summary.eval_metrics["kappa"], abs=1e-4)
   assert ours["accuracy"] == pytest.approx(summary.eval_metrics["accuracy"], abs=1e-4)
@@ -549,9 +562,8 @@ def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(pcam_run):
   assert "<th>kappa</th>" not in page and "<th>auc</th>" in page
   assert (out / "report" / "confusion.png").exists()
   summary_auc = float(re.search(r"eval ROC AUC: ([\d.]+)", printed).group(1))
-  predictions = run_report.predict_eval_split(
-      os.path.join(glob.glob(str(out / "pipeline_root" / "Trainer" / "model" / "*"))[0],
-                   "Format-Serving"), examples_uri)
+  predictions = run_report.eval_split_predictions(
+      glob.glob(str(out / "pipeline_root" / "Trainer" / "model" / "*"))[0], examples_uri)
   ours = run_report.slice_metrics(predictions, 2)["overall"]
   # The seeded split holds both classes; TFMA's AUC uses 200 thresholds, ours is exact.
   assert ours["auc"] == pytest.approx(summary_auc, abs=0.02)

@@ -17,7 +17,8 @@ import tf_keras as keras
 from tfx import v1 as tfx
 
 from histopipe.core.configs import PipelineConfig, with_tuned_values
-from histopipe.trainer import resume, warmup
+from histopipe.core.layout import EVAL_SPLIT
+from histopipe.trainer import eval_predictions, resume, warmup
 from histopipe.trainer.inputs import training_inputs
 from histopipe.trainer.devices import (FLOAT32_POLICY, precision_policy, training_policy,
                                        training_strategy)
@@ -56,4 +57,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
          warmup_bags=warmup.first_bags(fn_args.eval_files),
          training_bags=fn_args.train_files,
          referral_choice=referral_settings(exported, validation, config))
+  # Once per model, here, so that `histopipe report` need not run the model again.
+  eval_files = eval_predictions.eval_split_files(fn_args.train_files)
+  if eval_files:
+    eval_predictions.save(
+        eval_predictions.predict(fn_args.serving_model_dir, eval_files,
+                                 config.training.eval_batch_size),
+        eval_predictions.path_in_model(os.path.dirname(fn_args.serving_model_dir)))
+  else:
+    logging.warning("no %s split beside %s: no eval predictions for the report",
+                    EVAL_SPLIT, fn_args.train_files)
   resume.remove(state_dir)  # exported: a retry from here on starts afresh
