@@ -9,8 +9,10 @@ from histopipe.cli.arguments import (model_settings, add_model_settings_argument
 
 
 def _predict(args) -> int:
+  from histopipe.monitoring import slide_skew
   from histopipe.serving.client import connect
-  from histopipe.serving.slide_predictions import find_slides, predict_to
+  from histopipe.serving.slide_predictions import (NOT_CHECKED_BY_PREDICT, find_slides,
+                                                   predict_to)
   paths = find_slides(args.slides)
   with connect(args.server, args.model, rest=args.rest, deadline_s=args.deadline,
                retries=args.retries) as client:
@@ -24,6 +26,9 @@ def _predict(args) -> int:
               if contract and contract.referral else "")
   print(f"{counts['predicted']} predicted{referred}, {counts['rejected']} rejected of "
         f"{len(paths)}" + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr)
+  if "per_slide_skew" in counts:
+    print(slide_skew.summary_line(counts["per_slide_skew"], NOT_CHECKED_BY_PREDICT),
+          file=sys.stderr)
   # A slide rejected for its own content is an answer; one the server never
   # answered is work left undone, and a run that predicted nothing failed.
   if counts["server_failed"]:
@@ -54,6 +59,7 @@ def _score(args) -> int:
   from histopipe.serving.skew import check_skew, skew_path
   skew = check_skew(resolve_version_dir(args.model_dir)[0], args.out, config.evaluation)
   print(f"{skew['summary']}; report: {skew_path(args.out)}")
+  print(skew["per_slide_summary"])
   if skew["drifted"]:
     print("warning: the scored slides differ from the model's training slides (scanner, stain "
           "or focus); check the flagged statistics before trusting the grades", file=sys.stderr)

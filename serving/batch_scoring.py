@@ -5,7 +5,9 @@ Beam's RunInference with a model handler for our SavedModel's
 each worker loads the model once and scores batches of bags. Tiling is
 `slides.tiling.cut_bag`, as in SlideExampleGen and `histopipe predict`,
 and the records are `predict`'s: the JSON lines (predictions and rejected
-slides) and optionally the submission CSV. Runs on any Beam runner; the
+slides) and optionally the submission CSV; unlike `predict`, `score` has the
+model folder, so each record's `out_of_range` is checked against the training
+statistics in it (monitoring/slide_skew.py). Runs on any Beam runner; the
 DirectRunner by default.
 """
 
@@ -23,6 +25,7 @@ from histopipe.beam.slide_stages import (CountingDoFn, ItemProgress, csv_line,
                                                single_worker)
 from histopipe.core import signatures
 from histopipe.core.configs import PipelineConfig
+from histopipe.monitoring import drift, slide_skew
 from histopipe.serving.saved_model import LoadedModel, resolve_version_dir
 from histopipe.serving.slide_predictions import (CSV_HEADER, SlideRequest, cut_request,
                                                  prediction_record)
@@ -74,10 +77,12 @@ class SavedModelHandler(inference.ModelHandler[SlideRequest, Dict[str, np.ndarra
 _COUNTERS = "histopipe.score"
 
 
-def _record(result: inference.PredictionResult, referral_settings: Optional[dict]) -> dict:
+def _record(result: inference.PredictionResult, referral_settings: Optional[dict],
+            training_ranges: Optional[Dict[str, Dict[str, float]]]) -> dict:
   request = result.example
   beam.metrics.Metrics.counter(_COUNTERS, "predicted").inc()
-  record = prediction_record(request.image_id, request.bag, result.inference, referral_settings)
+  record = prediction_record(request.image_id, request.bag, result.inference, referral_settings,
+                             training_ranges)
   if record.get("refer"):
     beam.metrics.Metrics.counter(_COUNTERS, "referred").inc()
   return record
@@ -94,7 +99,12 @@ def score_slides(model_dir: str, paths: List[str], config: PipelineConfig, out_p
                  referral_settings: Optional[dict] = None) -> Dict[str, int]:
   """Writes `out_path` (JSON lines, one per path) and, if asked, `csv_path`;
   returns counts of predicted, rejected and referred slides (`referral_settings`:
-  the model contract's referral threshold)."""
+  the model contract's referral threshold). Each record's `out_of_range` is
+  checked against the training statistics the model carries (null without)."""
+  # Two numbers a statistic, read here once and sent to the workers with the
+  # stage, rather than each worker reading the statistics file.
+  training_ranges = slide_skew.training_ranges(
+      drift.model_training_statistics(resolve_version_dir(model_dir)[0]))
   options = PipelineOptions(list(beam_args))
   counter = ItemProgress("tiling slides for scoring", len(paths) if progress else 0,
                          shared=not single_worker(options))
@@ -105,7 +115,7 @@ def score_slides(model_dir: str, paths: List[str], config: PipelineConfig, out_p
                   "rejected", main="requests"))
   predicted = (requests.requests
                | "Predict" >> inference.RunInference(SavedModelHandler(model_dir))
-               | "ToRecords" >> beam.Map(_record, referral_settings))
+               | "ToRecords" >> beam.Map(_record, referral_settings, training_ranges))
   rejected = requests.rejected | "CountRejected" >> beam.Map(_rejected)
   records = (predicted, rejected) | "AllRecords" >> beam.Flatten()
   _ = (records | "ToJson" >> beam.Map(json.dumps)

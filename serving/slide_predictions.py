@@ -16,7 +16,7 @@ import csv
 import json
 import threading
 from concurrent import futures
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Union
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Union
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from histopipe.core.configs import PATCH_FORMATS, PipelineConfig
 from histopipe.core import storage
 from histopipe.core.errors import UserError
 from histopipe.core.progress import progress_bar
+from histopipe.monitoring import slide_skew
 from histopipe.serving.client import MAX_CONCURRENCY, ServingError
 
 # What a folder given to predict/score is searched for: slides of every type
@@ -44,6 +45,11 @@ CSV_HEADER = {"isup": ("image_id", "isup_grade"), "binary": ("id", "label")}
 BREAKER_FAILURES = 3
 # What a rejected record's reason starts with when the server, not the slide, failed.
 SERVER_FAILED = "server: "
+# Why `predict` leaves each record's `out_of_range` null: the training
+# statistics stay in the model folder (assets.extra/), which TF Serving's
+# Predict API does not serve; `score` reads them there.
+NOT_CHECKED_BY_PREDICT = ("a Predict server does not serve the model's training statistics; "
+                          "histopipe score checks each slide against them")
 
 
 class ServerBreaker:
@@ -94,10 +100,13 @@ def find_slides(paths: Iterable[str]) -> List[str]:
 
 
 def prediction_record(image_id: str, bag: SlideBag, outputs: Dict[str, np.ndarray],
-                      referral_settings: Optional[dict] = None) -> dict:
+                      referral_settings: Optional[dict] = None,
+                      training_ranges: Optional[Dict[str, Dict[str, float]]] = None) -> dict:
   """One slide's outputs (batch of one) as a JSON-ready record; attention per
   real tile with its level-0 position and size; the prediction's uncertainty
-  and, when the model carries a referral threshold, whether to refer it."""
+  and, when the model carries a referral threshold, whether to refer it; the
+  bag's image statistics and those outside the model's `training_ranges`
+  (slide_skew.training_ranges; `out_of_range` null when not given)."""
   attention = np.asarray(outputs[signatures.ATTENTION]).reshape(-1)
   probabilities = np.asarray(outputs[signatures.PROBABILITIES]).reshape(1, -1)
   grade = int(np.asarray(outputs[signatures.GRADE]).reshape(-1)[0])
@@ -109,6 +118,8 @@ def prediction_record(image_id: str, bag: SlideBag, outputs: Dict[str, np.ndarra
   side = round(bag.tile_size * bag.level_downsample)
   tiles = [{"x": int(x), "y": int(y), "size": side, "weight": round(float(w), 6)}
            for x, y, valid, w in zip(bag.tile_x, bag.tile_y, bag.tile_valid, attention) if valid]
+  image_stats = {name: round(float(value), slide_skew.RECORD_DECIMALS)
+                 for name, value in bag.image_stats.items()}
   return {"image_id": image_id,
           "grade": grade,
           "probabilities": [round(float(p), 6) for p in probabilities.reshape(-1)],
@@ -116,8 +127,10 @@ def prediction_record(image_id: str, bag: SlideBag, outputs: Dict[str, np.ndarra
           "attention": tiles,
           # The bag's image statistics (colour, stain, focus...): what the
           # skew check compares with the model's training bags.
-          "image_stats": {name: round(float(value), 4)
-                          for name, value in bag.image_stats.items()}}
+          "image_stats": image_stats,
+          # Which of them lie outside what the model was trained on: the
+          # check a single slide allows (the batch check needs many bags).
+          slide_skew.OUT_OF_RANGE: slide_skew.out_of_range(image_stats, training_ranges)}
 
 
 class SlideRequest(NamedTuple):
@@ -200,14 +213,16 @@ def predict_slides(paths: List[str], client, config: PipelineConfig,
 
 
 def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextIO],
-                  task: str) -> Dict[str, int]:
+                  task: str) -> Dict[str, Any]:
   """JSON lines to `out`; predictions also as `image_id,isup_grade` (or
   `id,label`) rows to `csv_file`. Returns counts of predicted and rejected,
-  and of the rejected those the server failed ("server_failed")."""
+  of the rejected those the server failed ("server_failed"), and the
+  per-slide skew of the predicted (slide_skew.summarize, "per_slide_skew")."""
   writer = csv.writer(csv_file) if csv_file else None
   if writer:
     writer.writerow(CSV_HEADER[task])
-  counts = {"predicted": 0, "rejected": 0, "server_failed": 0, "referred": 0}
+  counts: Dict[str, Any] = {"predicted": 0, "rejected": 0, "server_failed": 0, "referred": 0}
+  checked = []  # each predicted record's verdict alone: records are not kept
   for record in records:
     out.write(json.dumps(record) + "\n")
     out.flush()
@@ -217,15 +232,17 @@ def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextI
       continue
     counts["predicted"] += 1
     counts["referred"] += bool(record.get("refer"))
+    checked.append({slide_skew.OUT_OF_RANGE: record.get(slide_skew.OUT_OF_RANGE)})
     if writer:
       writer.writerow([record["image_id"], record["grade"]])
+  counts["per_slide_skew"] = slide_skew.summarize(checked)
   return counts
 
 
 def predict_to(paths: List[str], client, config: PipelineConfig, out: TextIO,
                csv_path: str = "", progress: bool = False,
                concurrency: int = 1, referral_settings: Optional[dict] = None
-               ) -> Dict[str, int]:
+               ) -> Dict[str, Any]:
   """`histopipe predict`: checks that the server has the model and signature
   before tiling anything, then writes a JSON line per slide to `out` (and the
   submission CSV to `csv_path`). Returns counts of predicted, rejected and
