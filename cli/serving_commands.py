@@ -21,7 +21,9 @@ def _predict(args) -> int:
     # Records on a terminal show progress themselves; piped, a counter on stderr does.
     counts = predict_to(paths, client, config, sys.stdout, csv_path=args.csv or "",
                         progress=not sys.stdout.isatty(), concurrency=args.concurrency,
-                        referral_settings=contract.referral if contract else None)
+                        referral_settings=contract.referral if contract else None,
+                        # Each slide against the training ranges the contract carries.
+                        training_ranges=contract.training_ranges if contract else None)
   referred = (f", {counts['referred']} of them referred (uncertain)"
               if contract and contract.referral else "")
   print(f"{counts['predicted']} predicted{referred}, {counts['rejected']} rejected of "

@@ -51,6 +51,11 @@ class ModelContract:
   # core/referral.choose_threshold's settings, or None (no labelled slides
   # to choose on, or a model exported before referral existed).
   referral: Optional[Dict[str, Any]] = None
+  # {image statistic: {"low", "high"}}: the 0.5th-99.5th percentile of the
+  # training bags (monitoring/slide_skew.training_ranges), so that a client of
+  # a Predict server, which serves no model files, checks each slide against
+  # them; None for a model exported before, or without training statistics.
+  training_ranges: Optional[Dict[str, Dict[str, float]]] = None
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -84,14 +89,16 @@ class ModelContract:
         tiling=self.tiling, model=dataclasses.replace(base.model, input_size=self.input_size))
 
 
-def contract_of(config: PipelineConfig,
-                referral: Optional[Dict[str, Any]] = None) -> ModelContract:
+def contract_of(config: PipelineConfig, referral: Optional[Dict[str, Any]] = None,
+                training_ranges: Optional[Dict[str, Dict[str, float]]] = None
+                ) -> ModelContract:
   """The contract of a model trained with `config` (its format resolved)."""
   return ModelContract(
       format=config.data.format, task=config.task,
       class_names=BINARY_CLASS_NAMES if config.task == "binary" else ISUP_CLASS_NAMES,
       tiles_per_bag=config.tiles_per_bag, input_size=config.model.input_size,
-      tiling=config.tiling, preset=config.preset, referral=referral)
+      tiling=config.tiling, preset=config.preset, referral=referral,
+      training_ranges=training_ranges)
 
 
 def _value(config: PipelineConfig, path: str) -> Any:

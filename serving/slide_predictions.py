@@ -48,8 +48,9 @@ SERVER_FAILED = "server: "
 # Why `predict` leaves each record's `out_of_range` null: the training
 # statistics stay in the model folder (assets.extra/), which TF Serving's
 # Predict API does not serve; `score` reads them there.
-NOT_CHECKED_BY_PREDICT = ("a Predict server does not serve the model's training statistics; "
-                          "histopipe score checks each slide against them")
+NOT_CHECKED_BY_PREDICT = ("the served model's contract carries no training ranges: a model "
+                          "exported before they were; histopipe score checks each slide "
+                          "against the statistics in its folder")
 
 
 class ServerBreaker:
@@ -156,7 +157,8 @@ def cut_request(path: str, config: PipelineConfig) -> Union[SlideRequest, dict]:
 
 def predict_one(path: str, client, config: PipelineConfig,
                 breaker: Optional[ServerBreaker] = None,
-                referral_settings: Optional[dict] = None) -> dict:
+                referral_settings: Optional[dict] = None,
+                training_ranges: Optional[Dict[str, Dict[str, float]]] = None) -> dict:
   """The slide's record: its prediction, or {"image_id", "path", "rejected":
   reason} when it cannot be tiled or the server did not answer (after the
   client's retries): no slide is lost to a server that went away. With a
@@ -178,7 +180,8 @@ def predict_one(path: str, client, config: PipelineConfig,
   else:
     breaker.answered()
     try:
-      return prediction_record(request.image_id, request.bag, outputs, referral_settings)
+      return prediction_record(request.image_id, request.bag, outputs, referral_settings,
+                               training_ranges)
     except Exception as e:  # pylint: disable=broad-except (an answer without the outputs: one slide's)
       return {"image_id": request.image_id, "path": path,
               "rejected": f"{SERVER_FAILED}unexpected answer ({type(e).__name__}: {e})"}
@@ -188,7 +191,9 @@ def predict_one(path: str, client, config: PipelineConfig,
 
 def predict_slides(paths: List[str], client, config: PipelineConfig,
                    progress: bool = False, concurrency: int = 1,
-                   referral_settings: Optional[dict] = None) -> Iterator[dict]:
+                   referral_settings: Optional[dict] = None,
+                   training_ranges: Optional[Dict[str, Dict[str, float]]] = None
+                   ) -> Iterator[dict]:
   """A record per path, in the order of `paths`; `concurrency` slides are
   tiled and in flight at once (threads: the decoders, the model server and
   the network wait without the GIL; gRPC channels are thread-safe, and the
@@ -200,12 +205,13 @@ def predict_slides(paths: List[str], client, config: PipelineConfig,
   try:
     if concurrency == 1:
       for path in paths:
-        yield predict_one(path, client, config, breaker, referral_settings)
+        yield predict_one(path, client, config, breaker, referral_settings, training_ranges)
         counter.update()
     else:
       with futures.ThreadPoolExecutor(concurrency, thread_name_prefix="predict") as pool:
         for record in pool.map(
-            lambda path: predict_one(path, client, config, breaker, referral_settings), paths):
+            lambda path: predict_one(path, client, config, breaker, referral_settings,
+                                     training_ranges), paths):
           yield record
           counter.update()
   finally:
@@ -241,7 +247,8 @@ def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextI
 
 def predict_to(paths: List[str], client, config: PipelineConfig, out: TextIO,
                csv_path: str = "", progress: bool = False,
-               concurrency: int = 1, referral_settings: Optional[dict] = None
+               concurrency: int = 1, referral_settings: Optional[dict] = None,
+               training_ranges: Optional[Dict[str, Dict[str, float]]] = None
                ) -> Dict[str, Any]:
   """`histopipe predict`: checks that the server has the model and signature
   before tiling anything, then writes a JSON line per slide to `out` (and the
@@ -249,7 +256,7 @@ def predict_to(paths: List[str], client, config: PipelineConfig, out: TextIO,
   referred."""
   client.signatures()
   records = predict_slides(paths, client, config, progress=progress, concurrency=concurrency,
-                           referral_settings=referral_settings)
+                           referral_settings=referral_settings, training_ranges=training_ranges)
   if not csv_path:
     return write_records(records, out, None, config.task)
   with open(csv_path, "w", newline="") as csv_file:

@@ -284,7 +284,19 @@ def test_predict_against_the_pushed_model_on_the_dev_server(runs, capsys):
     # No --preset/--config/--format: the model says how it was trained.
     assert cli.main(["predict", "--server", f"localhost:{server.port}",
                      *[_in_bucket(runs, s) for s in chosen]]) == 0
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    printed = capsys.readouterr()
+    records = [json.loads(line) for line in printed.out.splitlines()]
+    # Each slide checked against the training ranges the served contract carries:
+    # the ranges, from the statistics of the model's training bags, and the verdict.
+    from histopipe.monitoring import drift, slide_skew
+    model_uri = fresh.run.output("Trainer", "model").uri
+    ranges = slide_skew.training_ranges(drift.model_training_statistics(
+        os.path.join(model_uri, "Format-Serving")))
+    assert ranges and set(ranges) == set(bag_features.IMAGE_STATISTICS)
+    for record in records:
+      assert record["out_of_range"] == slide_skew.out_of_range(record["image_stats"], ranges)
+    assert re.search(rf"per-slide skew: \d+ of {len(chosen)} slides outside the training range",
+                     printed.err), printed.err
     # A flag that contradicts the model stops the command, saying why.
     assert cli.main(["predict", "--server", f"localhost:{server.port}", "--preset", "full",
                      chosen[0].path]) == 2

@@ -177,8 +177,9 @@ def test_score_records_carry_out_of_range_and_score_prints_the_line(
 def test_without_training_statistics_records_say_null_and_the_lines_say_why(
     tiny_dataset, counting_model, tmp_path, capsys):
   """A model exported before it carried training statistics (check_skew on
-  records written by prediction_record without a range), and `predict`,
-  which a Predict server gives no training statistics to."""
+  records written by prediction_record without a range), and `predict`
+  of a model whose contract carries no training ranges (one exported
+  before they were, or, here, one without a contract)."""
   _, slides = tiny_dataset
   tiling = load_config(None, preset="demo").tiling
   bag = cut_bag(slides[0].path, "slide", tiling).bag
@@ -199,5 +200,6 @@ def test_without_training_statistics_records_say_null_and_the_lines_say_why(
   captured = capsys.readouterr()
   (predicted,) = map(json.loads, captured.out.splitlines())
   assert predicted[slide_skew.OUT_OF_RANGE] is None
-  assert ("per-slide skew: not checked (a Predict server does not serve the model's training "
-          "statistics") in captured.err
+  # This model has no metadata signature, so no contract and no training ranges.
+  assert ("per-slide skew: not checked (the served model's contract carries no training "
+          "ranges") in captured.err

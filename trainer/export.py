@@ -15,7 +15,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from histopipe.bags import bag_features
-from histopipe.monitoring import drift
+from histopipe.monitoring import drift, slide_skew
 from histopipe.core import referral, signatures
 from histopipe.core.model_contract import CONTRACT_FILE, ModelContract, contract_of
 from histopipe.core.configs import PipelineConfig
@@ -104,17 +104,20 @@ def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
   carries `referral_choice` (referral_settings). assets.extra/
   travels with the model: the Pusher copies the whole folder; TF Serving
   reads only the warm-up file."""
-  contract = contract_of(config, referral_choice)
+  # From the train split's bag statistics table, not its bags (the GPUs wait).
+  training_statistics = (drift.statistics_of_frame(drift.frame_of_split_files(training_bags))
+                         if training_bags else None)
+  # The per-slide ranges travel in the contract: Predict servers serve no files.
+  contract = contract_of(config, referral_choice,
+                         slide_skew.training_ranges(training_statistics))
   model.save(export_dir, save_format="tf",
              signatures=serving_signatures(model, tf_transform_output, contract))
   extra = os.path.join(export_dir, "assets.extra")
   tf.io.gfile.makedirs(extra)
   with tf.io.gfile.GFile(os.path.join(extra, CONTRACT_FILE), "w") as f:
     f.write(contract.to_json())
-  if training_bags:
-    # From the train split's bag statistics table, not its bags (the GPUs wait).
-    frame = drift.frame_of_split_files(training_bags)
-    drift.write_statistics(drift.statistics_of_frame(frame),
+  if training_statistics is not None:
+    drift.write_statistics(training_statistics,
                            os.path.join(extra, drift.TRAINING_STATISTICS_FILE))
   if warmup_bags:
     warmup.write_warmup_requests(export_dir, warmup_bags, config.name)
