@@ -51,8 +51,10 @@ RESULTS_FILE = "scale_results.json"
 PANDA_SLIDES = 10_616
 LEVEL0 = (1024, 768)  # a 256 x 192 middle level: enough for 4 tiles of 32 px
 MEMORY_TARGET = 1.25
+# `histopipe report`'s page, timed after the pipeline (not a pipeline step).
+REPORT_STEP = "report"
 # Steps that should read kilobytes whatever the number of slides.
-FLAT_STEPS = ("DriftCheck", "ModelCard")
+FLAT_STEPS = ("DriftCheck", "ModelCard", REPORT_STEP)
 
 
 def pipeline_overrides(epochs: int) -> dict:
@@ -86,8 +88,39 @@ def run_once(slides: int, workdir: str, epochs: int, seed: int, log) -> Dict[str
   compile_pipeline(config, package, image="local", pipeline_root=os.path.join(run_dir, "root"),
                    data_root=data, serving_model_dir=os.path.join(run_dir, "serving"))
   ran = run_local.run_package(package, os.path.join(run_dir, "tasks"), stream=sys.stderr)
-  return {task.name: {"seconds": task.seconds, "peak_rss_mb": task.peak_rss_mb}
-          for task in ran.tasks if task.kind == "container" and not task.cached}
+  measured = {task.name: {"seconds": task.seconds, "peak_rss_mb": task.peak_rss_mb}
+              for task in ran.tasks if task.kind == "container" and not task.cached}
+  measured[REPORT_STEP] = time_report(ran, os.path.join(run_dir, "report"))
+  log(f"report written in {measured[REPORT_STEP]['seconds']:.0f} s")
+  return measured
+
+
+def time_report(ran: run_local.LocalRun, out_dir: str) -> dict:
+  """`histopipe report`'s page of this run's artifacts, written in a process
+  of its own (run-local keeps no ML Metadata for `report --run` to read, so
+  the artifacts are named here): its seconds and peak resident memory."""
+  artifacts = {"examples_uri": ran.output("SlideExampleGen", "examples")["uri"],
+               "model_uri": ran.output("Trainer", "model")["uri"],
+               "drift_uri": ran.output("DriftCheck", "drift_report")["uri"],
+               "run_id": ran.run_id}
+  started = time.perf_counter()
+  code, peak_mb = run_local.run_measured(
+      [sys.executable, os.path.abspath(__file__), "--report-of", json.dumps(artifacts),
+       "--workdir", out_dir])
+  if code != 0:
+    raise RuntimeError(f"the report of {ran.run_id} failed (exit {code})")
+  return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_mb}
+
+
+def write_report_of(artifacts: dict, out_dir: str) -> str:
+  """The report page of run-local artifacts (reports/run_report.write_page)."""
+  from histopipe.reports import run_report, run_summary  # the report's process only
+  with open(os.path.join(artifacts["drift_uri"], "drift.json")) as f:
+    drift_report = json.load(f)
+  summary = run_summary.RunSummary(examples_uri=artifacts["examples_uri"],
+                                   model_uri=artifacts["model_uri"], drift=drift_report,
+                                   run_id=artifacts["run_id"])
+  return run_report.write_page(summary, out_dir, artifacts["run_id"])
 
 
 def projected(values: List[float], counts: List[int], target: int) -> float:
@@ -132,6 +165,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--table-of", metavar="RESULTS",
                       help="only print the table of an earlier run's scale_results.json")
+  # How time_report runs the report in a process of its own; not for people.
+  parser.add_argument("--report-of", metavar="ARTIFACTS_JSON", help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
 
@@ -141,6 +176,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.slides < 1 or args.factor < 2:
     print("scale.py: error: --slides must be >= 1 and --factor >= 2", file=sys.stderr)
     return 2
+  if args.report_of:
+    print(write_report_of(json.loads(args.report_of), args.workdir))
+    return 0
   if args.table_of:
     with open(args.table_of) as f:
       earlier = json.load(f)

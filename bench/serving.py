@@ -23,11 +23,25 @@ ratio to the first N given). The model is whatever --model-dir holds: `make demo
 pushed model (8 tiles of 64 px), or a `full`-preset one (36 tiles, 224 px).
 
     python bench/serving.py --model-dir demo/out/serving_model --data demo/data
+
+With `--batching on,off` (and `--run`, a finished `histopipe run`: its
+Trainer's weights and Transform graph), the model is exported twice from the
+same weights, its tile encoder in TensorFlow's BatchFunction op (config
+`serving`, trainer/encoder_batching.py) and not, and the server alone is
+loaded: bags cut once beforehand, N threads sending them to a `serve-dev`
+process of each export in turn (the tiling of a client runs elsewhere in
+production; here it would take the server's cores). Writes
+`{"batching": {"on": {"16": {"slides_per_s", "p50_ms", "p99_ms"}}, "off": ...}}`
+to --out and prints the table with each N's ratio, on to off.
+
+    python bench/serving.py --run demo/out --data demo/data --batching on,off \
+        --concurrency 1,4,16
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -57,7 +71,7 @@ def _percentile(values, q: float) -> float:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--model-dir", required=True, help="SavedModel or serving base")
+  parser.add_argument("--model-dir", help="SavedModel or serving base")
   parser.add_argument("--data", required=True, help="folder with slides (searched recursively)")
   parser.add_argument("--config", help="the JSON config the model was trained with")
   parser.add_argument("--preset", default="demo", choices=["demo", "full"])
@@ -66,12 +80,24 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="serving_results.json")
   parser.add_argument("--concurrency", default="",
                       help="comma-separated slides in flight for the load phase, e.g. 1,4,16")
+  parser.add_argument("--batching", default="",
+                      help="on,off: the server with the encoder batched in the graph and not "
+                           "(needs --run and --concurrency)")
+  parser.add_argument("--run", help="a finished `histopipe run --out` folder, for --batching")
   args = parser.parse_args(argv)
 
   config = load_config(args.config, preset=args.preset)
   paths = find_slides([args.data])[:args.slides]
   if not paths:
     parser.error(f"no slides under {args.data}")
+  if args.batching:
+    if not args.run or not args.concurrency:
+      parser.error("--batching needs --run and --concurrency")
+    return compare_batching(args.run, paths, config, args.batching.split(","),
+                            [int(n) for n in args.concurrency.split(",")], args.repeats,
+                            args.out)
+  if not args.model_dir:
+    parser.error("--model-dir is required (or --batching with --run)")
   timings = {"tiling": [], "request": [], "model": [], "total": []}
   with DevServer(args.model_dir, "histopipe") as server:
     client = GrpcPredictClient(f"localhost:{server.port}", "histopipe")
@@ -174,6 +200,120 @@ def load_phase(model_dir: str, paths, config, levels) -> list:
     server.kill()
     server.wait()
   return rows
+
+
+def exports_of_run(run_dir: str, config, variants, workdir: str) -> dict:
+  """{variant: SavedModel dir}: the run's trained model exported again with
+  its encoder batched ("on") and not ("off"), weights and preprocessing the
+  same (trainer/export.py, as the Trainer exports); "trained": the Trainer's."""
+  import tensorflow_transform as tft
+
+  from histopipe.core.layout import TRAINER_SERVING_SUBDIR, RunPaths
+  from histopipe.reports import lineage
+  from histopipe.trainer.export import export
+  from histopipe.trainer.model import build_mil_model
+  run = lineage.latest_run(RunPaths(os.path.abspath(run_dir)).metadata_path, complete=True)
+  model_dir = os.path.join(run.output("Trainer", "model").uri, TRAINER_SERVING_SUBDIR)
+  transform = tft.TFTransformOutput(run.output("Transform", "transform_graph").uri)
+  model = build_mil_model(config.model, config.tiles_per_bag, config.num_classes)
+  model.load_weights(os.path.join(model_dir, "variables", "variables")).expect_partial()
+  exported = {"trained": model_dir}
+  for variant in variants:
+    serving = dataclasses.replace(config.serving, batching=variant == "on")
+    exported[variant] = os.path.join(workdir, f"batching_{variant}", "1")
+    export(model, transform, dataclasses.replace(config, serving=serving), exported[variant])
+  return exported
+
+
+def _check_same_answers(model_dirs: dict, example) -> None:
+  """Each export answers a bag as the Trainer's does: the same weights, not
+  a model of random ones."""
+  import tensorflow as tf
+  answers = {variant: tf.saved_model.load(path).signatures["serving_default"](
+      examples=tf.constant(example))["probabilities"].numpy()
+      for variant, path in model_dirs.items()}
+  for variant, answer in answers.items():
+    if not np.allclose(answer, answers["trained"], atol=1e-5):
+      raise RuntimeError(f"the {variant} export answers {answer}, the Trainer's model "
+                         f"{answers['trained']}: the weights did not load")
+
+
+def server_load(model_dir: str, examples, levels) -> dict:
+  """{N: {"slides_per_s", "p50_ms", "p99_ms"}}: N threads sending the bags
+  to a serve-dev process of `model_dir`, each bag once per level."""
+  port = _free_port()
+  server = subprocess.Popen([sys.executable, "-m", "histopipe", "serve-dev", "--model-dir",
+                             model_dir, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  client = GrpcPredictClient(f"localhost:{port}", "histopipe", retries=8)
+  rows = {}
+  try:
+    client.signatures()  # waits until it serves
+    for example in examples[:4]:  # warm-up
+      client.predict({"examples": example})
+    for level in levels:
+      latencies = []
+
+      def send(example):
+        start = time.perf_counter()
+        client.predict({"examples": example})
+        latencies.append(time.perf_counter() - start)
+
+      start = time.perf_counter()
+      with futures.ThreadPoolExecutor(level) as pool:
+        list(pool.map(send, examples))
+      wall = time.perf_counter() - start
+      rows[str(level)] = {"slides_per_s": len(examples) / wall,
+                          "p50_ms": _percentile(latencies, 50) * 1e3,
+                          "p99_ms": _percentile(latencies, 99) * 1e3}
+  finally:
+    client.close()
+    server.kill()
+    server.wait()
+  return rows
+
+
+def compare_batching(run_dir: str, paths, config, variants, levels, repeats: int,
+                     out: str) -> int:
+  import tempfile
+  workdir = tempfile.mkdtemp(prefix="histopipe-bench-batching-")
+  model_dirs = exports_of_run(run_dir, config, variants, workdir)
+  examples = [np.array([bag_features.serialize_request(cut_bag(path, "slide",
+                                                               config.tiling).bag, "bench")],
+                       dtype=object) for path in paths] * repeats
+  _check_same_answers(model_dirs, examples[0])
+  results = {"batching": {}, "slides": len(paths), "requests_per_level": len(examples),
+             "tiles_per_bag": config.tiles_per_bag,
+             "serving": dataclasses.asdict(config.serving)}
+  for variant in variants:
+    print(f"batching {variant}: {model_dirs[variant]}", flush=True)
+    results["batching"][variant] = server_load(model_dirs[variant], examples, levels)
+  print(batching_table(results, levels))
+  with open(out, "w") as f:
+    json.dump(results, f, indent=2)
+  print(f"results: {out}")
+  return 0
+
+
+def batching_table(results: dict, levels) -> str:
+  """Markdown: per N, each variant's slides/s, p50, p99, and on/off ratios."""
+  by_variant = results["batching"]
+  lines = ["| in flight | " + " | ".join(
+      f"{v}: slides/s | {v}: p50 ms | {v}: p99 ms" for v in by_variant) +
+      (" | throughput on/off | p99 on/off |" if {"on", "off"} <= set(by_variant) else " |"),
+      "| ---: " * (1 + 3 * len(by_variant) + 2 * ({"on", "off"} <= set(by_variant))) + "|"]
+  for level in levels:
+    key = str(level)
+    cells = [key]
+    for rows in by_variant.values():
+      row = rows[key]
+      cells += [f"{row['slides_per_s']:.2f}", f"{row['p50_ms']:.0f}", f"{row['p99_ms']:.0f}"]
+    if {"on", "off"} <= set(by_variant):
+      on, off = by_variant["on"][key], by_variant["off"][key]
+      cells += [f"{on['slides_per_s'] / off['slides_per_s']:.2f}",
+                f"{on['p99_ms'] / off['p99_ms']:.2f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -287,6 +287,67 @@ class StepResources:
     return self.cpu_request or self.cpu, self.memory_request_gb or self.memory_gb
 
 
+@_settings
+class ServingConfig:
+  """In-graph batching of the exported model's tile encoder (trainer/encoder_batching.py).
+
+  The backbone's pass over decoded tiles runs inside TensorFlow's
+  BatchFunction op, so the tiles of concurrent requests, whatever signature
+  they came through, run as one batch; decoding, padding and pooling stay in
+  each request's thread (TF Serving's batching guide: batch only the
+  accelerator's part of a mixed CPU/GPU model). TF Serving's own
+  `--enable_batching` stays off: it batches every signature, and `metadata`
+  (no batch dimension) and `predict_tiles` (a bag's tiles as rows) cannot be.
+  The defaults are for a GPU replica of the `full` model (bags of 36 tiles);
+  the settings travel in the model contract. Sizes count tiles, not bags."""
+  batching: bool = True  # False: the encoder runs in each request's thread alone
+  # The largest batch the encoder runs. The guide: the largest the hardware
+  # takes. ResNet50 at 224 px in float32 keeps about 13 MB of activations a
+  # tile at its widest layers: 288 tiles (8 bags) is under 4 GB, well within
+  # any serving GPU, and past the batch at which ResNet50 inference stops
+  # getting faster per image on current GPUs (128-256).
+  max_batch_size: int = 288
+  # A batch is padded up to the next of these (the last is max_batch_size).
+  # On a GPU each size is one shape for cuDNN's autotuner (it tunes every
+  # new shape on first sight, seconds per shape), and padding a batch that
+  # does not fill the GPU costs little; multiples of a 36-tile bag pad one
+  # bag's request not at all. Empty: any size, no padding (a CPU replica,
+  # where every padded tile costs as much as a real one).
+  allowed_batch_sizes: Tuple[int, ...] = (36, 72, 144, 288)
+  # How long a batch waits to fill. The guide: slightly above zero, e.g. 1 ms,
+  # smooths batch sizes at low request rates and keeps the tail latency low.
+  batch_timeout_micros: int = 1000
+  # Batches in flight at once: 2 lets one batch's host-side work (gathering,
+  # padding, the copy to the GPU) overlap the other's compute on one GPU.
+  num_batch_threads: int = 2
+  # Batches that may wait. A request larger than max_batch_size is split into
+  # batches that all wait at once (the Evaluator, `score` and the Trainer's
+  # eval predictions send hundreds of bags a call through the same graph),
+  # so the queue holds the largest request: 256 x 288 >= max_request_tiles.
+  max_enqueued_batches: int = 256
+  # The largest request in tiles (TFMA sends up to 1,000 bags a call:
+  # 36,000 tiles); a larger one fails with TensorFlow's message.
+  max_request_tiles: int = 65536
+
+  def __post_init__(self):
+    sizes = self.allowed_batch_sizes
+    if min((self.max_batch_size, self.batch_timeout_micros + 1, self.num_batch_threads,
+            self.max_enqueued_batches, self.max_request_tiles)) < 1:
+      raise ValueError("batch sizes, threads, queue length and request size must be "
+                       "positive, the timeout not negative")
+    if sizes and (list(sizes) != sorted(set(sizes)) or sizes[0] < 1 or
+                  sizes[-1] != self.max_batch_size):
+      raise ValueError("allowed_batch_sizes must rise, each at least 1, and end with "
+                       f"max_batch_size ({self.max_batch_size}); got {list(sizes)}")
+    if self.max_request_tiles < self.max_batch_size:
+      raise ValueError("max_request_tiles must be at least max_batch_size")
+    if self.max_enqueued_batches * self.max_batch_size < self.max_request_tiles:
+      raise ValueError(
+          f"the queue (max_enqueued_batches {self.max_enqueued_batches} x max_batch_size "
+          f"{self.max_batch_size}) cannot hold the largest request (max_request_tiles "
+          f"{self.max_request_tiles}): it would be refused as the queue being full")
+
+
 # GPU pools are commonly tainted nvidia.com/gpu (GKE adds this taint to every
 # GPU node pool; the NVIDIA GPU operator's docs taint with it too). A
 # toleration only allows a node, never requires one: harmless elsewhere.
@@ -327,6 +388,7 @@ class PipelineConfig:
   evaluation: EvaluationConfig = EvaluationConfig()
   tuning: TuningConfig = TuningConfig()
   kubeflow: KubeflowConfig = KubeflowConfig()
+  serving: ServingConfig = ServingConfig()
   # Extra Beam flags for every Beam-based component (ExampleGen, StatisticsGen,
   # Transform, Evaluator), e.g. ["--direct_num_workers=2"].
   beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",
@@ -459,6 +521,9 @@ def demo_config() -> PipelineConfig:
                         attention_units=64, dropout=0.2, batchnorm_momentum=0.9),
       training=TrainingConfig(batch_size=8, epochs=12, learning_rate=1e-3),
       evaluation=EvaluationConfig(min_kappa=0.3, max_kappa_drop=0.1),
+      # A CPU replica: no padding (a padded tile costs a CPU as much as a
+      # real one), batches of up to 32 bags of 8 tiles.
+      serving=ServingConfig(max_batch_size=256, allowed_batch_sizes=()),
   )
 
 

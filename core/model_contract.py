@@ -56,6 +56,10 @@ class ModelContract:
   # a Predict server, which serves no model files, checks each slide against
   # them; None for a model exported before, or without training statistics.
   training_ranges: Optional[Dict[str, Dict[str, float]]] = None
+  # The in-graph batching of the tile encoder the export was built with
+  # (configs.ServingConfig as a dict), None when it runs unbatched (or the
+  # model is older): what a replica's operator sizes its pod and load by.
+  serving_batching: Optional[Dict[str, Any]] = None
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -98,7 +102,9 @@ def contract_of(config: PipelineConfig, referral: Optional[Dict[str, Any]] = Non
       class_names=BINARY_CLASS_NAMES if config.task == "binary" else ISUP_CLASS_NAMES,
       tiles_per_bag=config.tiles_per_bag, input_size=config.model.input_size,
       tiling=config.tiling, preset=config.preset, referral=referral,
-      training_ranges=training_ranges)
+      training_ranges=training_ranges,
+      serving_batching=(json.loads(json.dumps(dataclasses.asdict(config.serving)))
+                        if config.serving.batching else None))  # as JSON gives it back
 
 
 def _value(config: PipelineConfig, path: str) -> Any:

@@ -197,7 +197,17 @@ def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
            f"{summary.run_id}, the newest that did.")
   if not summary.model_uri or not summary.examples_uri:
     raise UserError(f"{run_dir}: no trained model or examples in its ML Metadata")
-  out_dir = out_dir or paths.report_dir
+  return write_page(summary, out_dir or paths.report_dir, os.path.abspath(run_dir), later,
+                    heatmaps)
+
+
+def write_page(summary: run_summary.RunSummary, out_dir: str, run_name: str, later: str = "",
+               heatmaps: int = 6) -> str:
+  """The report of one run's artifacts (`summary`'s Examples, model, DriftCheck
+  and Evaluator results), without its ML Metadata: what write_report writes,
+  and what bench/scale.py times on a Kubeflow run's artifacts. Reads the bag
+  statistics tables, the Trainer's eval predictions and a few slides for
+  the heatmaps; no bag."""
   fileio.makedirs(out_dir)
   model_dir = os.path.join(summary.model_uri, TRAINER_SERVING_SUBDIR)
   predictions = eval_split_predictions(summary.model_uri, summary.examples_uri)
@@ -264,7 +274,7 @@ def write_report(run_dir: str, out_dir: str = "", heatmaps: int = 6) -> str:
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;
 text-align:right}}figure{{display:inline-block;margin:6px}}img{{max-width:520px}}</style></head>
 <body><h1>histopipe run report</h1>
-<p>run: {html.escape(os.path.abspath(run_dir))} ({html.escape(summary.run_id)})<br>
+<p>run: {html.escape(run_name)} ({html.escape(summary.run_id)})<br>
 model: {html.escape(model_dir)}</p>
 {f"<p><b>{html.escape(later)}</b></p>" if later else ""}
 <h2>Gate</h2><p><b>{gate}</b>; {html.escape(pushed)}</p><ul>{gate_lines}</ul>

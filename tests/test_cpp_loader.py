@@ -15,6 +15,7 @@ rounded on the way.
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -27,10 +28,10 @@ from tensorflow.core.protobuf import named_tensor_pb2
 
 from histopipe.bags import bag_features
 from histopipe.core import signatures
-from histopipe.core.model_contract import CONTRACT_FILE
+from histopipe.core.model_contract import CONTRACT_FILE, ModelContract
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpp", "load_saved_model.cc")
-THREADS = 4
+THREADS = 8
 CALLS_PER_THREAD = 2
 # Float outputs (probabilities, attention: values in [0, 1]) may differ from
 # Python's in the last bits, not more: both runtimes run the wheel's same
@@ -99,6 +100,11 @@ def python_model(pushed_model):
   return tf.saved_model.load(pushed_model)
 
 
+def _tiles_per_bag(model_dir: str) -> int:
+  with open(os.path.join(model_dir, "assets.extra", CONTRACT_FILE)) as f:
+    return ModelContract.from_json(f.read()).tiles_per_bag
+
+
 def valid_tiles(serialized_bag: bytes) -> List[bytes]:
   """The bag's real tiles, what a client that tiles slides itself sends to predict_tiles."""
   feature = tf.train.Example.FromString(serialized_bag).features.feature
@@ -164,8 +170,9 @@ def test_cpp_loader_runs_every_signature_as_python_does(signature, cpp_loader, p
                                                         eval_bags, python_model, tmp_path):
   """TF Serving's loader reads the export, finds the signature, and answers
   what Python answers, on every thread: the same outputs, ints and strings
-  exactly, floats within FLOAT_TOLERANCE; and every thread's calls equal each
-  other byte for byte (one session, the same inputs)."""
+  exactly, floats within FLOAT_TOLERANCE; the encoder's BatchFunction ran
+  batches holding more than one request's tiles (its own counter, as TF
+  Serving exports it), and `metadata` none."""
   inputs = {
       signatures.SERVING_DEFAULT: {signatures.EXAMPLES: np.array(eval_bags, dtype=object)},
       signatures.PREDICT_TILES: {signatures.TILES: np.array(valid_tiles(eval_bags[0]),
@@ -183,8 +190,22 @@ def test_cpp_loader_runs_every_signature_as_python_does(signature, cpp_loader, p
                                      for call in range(CALLS_PER_THREAD)]
   largest = largest_float_difference(expected, outputs_by_call)
   calls = THREADS * CALLS_PER_THREAD
-  assert f"{calls} calls on {THREADS} threads, {calls} equal to the first" in printed, printed
-  print(f"{signature}: largest float difference from Python {largest:.3g}")
+  assert f"{calls} calls on {THREADS} threads" in printed, printed
+  # The batches TensorFlow's BatchFunction op ran, by its own count.
+  (batches,) = re.findall(r"batches run \(tiles x batches\): (.*)", printed)
+  if signature == signatures.METADATA:
+    assert batches == "none"  # no encoder, no queue
+    # One session, the same input: every thread's answer byte for byte the first's.
+    assert f"{calls} equal to the first" in printed, printed
+  else:
+    # Concurrent requests' tiles ran together: a batch larger than one request.
+    # (Their floats may then differ from a lone request's in the last bits,
+    # which largest_float_difference allows, no more.)
+    bags_per_request = 1 if signature == signatures.PREDICT_TILES else len(eval_bags)
+    request_tiles = bags_per_request * _tiles_per_bag(pushed_model)  # padded bags, encoded
+    sizes = [int(entry.split("x")[0]) for entry in batches.split()]
+    assert max(sizes) > request_tiles, printed
+  print(f"{signature}: largest float difference from Python {largest:.3g}; batches {batches}")
   if signature == signatures.SERVING_DEFAULT:
     assert expected[signatures.PROBABILITIES].shape[0] == len(eval_bags)
   if signature == signatures.METADATA:

@@ -497,7 +497,7 @@ def test_drift_card_trainer_and_report_read_the_bag_statistics_not_the_bags(runs
   record files are garbage, they give the same again."""
   from histopipe.components.model_card.executor import slides_per_split
   from histopipe.monitoring import drift
-  from histopipe.reports import run_report
+  from histopipe.reports import run_report, run_summary
   fresh = runs.get("fresh")
   examples = fresh.run.output("SlideExampleGen", "examples")
   splits = ["train", "valid", "eval"]
@@ -530,9 +530,21 @@ def test_drift_card_trainer_and_report_read_the_bag_statistics_not_the_bags(runs
   for split in splits:
     assert _sorted(tables[split]).equals(_sorted(from_bags[split])), split
   assert slides_per_split(_examples_artifact(str(copy), examples)) == counted
-  (tmp_path / "report").mkdir()
-  html = run_report.inputs_section(str(copy), {}, str(tmp_path / "report"))
-  assert "colours.png" in html and (tmp_path / "report" / "colours.png").stat().st_size > 0
+  # The whole report: the same page, figures and all, from the copy as from the bags.
+  summary = run_summary.RunSummary(
+      examples_uri=examples.uri, model_uri=model_uri, run_id=fresh.run.run_id,
+      drift=json.loads(open(os.path.join(drift_uri, "drift.json")).read()))
+  pages = {}
+  for name, uri in [("bags", examples.uri), ("copy", str(copy))]:
+    index = run_report.write_page(dataclasses.replace(summary, examples_uri=uri),
+                                  str(tmp_path / name), "fresh")
+    pages[name] = (open(index).read(), sorted(os.listdir(tmp_path / name)))
+  assert pages["copy"] == pages["bags"]
+  page, drawn = pages["copy"]
+  assert {"colours.png", "confusion.png"} <= set(drawn)
+  assert any(name.startswith("attention_") for name in drawn)
+  # Every eval bag predicted, from what the Trainer kept.
+  assert f"<tr><td>overall</td><td>{len(from_bags['eval'])}</td>" in page
 
 
 def test_binary_patch_dataset_runs_end_to_end_gated_on_auc(pcam_run):

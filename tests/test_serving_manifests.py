@@ -15,21 +15,8 @@ SERVING_DIR = os.path.join(os.path.dirname(__file__), "..", "kubeflow", "serving
 CONFIG_MOUNT = "/config"
 
 # The tensorflow-serving-api wheel ships model_server_config_pb2 but no Python
-# module for these two, so they are declared here, field for field, from TF
-# Serving's own protos: BatchingParameters from
-# tensorflow_serving/servables/tensorflow/session_bundle_config.proto (the
-# fields every release since 1.x has; newer ones are not used here), and
-# MonitoringConfig from tensorflow_serving/config/monitoring_config.proto.
-_INT64 = ".google.protobuf.Int64Value"
-BATCHING_PARAMETERS_FIELDS = (  # (name, number, type, message type, repeated)
-    ("max_batch_size", 1, "TYPE_MESSAGE", _INT64, False),
-    ("batch_timeout_micros", 2, "TYPE_MESSAGE", _INT64, False),
-    ("max_enqueued_batches", 3, "TYPE_MESSAGE", _INT64, False),
-    ("num_batch_threads", 4, "TYPE_MESSAGE", _INT64, False),
-    ("thread_pool_name", 5, "TYPE_MESSAGE", ".google.protobuf.StringValue", False),
-    ("allowed_batch_sizes", 6, "TYPE_INT64", "", True),
-    ("pad_variable_length_inputs", 7, "TYPE_BOOL", "", False),
-)
+# module for MonitoringConfig, so it is declared here, field for field, from
+# TF Serving's tensorflow_serving/config/monitoring_config.proto.
 PROMETHEUS_CONFIG_FIELDS = (("enable", 1, "TYPE_BOOL", "", False),
                             ("path", 2, "TYPE_STRING", "", False))
 MONITORING_CONFIG_FIELDS = (
@@ -43,8 +30,7 @@ def _tf_serving_messages():
   proto_file = descriptor_pb2.FileDescriptorProto(
       name="histopipe_tests/tf_serving_configs.proto", package="tensorflow.serving",
       syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
-  messages = (("BatchingParameters", BATCHING_PARAMETERS_FIELDS),
-              ("PrometheusConfig", PROMETHEUS_CONFIG_FIELDS),
+  messages = (("PrometheusConfig", PROMETHEUS_CONFIG_FIELDS),
               ("MonitoringConfig", MONITORING_CONFIG_FIELDS))
   for message_name, fields in messages:
     message = proto_file.message_type.add(name=message_name)
@@ -131,26 +117,14 @@ def test_deployment_and_service_expose_grpc_8500_and_rest_8501():
   assert {p["port"] for p in service["spec"]["ports"]} == {8500, 8501}
 
 
-def test_batching_parameters_parse_as_tf_serving_batching_parameters():
-  parameters = _parse("batching_parameters.txt", _tf_serving_messages()["BatchingParameters"]())
-  assert parameters.max_batch_size.value >= 1
-  assert parameters.num_batch_threads.value >= 1
-  assert parameters.max_enqueued_batches.value >= 1
-  assert 0 <= parameters.batch_timeout_micros.value <= 100_000  # a wait, not a stall
-  # TF Serving's rule when there are allowed sizes: increasing, ending at the maximum.
-  allowed = list(parameters.allowed_batch_sizes)
-  assert allowed == sorted(allowed) and allowed[-1:] in ([], [parameters.max_batch_size.value])
-
-
-def test_batching_file_is_passed_exactly_when_batching_is_on():
-  """TF Serving refuses to start with --batching_parameters_file but without
-  --enable_batching (server.cc)."""
+def test_tf_serving_batching_stays_off_the_model_batches_its_encoder_itself():
+  """--enable_batching would wrap every signature, `metadata` and
+  `predict_tiles` too, which cannot be batched (trainer/encoder_batching.py);
+  and TF Serving refuses --batching_parameters_file without it (server.cc)."""
   for container in (_deployment_container(), _kserve_predictor()[1]["containers"][0]):
     flags = _flags(container)
-    batching = flags.get("enable_batching", "false") == "true"
-    assert ("batching_parameters_file" in flags) == batching
-    if batching:
-      assert flags["batching_parameters_file"] == f"{CONFIG_MOUNT}/batching_parameters.txt"
+    assert flags.get("enable_batching", "false") == "false"
+    assert "batching_parameters_file" not in flags
 
 
 def test_monitoring_exposes_prometheus_on_the_rest_port_where_the_pods_say():

@@ -64,8 +64,8 @@ def _tiny_model_and_config(epochs, frozen):
 
 
 def _backbone(model):
-  import tf_keras as keras
-  (backbone,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+  from histopipe.trainer.model import ENCODER
+  backbone = model.get_layer(ENCODER)
   return backbone
 
 
@@ -73,10 +73,11 @@ def _backbone(model):
 def test_frozen_warm_up_trains_the_head_then_fine_tuning_trains_the_backbone(
     epochs, frozen, backbone_moves):
   from histopipe.trainer.fit import fit_in_phases
+  from histopipe.trainer.model import HEAD
   tf.keras.utils.set_random_seed(0)
   model, config = _tiny_model_and_config(epochs, frozen)
   backbone_before = [w.copy() for w in _backbone(model).get_weights()]
-  head_before = model.get_layer(features.ORDINAL_LOGITS).get_weights()[0].copy()
+  head_before = model.get_layer(HEAD).get_weights()[0].copy()
   # No validation data: nothing to early-stop on or restore, so the weights
   # are what the phases left (restoring the best is tested below).
   fit_in_phases(model, config, tf.distribute.get_strategy(), _tiny_bags(16, 1),
@@ -84,7 +85,7 @@ def test_frozen_warm_up_trains_the_head_then_fine_tuning_trains_the_backbone(
   backbone_after = _backbone(model).get_weights()
   moved = any(not np.array_equal(a, b) for a, b in zip(backbone_before, backbone_after))
   assert moved == backbone_moves
-  assert not np.array_equal(head_before, model.get_layer(features.ORDINAL_LOGITS).get_weights()[0])
+  assert not np.array_equal(head_before, model.get_layer(HEAD).get_weights()[0])
   assert _backbone(model).trainable  # the exported model is left unfrozen
 
 

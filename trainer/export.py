@@ -19,26 +19,38 @@ from histopipe.monitoring import drift, slide_skew
 from histopipe.core import referral, signatures
 from histopipe.core.model_contract import CONTRACT_FILE, ModelContract, contract_of
 from histopipe.core.configs import PipelineConfig
-from histopipe.trainer import features, warmup
+from histopipe.trainer import encoder_batching, features, warmup
+from histopipe.trainer import model as mil_model
 
 def serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-                        contract: ModelContract):
+                       config: PipelineConfig, contract: ModelContract):
+  """The signatures, every one running the model's encoder through one
+  BatchFunction queue when `config.serving.batching` (encoder_batching.py)."""
   model.tft_layer = tf_transform_output.transform_features_layer()
   raw_spec = tf_transform_output.raw_feature_spec()
   serving_spec = {key: raw_spec[key] for key in features.MODEL_INPUT_KEYS}
+  encoder, head = model.get_layer(mil_model.ENCODER), model.get_layer(mil_model.HEAD)
+  tiles_per_bag = serving_spec[bag_features.TILES].shape[0]
+
+  def encode(images):
+    return encoder(images, training=False)
+
+  if config.serving.batching:
+    encode = encoder_batching.batched(encode, config.serving, encoder.output_shape[1:],
+                                      encoder_batching.queue_name())
 
   def predict(raw_bags):
     transformed = model.tft_layer(raw_bags)
-    outputs = model({features.TILES_XF: transformed[features.TILES_XF],
-                     features.TILE_VALID_XF: transformed[features.TILE_VALID_XF]},
-                    training=False)
+    outputs = mil_model.mil_outputs(
+        config.model, encode, lambda inputs: head(inputs, training=False),
+        transformed[features.TILES_XF], transformed[features.TILE_VALID_XF], tiles_per_bag)
     return {key: outputs[key] for key in signatures.OUTPUTS}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.EXAMPLES)])
   def serve_tf_examples(serialized):
     return predict(tf.io.parse_example(serialized, serving_spec))
 
-  tiles_per_slide = serving_spec[bag_features.TILES].shape[0]
+  tiles_per_slide = tiles_per_bag
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.TILES)])
   def predict_tiles(encoded_tiles):
@@ -111,7 +123,7 @@ def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
   contract = contract_of(config, referral_choice,
                          slide_skew.training_ranges(training_statistics))
   model.save(export_dir, save_format="tf",
-             signatures=serving_signatures(model, tf_transform_output, contract))
+             signatures=serving_signatures(model, tf_transform_output, config, contract))
   extra = os.path.join(export_dir, "assets.extra")
   tf.io.gfile.makedirs(extra)
   with tf.io.gfile.GFile(os.path.join(extra, CONTRACT_FILE), "w") as f:

@@ -16,7 +16,7 @@ from histopipe.core.configs import PipelineConfig, TrainingConfig
 from histopipe.trainer import features, resume
 from histopipe.trainer.devices import FLOAT32_POLICY, precision_policy
 from histopipe.trainer.metrics import QuadraticWeightedKappa
-from histopipe.trainer.model import build_mil_model
+from histopipe.trainer.model import ENCODER, build_mil_model
 
 
 def learning_rate_at_epoch(epoch: int, training: TrainingConfig) -> float:
@@ -51,10 +51,8 @@ def compile_model(model: keras.Model, config: PipelineConfig) -> None:
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
-  """Freezes or unfreezes the CNN backbone(s): the Models nested in the MIL model."""
-  for layer in model.layers:
-    if isinstance(layer, keras.Model):
-      layer.trainable = trainable
+  """Freezes or unfreezes the CNN backbone(s): the MIL model's encoder."""
+  model.get_layer(ENCODER).trainable = trainable
 
 
 def fit_in_phases(model: keras.Model, config: PipelineConfig, strategy: tf.distribute.Strategy,

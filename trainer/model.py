@@ -193,17 +193,52 @@ def binary_outputs(logit: tf.Tensor) -> Dict[str, tf.Tensor]:
           features.GRADE: tf.cast(probability[:, 0] > 0.5, tf.int64)}
 
 
-def _concat_tile_features(model: ModelConfig, tiles, valid, tiles_per_slide: int):
-  """The bag as one image: the backbone sees the tiles side by side."""
+# The MIL model's two parts, nested models of it by these names: the encoder
+# (the backbone: images -> features, the expensive part, which the export
+# batches across requests: trainer/encoder_batching.py) and the head
+# (features of a bag's tiles -> pooling -> outputs).
+ENCODER = "tile_encoder"
+HEAD = "mil_head"
+TILE_FEATURES = "tile_features"
+
+
+def tiles_looked_at(model: ModelConfig, tiles_per_slide: int) -> int:
+  return min(model.tiles_used or tiles_per_slide, tiles_per_slide)
+
+
+def encoder_images(model: ModelConfig, tiles, valid, tiles_per_slide: int):
+  """[B, N, s, s, 3] tiles -> the images the encoder sees, bag after bag:
+  each looked-at tile ([B * k, s, s, 3]), or for concat_tile each bag's tiles
+  side by side in one image ([B, rows * s, cols * s, 3])."""
+  used = tiles_looked_at(model, tiles_per_slide)
+  if model.pooling == "concat_tile":
+    return concat_tiles(tiles[:, :used], valid[:, :used], model.input_size)
   size = model.input_size
-  rows, cols = _tile_grid(tiles_per_slide)
-  backbone = build_backbone(model, input_shape=(rows * size, cols * size, 3))
-  attention = valid / tf.maximum(tf.reduce_sum(valid, -1, keepdims=True), 1.0)
-  return tf.cast(backbone(concat_tiles(tiles, valid, size)), tf.float32), attention
+  return tf.reshape(tiles[:, :used], [-1, size, size, 3])
+
+
+def _features_per_bag(model: ModelConfig, tiles_per_slide: int) -> int:
+  return 1 if model.pooling == "concat_tile" else tiles_looked_at(model, tiles_per_slide)
+
+
+def build_encoder(model: ModelConfig, tiles_per_slide: int) -> keras.Model:
+  """The backbone on encoder_images' images, its features in float32
+  (pooling masks with -1e9, beyond float16 under mixed precision)."""
+  size = model.input_size
+  if model.pooling == "concat_tile":
+    rows, cols = _tile_grid(tiles_looked_at(model, tiles_per_slide))
+    backbone = build_backbone(model, input_shape=(rows * size, cols * size, 3))
+  else:
+    backbone = build_backbone(model)
+  images = keras.Input(backbone.input_shape[1:])
+  return keras.Model(images, tf.cast(backbone(images), tf.float32), name=ENCODER)
 
 
 def _pool_tiles(model: ModelConfig, tile_features, valid):
   """[B, N, F] features of valid tiles -> ([B, F] pooled, [B, N] attention)."""
+  if model.pooling == "concat_tile":  # one image per bag: its features, every tile alike
+    attention = valid / tf.maximum(tf.reduce_sum(valid, -1, keepdims=True), 1.0)
+    return tile_features[:, 0], attention
   if model.pooling == "gated_attention":
     return GatedAttentionPooling(model.attention_units, name="gated_attention",
                                  dtype="float32")(tile_features, valid)
@@ -218,42 +253,54 @@ def _pool_tiles(model: ModelConfig, tile_features, valid):
   return pooled, attention / tf.maximum(tf.reduce_sum(attention, -1, keepdims=True), 1e-9)
 
 
-def build_mil_model(model: ModelConfig, tiles_per_slide: int,
-                    num_classes: int) -> keras.Model:
-  size = model.input_size
-  tiles = keras.Input((tiles_per_slide, size, size, 3), name=features.TILES_XF)
+def build_head(model: ModelConfig, tiles_per_slide: int, feature_size: int,
+               num_classes: int) -> keras.Model:
+  """A bag's tile features [B, k, F] (k = 1 for concat_tile) and its valid
+  mask [B, N] -> ordinal logits, probabilities, grade and per-tile attention."""
+  used = tiles_looked_at(model, tiles_per_slide)
+  tile_features = keras.Input((_features_per_bag(model, tiles_per_slide), feature_size),
+                              name=TILE_FEATURES)
   valid = keras.Input((tiles_per_slide,), name=features.TILE_VALID_XF)
-  if model.pooling not in POOLINGS:
-    raise ValueError(f"unknown pooling {model.pooling!r}; choose from {list(POOLINGS)}")
-  used = min(model.tiles_used or tiles_per_slide, tiles_per_slide)
-  used_tiles, used_valid = tiles[:, :used], valid[:, :used]
-  if model.pooling == "concat_tile":
-    pooled, attention = _concat_tile_features(model, used_tiles, used_valid, used)
-  else:
-    backbone = build_backbone(model)
-    # The backbone sees every tile of every bag as one batch of images.
-    tile_features = backbone(tf.reshape(used_tiles, [-1, size, size, 3]))
-    # Pooling in float32 under mixed precision: masking uses -1e9, beyond float16.
-    tile_features = tf.cast(tile_features, tf.float32)
-    tile_features = tf.reshape(tile_features, [-1, used, tile_features.shape[-1]])
-    pooled, attention = _pool_tiles(model, tile_features, used_valid)
+  pooled, attention = _pool_tiles(model, tile_features, valid[:, :used])
   # Attention per tile of the bag: the tiles not looked at get 0.
   attention = tf.pad(attention, [[0, 0], [0, tiles_per_slide - used]])
-
   hidden = keras.layers.Dense(model.dense_units, activation="relu")(pooled)
   hidden = (keras.layers.LayerNormalization()(hidden) if model.head_normalization == "layer"
             else keras.layers.BatchNormalization()(hidden))
   hidden = keras.layers.Dropout(model.dropout)(hidden)
-  logits = keras.layers.Dense(num_classes - 1, name=features.ORDINAL_LOGITS,
-                              dtype="float32")(hidden)
+  logits = keras.layers.Dense(num_classes - 1, dtype="float32")(hidden)
   decoded = binary_outputs(logits) if num_classes == 2 else ordinal_outputs(logits)
-  named = {features.ATTENTION: attention, **decoded}
-  # Identity layers give the outputs their names (Keras keys metrics by them);
-  # float32 so that mixed precision never reaches the outputs.
-  outputs = {features.ORDINAL_LOGITS: logits,
-             **{key: keras.layers.Identity(name=key, dtype="float32")(value)
-                for key, value in named.items()}}
-  return keras.Model({features.TILES_XF: tiles, features.TILE_VALID_XF: valid}, outputs,
+  return keras.Model({TILE_FEATURES: tile_features, features.TILE_VALID_XF: valid},
+                     {features.ORDINAL_LOGITS: logits, features.ATTENTION: attention,
+                      **decoded}, name=HEAD)
+
+
+def mil_outputs(model: ModelConfig, encode, head, tiles, valid, tiles_per_slide: int):
+  """The MIL model's computation on a batch of bags, with `encode` for the
+  encoder: the model itself (build_mil_model, with its encoder) and the
+  exported signatures (with the encoder inside TensorFlow's BatchFunction)
+  both run this."""
+  tile_features = encode(encoder_images(model, tiles, valid, tiles_per_slide))
+  tile_features = tf.reshape(tile_features, [-1, _features_per_bag(model, tiles_per_slide),
+                                             tile_features.shape[-1]])
+  return head({TILE_FEATURES: tile_features, features.TILE_VALID_XF: valid})
+
+
+def build_mil_model(model: ModelConfig, tiles_per_slide: int,
+                    num_classes: int) -> keras.Model:
+  if model.pooling not in POOLINGS:
+    raise ValueError(f"unknown pooling {model.pooling!r}; choose from {list(POOLINGS)}")
+  size = model.input_size
+  tiles = keras.Input((tiles_per_slide, size, size, 3), name=features.TILES_XF)
+  valid = keras.Input((tiles_per_slide,), name=features.TILE_VALID_XF)
+  encoder = build_encoder(model, tiles_per_slide)
+  head = build_head(model, tiles_per_slide, encoder.output_shape[-1], num_classes)
+  outputs = mil_outputs(model, encoder, head, tiles, valid, tiles_per_slide)
+  # Identity layers give the outputs their names (Keras keys losses and
+  # metrics by them); float32 so that mixed precision never reaches the outputs.
+  named = {key: keras.layers.Identity(name=key, dtype="float32")(value)
+           for key, value in outputs.items()}
+  return keras.Model({features.TILES_XF: tiles, features.TILE_VALID_XF: valid}, named,
                      name=f"mil_{model.backbone.replace('+', '_')}_{model.pooling}")
 
 

@@ -30,6 +30,7 @@
 #include "tensorflow/core/framework/tensor.pb.h"
 #include "tensorflow/core/lib/io/record_reader.h"
 #include "tensorflow/core/lib/io/record_writer.h"
+#include "tensorflow/core/lib/monitoring/collection_registry.h"
 #include "tensorflow/core/platform/env.h"
 #include "tensorflow/core/protobuf/named_tensor.pb.h"
 #include "tensorflow/core/public/session.h"
@@ -98,6 +99,34 @@ void WriteOutputs(const std::string& path,
   status = writer.Close();
   if (status.ok()) status = file->Close();
   if (!status.ok()) Fail("cannot close outputs " + path, status);
+}
+
+// The batches TensorFlow's BatchFunction op ran, as it counts them itself
+// (batch_resource_base.cc's /tensorflow/serving/batching/processed_batch_size_v2,
+// the counter TF Serving exports to Prometheus): "<size>x<count>" for each
+// batch size, or "none" for a model with no batched op.
+std::string ProcessedBatches() {
+  tensorflow::monitoring::CollectionRegistry::CollectMetricsOptions options;
+  const std::unique_ptr<tensorflow::monitoring::CollectedMetrics> collected =
+      tensorflow::monitoring::CollectionRegistry::Default()->CollectMetrics(options);
+  const auto found =
+      collected->point_set_map.find("/tensorflow/serving/batching/processed_batch_size_v2");
+  std::map<int, int64_t> count_by_size;
+  if (found != collected->point_set_map.end()) {
+    for (const auto& point : found->second->points) {
+      for (const auto& label : point->labels) {
+        if (label.name == "batch_size") {
+          count_by_size[std::stoi(label.value)] += point->int64_value;
+        }
+      }
+    }
+  }
+  std::string described;
+  for (const auto& [size, count] : count_by_size) {
+    described += (described.empty() ? "" : " ") + std::to_string(size) + "x" +
+                 std::to_string(count);
+  }
+  return described.empty() ? "none" : described;
 }
 
 }  // namespace
@@ -200,5 +229,6 @@ int main(int argc, char** argv) {
   std::cout << "signature " << signature_name << ": " << output_keys.size() << " outputs, "
             << thread_count * calls_per_thread << " calls on " << thread_count
             << " threads, " << calls_equal_to_first << " equal to the first" << std::endl;
+  std::cout << "batches run (tiles x batches): " << ProcessedBatches() << std::endl;
   return 0;
 }
