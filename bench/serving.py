@@ -47,6 +47,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent import futures
 
@@ -275,7 +276,6 @@ def server_load(model_dir: str, examples, levels) -> dict:
 
 def compare_batching(run_dir: str, paths, config, variants, levels, repeats: int,
                      out: str) -> int:
-  import tempfile
   workdir = tempfile.mkdtemp(prefix="histopipe-bench-batching-")
   model_dirs = exports_of_run(run_dir, config, variants, workdir)
   examples = [np.array([bag_features.serialize_request(cut_bag(path, "slide",

@@ -50,18 +50,16 @@ def serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformO
   def serve_tf_examples(serialized):
     return predict(tf.io.parse_example(serialized, serving_spec))
 
-  tiles_per_slide = tiles_per_bag
-
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.TILES)])
   def predict_tiles(encoded_tiles):
     """One bag of up to N encoded tiles, for clients that tile slides themselves."""
-    count = tf.minimum(tf.shape(encoded_tiles)[0], tiles_per_slide)
+    count = tf.minimum(tf.shape(encoded_tiles)[0], tiles_per_bag)
     encoded_tiles = encoded_tiles[:count]
     # Padding repeats the first tile; it is masked out, so its content is moot.
-    padding = tf.fill([tiles_per_slide - count], encoded_tiles[0])
+    padding = tf.fill([tiles_per_bag - count], encoded_tiles[0])
     bag = {bag_features.TILES: tf.concat([encoded_tiles, padding], 0)[None],
            bag_features.TILE_VALID: tf.concat(
-               [tf.ones([count], tf.int64), tf.zeros([tiles_per_slide - count], tf.int64)],
+               [tf.ones([count], tf.int64), tf.zeros([tiles_per_bag - count], tf.int64)],
                0)[None]}
     return predict(bag)
 
