@@ -102,6 +102,24 @@ class DataConfig:
   eval_buckets: int = 3
 
 
+# A frozen encoder's pixel scaling (encoders/frozen.py): "unit" [0, 1] (Path
+# Foundation), "symmetric" [-1, 1], "imagenet_caffe" (BGR minus ImageNet's
+# means: Keras' ResNet50) or "imagenet_torch" ([0, 1] standardised by
+# ImageNet's means and deviations: most PyTorch-trained encoders).
+PIXEL_SCALINGS = ("unit", "symmetric", "imagenet_caffe", "imagenet_torch")
+
+
+@_settings
+class EncoderSpec:
+  """How a SavedModel or Keras file encoder takes tiles and gives features.
+  The defaults are Google's Path Foundation's: 224 x 224 RGB H&E tiles scaled
+  to [0, 1], its `serving_default` signature's `output_0` (384 floats)."""
+  input_size: Annotated[int, pydantic.Field(gt=0)] = 224
+  pixel_scaling: Literal["unit", "symmetric", "imagenet_caffe", "imagenet_torch"] = "unit"
+  signature: str = "serving_default"
+  output_key: str = "output_0"
+
+
 @_settings
 class ModelConfig:
   """The MIL model: a shared backbone over the tiles of a bag, then pooling."""
@@ -126,6 +144,25 @@ class ModelConfig:
   # valid tiles each step). 0: all. Attention stays per tile of the bag
   # (0 for the tiles not looked at), so serving outputs keep their shape.
   tiles_used: int = 0
+  # A frozen tile encoder in place of the trained backbone: "" (none: the
+  # backbone is trained end to end), "resnet50_trunc" (Keras' ResNet50 up to
+  # conv4_block6_out, then global average pooling, 1,024 features: CLAM's
+  # default; weights from imagenet_weights), or the path (local or a bucket)
+  # of a SavedModel folder or a Keras file, taken as encoder_spec says. Its
+  # weights are never trained, and the Transform leaves tiles in pixels: the
+  # encoder scales them as it was trained to.
+  encoder: str = ""
+  encoder_spec: EncoderSpec = EncoderSpec()
+
+  def __post_init__(self):
+    if self.encoder and self.pooling == "concat_tile":
+      raise ValueError("pooling concat_tile encodes a grid of tiles as one image; a frozen "
+                       "encoder takes single tiles: choose another pooling")
+    if self.encoder not in ("", "resnet50_trunc") and (
+        self.input_size != self.encoder_spec.input_size):
+      raise ValueError(f"input_size is {self.input_size} but the encoder takes "
+                       f"{self.encoder_spec.input_size} px tiles (encoder_spec.input_size): "
+                       "set both to the encoder's")
 
 
 @_settings

@@ -9,7 +9,8 @@ below it (tests/test_import_layers.py checks it):
   bags        what a slide becomes and its tf.Example encoding
   slides      slide readers, tissue, tiling, previews (no TFX, no TensorFlow)
   data        dataset layouts, label files, the synthetic generator
-  beam        the Beam stages that tile slides | monitoring: drift statistics
+  beam        the Beam stages that tile slides | monitoring: drift statistics |
+              encoders: frozen tile encoders
   trainer     the TFX module file | serving: calling the model | components:
               the custom TFX components, one folder each
   reports     what a run produced: summary, HTML report, attention heatmaps
@@ -18,5 +19,5 @@ below it (tests/test_import_layers.py checks it):
   cli         the `histopipe` command
 """
 
-SUBPACKAGES = ("core", "bags", "slides", "data", "beam", "monitoring", "trainer",
-               "serving", "components", "reports", "pipeline", "kubeflow", "cli")
+SUBPACKAGES = ("core", "bags", "slides", "data", "beam", "monitoring", "encoders",
+               "trainer", "serving", "components", "reports", "pipeline", "kubeflow", "cli")

@@ -28,6 +28,7 @@ from histopipe.components.served_model.component import BaselineEvaluator, Serve
 from histopipe.components.slide_example_gen.component import SlideExampleGen
 from histopipe.core import layout, signatures
 from histopipe.core.configs import PipelineConfig
+from histopipe.encoders.frozen import encoder_digest
 from histopipe.pipeline.fingerprints import code_fingerprint
 from histopipe.trainer import features, metrics
 
@@ -142,7 +143,9 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
   tiling_code = code_fingerprint(EXAMPLE_GEN_MODULE)
   transform_code = code_fingerprint(_module_of(PREPROCESSING_FN))
   model_code = code_fingerprint(_module_of(RUN_FN), _module_of(TUNER_FN))
-  config_json = {"config": trainer_settings(config).to_json(), "code": model_code}
+  # The encoder's digest: a new encoder at the same path retrains.
+  config_json = {"config": trainer_settings(config).to_json(), "code": model_code,
+                 "encoder": encoder_digest(config.model)}
   example_gen = SlideExampleGen(input_base=data_root, config=config,
                                 code_fingerprint=tiling_code)
   # Slices by provider (TFDV's SQL slicing: a JSON-serializable option, as
@@ -165,7 +168,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
       # Decoded float tiles would be ~2.3 TB for PANDA: keep bags encoded and
       # apply the transform graph in the Trainer's input pipeline instead.
       materialize=False,
-      custom_config={"input_size": config.model.input_size, "code": transform_code})
+      custom_config={"input_size": config.model.input_size,
+                     "normalize": not config.model.encoder, "code": transform_code})
   training_inputs = dict(
       examples=example_gen.outputs["examples"],
       transform_graph=transform.outputs["transform_graph"],

@@ -23,7 +23,7 @@ LAYERS: List[Set[str]] = [
     {"bags"},                 # what a slide becomes, and its tf.Example encoding
     {"slides"},               # reading slides, tissue, tiling, previews (no TF, no TFX)
     {"data"},                 # dataset layouts, label files, the synthetic generator
-    {"beam", "monitoring"},   # Beam stages that tile slides | drift statistics of bags
+    {"beam", "monitoring", "encoders"},  # tiling stages | drift statistics | frozen encoders
     # the TFX module file | loading and calling the model | the custom TFX components
     {"trainer", "serving", "components"},
     {"reports"},              # what a run produced

@@ -236,7 +236,7 @@ def test_binary_head_gives_one_probability_and_a_0_1_label():
 
 
 def test_imagenet_weights_come_from_the_keras_cache_never_the_network(tmp_path, monkeypatch):
-  from histopipe.trainer.model import cached_imagenet_weights
+  from histopipe.encoders.imagenet_weights import cached_imagenet_weights
   monkeypatch.setenv("KERAS_HOME", str(tmp_path))
   with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
     cached_imagenet_weights("resnet50")

@@ -149,3 +149,26 @@ def test_the_tuner_runs_before_the_trainer_only_when_enabled(tmp_path):
   tuner = {c.id: c for c in dag.components}["Tuner"]
   assert tuner.exec_properties["tuner_fn"] == pipeline_dag.TUNER_FN
   assert json.loads(tuner.exec_properties["eval_args"])["splits"] == ["valid"]
+
+
+def test_a_frozen_encoder_reaches_the_cache_keys_by_its_bytes(tmp_path):
+  """The Trainer's settings hold the encoder's digest, so new weights at the
+  same path retrain; the Transform leaves tiles in pixels for it."""
+  import dataclasses
+  from tests.test_frozen_encoders import TILE_SIZE, _model, _save_encoder
+  path = _save_encoder(tmp_path / "encoder")
+  config = dataclasses.replace(demo_config(), model=_model(path))
+
+  def settings(step):
+    return json.loads({c.id: c for c in _dag(tmp_path, config).components}[step]
+                      .exec_properties["custom_config"])
+
+  trainer, transform = settings("Trainer"), settings("Transform")
+  assert len(trainer["encoder"]) == 64 and transform["normalize"] is False
+  assert transform["input_size"] == TILE_SIZE
+  _save_encoder(tmp_path / "encoder", seed=1)  # new weights, same path
+  assert settings("Trainer")["encoder"] != trainer["encoder"]
+  assert settings("Transform") == transform
+  without = {c.id: c for c in _dag(tmp_path).components}
+  assert json.loads(without["Transform"].exec_properties["custom_config"])["normalize"] is True
+  assert json.loads(without["Trainer"].exec_properties["custom_config"])["encoder"] == ""

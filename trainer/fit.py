@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from histopipe.core.configs import PipelineConfig, TrainingConfig
+from histopipe.encoders import frozen
 from histopipe.trainer import features, resume
 from histopipe.trainer.devices import FLOAT32_POLICY, precision_policy
 from histopipe.trainer.metrics import QuadraticWeightedKappa
@@ -51,8 +52,10 @@ def compile_model(model: keras.Model, config: PipelineConfig) -> None:
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
-  """Freezes or unfreezes the CNN backbone(s): the MIL model's encoder."""
-  model.get_layer(ENCODER).trainable = trainable
+  """Freezes or unfreezes the CNN backbone(s): the MIL model's encoder. A
+  frozen encoder (model.encoder, encoders/frozen.py) stays frozen."""
+  encoder = model.get_layer(ENCODER)
+  encoder.trainable = trainable and not getattr(encoder, frozen.FROZEN, False)
 
 
 def fit_in_phases(model: keras.Model, config: PipelineConfig, strategy: tf.distribute.Strategy,

@@ -10,13 +10,13 @@ Padding tiles get zero attention, so they can never change the output.
 from __future__ import annotations
 
 import math
-import os
 from typing import Dict
 
 import tensorflow as tf
 import tf_keras as keras
 
 from histopipe.core.configs import ModelConfig
+from histopipe.encoders import frozen, imagenet_weights
 from histopipe.trainer import features
 
 _APPLICATIONS = {
@@ -43,34 +43,10 @@ def _small_cnn(input_shape) -> keras.Model:
   return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="small_cnn")
 
 
-# The no-top ImageNet weight files as Keras names them in its cache.
-_KERAS_CACHE_FILES = {
-    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    "xception": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    "nasnet_mobile": "nasnet_mobile_no_top.h5",
-}
-
-
-def cached_imagenet_weights(name: str) -> str:
-  """The Keras cache's copy of a backbone's ImageNet weights ($KERAS_HOME or
-  ~/.keras, then models/). Read from there, never downloaded: a run must not
-  depend on the network, so a missing file is an error saying where to put it."""
-  home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-  path = os.path.join(home, "models", _KERAS_CACHE_FILES[name])
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"imagenet_weights 'imagenet': {path} is not there, and nothing is downloaded at run "
-        f"time; copy the Keras no-top weights file there, or give its path as imagenet_weights")
-  return path
-
-
 def _application(name: str, weights, input_shape) -> keras.Model:
-  if weights == "imagenet":
-    weights = cached_imagenet_weights(name)
-  if weights and not os.path.exists(weights):
-    raise FileNotFoundError(f"backbone weights file not found: {weights}")
-  return _APPLICATIONS[name](include_top=False, weights=weights or None, pooling="avg",
-                             input_shape=input_shape)
+  return _APPLICATIONS[name](include_top=False,
+                             weights=imagenet_weights.resolve(name, weights) or None,
+                             pooling="avg", input_shape=input_shape)
 
 
 def build_backbone(model: ModelConfig, input_shape=None) -> keras.Model:
@@ -223,7 +199,10 @@ def _features_per_bag(model: ModelConfig, tiles_per_slide: int) -> int:
 
 def build_encoder(model: ModelConfig, tiles_per_slide: int) -> keras.Model:
   """The backbone on encoder_images' images, its features in float32
-  (pooling masks with -1e9, beyond float16 under mixed precision)."""
+  (pooling masks with -1e9, beyond float16 under mixed precision); or the
+  frozen model.encoder, which takes the tiles in pixels."""
+  if model.encoder:
+    return frozen.build_frozen_encoder(model, name=ENCODER)
   size = model.input_size
   if model.pooling == "concat_tile":
     rows, cols = _tile_grid(tiles_looked_at(model, tiles_per_slide))

@@ -38,15 +38,8 @@ def decode_tiles(encoded: tf.Tensor, input_size: int) -> tf.Tensor:
   return tf.reshape(images, [batch, tiles_per_slide, input_size, input_size, 3])
 
 
-def preprocessing_fn(inputs: Dict[str, tf.Tensor],
-                     custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
-  """`custom_config["input_size"]`: the model's tile size, the one setting the
-  Transform depends on (so a cached Transform survives other changes)."""
-  input_size = int(custom_config["input_size"])
-  tiles = decode_tiles(inputs[bag_features.TILES], input_size)
-  valid = tf.cast(inputs[bag_features.TILE_VALID], tf.float32)
-
-  # Per-channel sums over valid tiles only; mean and std follow from them.
+def _channel_statistics(tiles: tf.Tensor, valid: tf.Tensor, input_size: int):
+  """The training split's per-channel mean and std (TFT analyzers)."""
   weights = valid[:, :, None, None, None]
   pixels_per_tile = float(input_size ** 2)
   channel_sum = tf.reduce_sum(tiles * weights, axis=[1, 2, 3])  # [B, 3]
@@ -56,7 +49,26 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor],
   total_sq = tft.sum(channel_sq_sum, reduce_instance_dims=False)
   count = tft.sum(pixel_count, reduce_instance_dims=False)
   mean = total / count
-  std = tf.sqrt(tf.maximum(total_sq / count - tf.square(mean), 1e-6))
+  return mean, tf.sqrt(tf.maximum(total_sq / count - tf.square(mean), 1e-6))
+
+
+def preprocessing_fn(inputs: Dict[str, tf.Tensor],
+                     custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
+  """`custom_config["input_size"]`: the model's tile size, and
+  `custom_config["normalize"]`: False when a frozen encoder (model.encoder)
+  takes the tiles, which it scales itself as it was trained to: the tiles
+  stay 0..255 pixels (mean 0, std 1). The only settings the Transform
+  depends on, so a cached Transform survives other changes."""
+  input_size = int(custom_config["input_size"])
+  normalize = bool(custom_config.get("normalize", True))
+  tiles = decode_tiles(inputs[bag_features.TILES], input_size)
+  valid = tf.cast(inputs[bag_features.TILE_VALID], tf.float32)
+
+  # Per-channel sums over valid tiles only; mean and std follow from them.
+  if normalize:
+    mean, std = _channel_statistics(tiles, valid, input_size)
+  else:
+    mean, std = tf.zeros([3]), tf.ones([3])
 
   # Label counts of the training split, for class weights or balanced sampling.
   tft.vocabulary(tf.strings.as_string(tf.reshape(inputs[features.LABEL_KEY], [-1])),
