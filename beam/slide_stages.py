@@ -33,7 +33,7 @@ from histopipe.core import storage
 from histopipe.core.progress import progress_bar
 
 REJECTS_HEADER = "image_id,path,reason"
-OUTCOMES_HEADER = "image_id,path,status,reason,tiles"
+OUTCOMES_HEADER = "image_id,path,status,reason,tiles,tiles_over_cap"
 COUNTERS_NAMESPACE = "SlideExampleGen"
 
 
@@ -43,6 +43,8 @@ class SlideOutcome(NamedTuple):
   status: str  # "written" or "rejected"
   reason: str
   tiles: int
+  # Tissue tiles an every-tile bag left out (tiling.max_tiles).
+  tiles_over_cap: int = 0
 
 
 def single_worker(options: PipelineOptions) -> bool:
@@ -116,6 +118,8 @@ class TileSlideFn(CountingDoFn):
     self._written = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "slides_written")
     self._rejected = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "slides_rejected")
     self._tiles = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "tiles_written")
+    self._capped_slides = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "slides_over_cap")
+    self._tiles_over_cap = beam.metrics.Metrics.counter(COUNTERS_NAMESPACE, "tiles_over_cap")
 
   def _reject(self, task: SlideTask, reason: str):
     self._rejected.inc()
@@ -178,13 +182,17 @@ class TileSlideFn(CountingDoFn):
     tiles = sum(bag.tile_valid)
     self._written.inc()
     self._tiles.inc(tiles)
+    if tiled.tiles_over_cap:
+      self._capped_slides.inc()
+      self._tiles_over_cap.inc(tiled.tiles_over_cap)
     key = label.patient_id or label.image_id
     yield key, example
     if bag.image_stats:
       yield beam.pvalue.TaggedOutput("statistics", (key, statistics_table.row(
           label.image_id, label.data_provider, bag.image_stats)))
     yield beam.pvalue.TaggedOutput(
-        "outcomes", SlideOutcome(task.image_id, task.path, "written", "", tiles))
+        "outcomes", SlideOutcome(task.image_id, task.path, "written", "", tiles,
+                                 tiled.tiles_over_cap))
 
 
 def csv_line(values: Iterable[Any]) -> str:
@@ -267,7 +275,9 @@ def read_outcomes(report_dir: str,
   """The rows of `slides.csv`; `open_file(path, mode)` as the report was written."""
   with open_file(storage.join(report_dir, OUTCOMES_FILE), "rb") as f:
     text = f.read().decode("utf-8")
-  return [SlideOutcome(r["image_id"], r["path"], r["status"], r["reason"], int(r["tiles"]))
+  # Reports written before the cap existed have no tiles_over_cap column.
+  return [SlideOutcome(r["image_id"], r["path"], r["status"], r["reason"], int(r["tiles"]),
+                       int(r.get("tiles_over_cap") or 0))
           for r in csv.DictReader(io.StringIO(text))]
 
 
@@ -275,4 +285,6 @@ def summarize_outcomes(outcomes: List[SlideOutcome]) -> Dict[str, int]:
   written = [o for o in outcomes if o.status == "written"]
   return {"slides_total": len(outcomes), "slides_written": len(written),
           "slides_rejected": len(outcomes) - len(written),
-          "tiles_written": sum(o.tiles for o in written)}
+          "tiles_written": sum(o.tiles for o in written),
+          "slides_over_cap": sum(o.tiles_over_cap > 0 for o in written),
+          "tiles_over_cap": sum(o.tiles_over_cap for o in written)}

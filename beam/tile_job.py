@@ -75,7 +75,10 @@ def describe(summary: Dict[str, float], out_dir: str, gzip: bool = False) -> str
   bags = f"{BAGS_PREFIX}-*.tfrecord" + (".gz" if gzip else "")
   return (f"{summary['slides_written']} of {summary['slides_total']} slides tiled "
           f"({summary['tiles_written']} tiles), {summary['slides_rejected']} rejected, "
-          f"in {summary['seconds']:.1f} s\n"
+          f"in {summary['seconds']:.1f} s\n" +
+          (f"tiling.max_tiles left out {summary['tiles_over_cap']} tissue tiles of "
+           f"{summary['slides_over_cap']} slides (slides.csv: tiles_over_cap)\n"
+           if summary.get("slides_over_cap") else "") +
           f"bags: {storage.join(out_dir, bags)}; rejects: {storage.join(out_dir, REJECTS_FILE)}; "
           f"previews: {storage.join(out_dir, PREVIEWS_DIR)}/")
 

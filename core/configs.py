@@ -49,7 +49,13 @@ def _settings(cls):
 @_settings
 class TilingConfig:
   """How SlideExampleGen cuts a slide into a bag of tiles."""
-  tiles_per_slide: int = 16
+  # The N tiles with most tissue; 0: every tile with at least
+  # min_tissue_fraction, most tissue first, up to max_tiles (bags of as many
+  # tiles as the slide has tissue, for a frozen encoder: model.encoder).
+  tiles_per_slide: Annotated[int, pydantic.Field(ge=0)] = 16
+  # With tiles_per_slide 0, the most a bag takes; the slide report counts the
+  # tissue tiles left out. 4,096 JPEG tiles of 256 px are ~80 MB a bag.
+  max_tiles: Annotated[int, pydantic.Field(gt=0)] = 4096
   tile_size: int = 256  # pixels at the tiling scale
   # The scale tiles are cut at, so slides from different scanners give tiles
   # of the same magnification: `target_mpp` um/px when the slide states a
@@ -431,6 +437,15 @@ class PipelineConfig:
   beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",
                                          "--direct_num_workers=1")
 
+  def __post_init__(self):
+    if self.tiling.tiles_per_slide == 0 and not self.model.encoder:
+      raise ValueError("tiling.tiles_per_slide 0 (every tissue tile) makes bags of any size, "
+                       "which only a frozen encoder's head trains on: set model.encoder, or "
+                       "a number of tiles")
+    if self.model.encoder and self.model.tiles_used:
+      raise ValueError("model.tiles_used looks at the first tiles of a bag the backbone "
+                       "trains on; a frozen encoder's head takes every tile: set it to 0")
+
   @property
   def task(self) -> str:
     """"isup": ordinal ISUP grade 0-5 (PANDA), gated on kappa; "binary": one
@@ -446,7 +461,8 @@ class PipelineConfig:
 
   @property
   def tiles_per_bag(self) -> int:
-    """Patch datasets are bags of one tile; slides give `tiling.tiles_per_slide`."""
+    """Patch datasets are bags of one tile; slides give `tiling.tiles_per_slide`
+    (0: as many as the slide has tissue tiles)."""
     return 1 if self.data.format in PATCH_FORMATS else self.tiling.tiles_per_slide
 
   def to_dict(self) -> Dict[str, Any]:

@@ -30,6 +30,9 @@ class RunSummary:
   slides_written: int = 0
   slides_rejected: int = 0
   tiles_written: int = 0
+  # Every-tile bags (tiling.tiles_per_slide 0): tissue tiles left out by max_tiles.
+  slides_over_cap: int = 0
+  tiles_over_cap: int = 0
   rejects_file: str = ""
   eval_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
   eval_metrics_by_provider: Dict[str, Dict[str, float]] = dataclasses.field(
@@ -93,7 +96,8 @@ def summarize(paths: RunPaths, complete: bool = False) -> RunSummary:
                        cached_steps=run.cached_steps, failed_steps=run.failed_steps)
   examples = run.output("SlideExampleGen", "examples")
   if examples is not None:
-    for key in ("slides_total", "slides_written", "slides_rejected", "tiles_written"):
+    for key in ("slides_total", "slides_written", "slides_rejected", "tiles_written",
+                "slides_over_cap", "tiles_over_cap"):
       setattr(summary, key, _custom(examples, key) or 0)
     summary.rejects_file = os.path.join(examples.uri, SLIDE_REPORT_DIR, REJECTS_FILE)
     summary.examples_uri = examples.uri
@@ -155,6 +159,9 @@ def format_summary(summary: RunSummary) -> str:
       f"slides: {summary.slides_written} tiled, {summary.slides_rejected} rejected "
       f"of {summary.slides_total} ({summary.tiles_written} tiles)",
   ]
+  if summary.slides_over_cap:
+    lines.append(f"tiling.max_tiles left out {summary.tiles_over_cap} tissue tiles of "
+                 f"{summary.slides_over_cap} slides (slides.csv: tiles_over_cap)")
   if summary.slides_rejected:
     lines.append(f"rejects (image_id, path, reason): {summary.rejects_file}")
   for key, name in GATE_METRIC_NAMES.items():

@@ -95,6 +95,14 @@ class TiledSlide(NamedTuple):
   bag: SlideBag
   thumbnail: np.ndarray  # RGB; a patch's own pixels
   thumbnail_downsample: float  # level-0 pixels per thumbnail pixel
+  # Tissue tiles left out by tiling.max_tiles (every-tile bags only).
+  tiles_over_cap: int = 0
+
+
+# Every-tile bags (tiles_per_slide 0) take their image statistics from at most
+# this many tiles, those with most tissue: the statistics are means, and
+# holding the pixels of 4,096 tiles for them would take 800 MB a slide.
+STATISTICS_TILES = 64
 
 
 def read_limits(tiling: TilingConfig) -> ReadLimits:
@@ -151,8 +159,11 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
       raise SlideError(path, "no tissue found")
     fractions = tissue.tile_tissue_fractions(mask, grid_width, grid_height,
                                              tiling.tile_size)
-    chosen = tissue.select_tiles(fractions, tiling.tiles_per_slide,
+    every_tile = tiling.tiles_per_slide == 0
+    chosen = tissue.select_tiles(fractions, None if every_tile else tiling.tiles_per_slide,
                                  tiling.min_tissue_fraction)
+    tiles_over_cap = max(0, len(chosen) - tiling.max_tiles) if every_tile else 0
+    chosen = chosen[:len(chosen) - tiles_over_cap]
     if not chosen:
       raise SlideError(path, f"no tile has tissue fraction >= "
                        f"{tiling.min_tissue_fraction}")
@@ -167,10 +178,11 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
       if out_size != tiling.tile_size:
         pixels = cv2.resize(pixels, (out_size, out_size), interpolation=cv2.INTER_AREA)
       tiles.append(encode_tile(pixels, tiling))
-      pixels_of_tiles.append(pixels)
+      if not every_tile or len(pixels_of_tiles) < STATISTICS_TILES:
+        pixels_of_tiles.append(pixels)
       xs.append(int(round(x * scale.downsample)))
       ys.append(int(round(y * scale.downsample)))
-    padding = tiling.tiles_per_slide - len(chosen)
+    padding = 0 if every_tile else tiling.tiles_per_slide - len(chosen)
     white = encode_tile(np.full((out_size, out_size, 3), 255, np.uint8), tiling)
     bag = SlideBag(
         tiles=tiles + [white] * padding,
@@ -185,9 +197,10 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
         slide_width=slide.levels[0].width,
         slide_height=slide.levels[0].height,
         image_stats=bag_statistics.image_statistics(
-            pixels_of_tiles, tiles, [c.tissue_fraction for c in chosen]),
+            pixels_of_tiles, tiles[:len(pixels_of_tiles)],
+            [c.tissue_fraction for c in chosen[:len(pixels_of_tiles)]]),
     )
-  return TiledSlide(bag, thumbnail, thumbnail_downsample)
+  return TiledSlide(bag, thumbnail, thumbnail_downsample, tiles_over_cap)
 
 
 def _read_patch(path: str, tiling: TilingConfig) -> np.ndarray:

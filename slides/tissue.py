@@ -134,9 +134,10 @@ class TileChoice:
   tissue_fraction: float
 
 
-def select_tiles(fractions: np.ndarray, tiles_per_slide: int,
+def select_tiles(fractions: np.ndarray, tiles_per_slide: Optional[int],
                  min_tissue_fraction: float) -> List[TileChoice]:
-  """The `tiles_per_slide` tiles with most tissue, at least the minimum.
+  """The `tiles_per_slide` tiles with most tissue, at least the minimum, most
+  tissue first; `tiles_per_slide` None: every such tile.
 
   Ties are broken by grid position (row, then column) so the choice is
   deterministic.

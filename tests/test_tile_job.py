@@ -195,3 +195,31 @@ def test_records_carry_the_checksums_tensorflow_verifies():
               == tfrecordio._TFRecordUtil._masked_crc32c(data, crc32c_fn=reference))
   finally:
     tfrecordio._default_crc32c_fn.fn = saved
+
+
+def test_every_tile_bags_count_the_tissue_tiles_their_cap_left_out(tiny_dataset, tmp_path,
+                                                                   capsys):
+  """tiles_per_slide 0 with max_tiles: each slide's row of slides.csv says how
+  many tissue tiles its bag left out, the counts add up to the bags' tiles
+  and the uncapped bags', and the command says so."""
+  source, slides = tiny_dataset
+  tiling = {"tiles_per_slide": 0, "tile_size": 32, "level": 0, "max_tiles": 40}
+  config = tmp_path / "config.json"
+  # Bags of any size are for a frozen encoder's head (core/configs.py).
+  config.write_text(json.dumps({"tiling": tiling, "model": {"encoder": "resnet50_trunc"}}))
+  out = tmp_path / "out"
+  assert cli.main(["tile", "--data", str(source), "--out", str(out),
+                   "--config", str(config)]) == 0
+  with open(out / "slides.csv") as f:
+    rows = {r["image_id"]: r for r in csv.DictReader(f)}
+  uncapped = dataclasses.replace(TilingConfig(), **{**tiling, "max_tiles": 10 ** 6})
+  over = 0
+  for slide in slides:
+    tissue_tiles = len(tile_slide(slide.path, uncapped).bag.tiles)
+    assert int(rows[slide.image_id]["tiles"]) == min(tissue_tiles, 40)
+    assert int(rows[slide.image_id]["tiles_over_cap"]) == max(0, tissue_tiles - 40)
+    over += max(0, tissue_tiles - 40)
+  assert over > 0
+  assert f"tiling.max_tiles left out {over} tissue tiles" in capsys.readouterr().out
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["tiles_over_cap"] == over

@@ -52,6 +52,34 @@ def test_same_slide_and_config_give_the_same_bag_byte_for_byte(tiny_dataset):
   assert tile_slide(slides[5].path, TINY).bag == tile_slide(slides[5].path, TINY).bag
 
 
+def test_every_tile_bag_takes_each_tissue_tile_once_unpadded_up_to_its_cap(tiny_dataset):
+  """tiles_per_slide 0: the real tiles of a bag padded far beyond the slide's
+  tissue, in the same order, without padding; max_tiles keeps the first ones
+  and says how many it left out."""
+  _, slides = tiny_dataset
+  fine = dataclasses.replace(TINY, level=0, min_tissue_fraction=0.25)  # a 32 x 24 grid
+  every = tile_slide(slides[2].path, dataclasses.replace(fine, tiles_per_slide=0))
+  padded = tile_slide(slides[2].path, dataclasses.replace(fine, tiles_per_slide=800)).bag
+  real = sum(padded.tile_valid)
+  assert 20 < real < 800 and every.tiles_over_cap == 0
+  assert every.bag.tile_valid == [1] * real
+  assert every.bag.tiles == padded.tiles[:real]
+  assert (every.bag.tile_x, every.bag.tile_y) == (padded.tile_x[:real], padded.tile_y[:real])
+  capped = tile_slide(slides[2].path, dataclasses.replace(fine, tiles_per_slide=0, max_tiles=5))
+  assert capped.bag.tiles == padded.tiles[:5] and capped.tiles_over_cap == real - 5
+
+
+def test_every_tile_bags_take_their_image_statistics_from_their_most_tissued_tiles(
+    tiny_dataset, monkeypatch):
+  from histopipe.slides import tiling
+  _, slides = tiny_dataset
+  monkeypatch.setattr(tiling, "STATISTICS_TILES", 4)
+  fine = dataclasses.replace(TINY, level=0, min_tissue_fraction=0.25)
+  every = tile_slide(slides[2].path, dataclasses.replace(fine, tiles_per_slide=0)).bag
+  first_four = tile_slide(slides[2].path, dataclasses.replace(fine, tiles_per_slide=4)).bag
+  assert len(every.tiles) > 4 and every.image_stats == first_four.image_stats
+
+
 def test_jpeg_tiles_and_resizing(tiny_dataset):
   _, slides = tiny_dataset
   config = dataclasses.replace(TINY, tile_format="jpeg", resize_to=16)
