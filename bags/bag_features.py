@@ -40,6 +40,13 @@ BYTES_PER_TILE = f"{STAT_PREFIX}bytes_per_tile"  # encoded size, PNG or JPEG
 IMAGE_STATISTICS = MEAN_RGB + STD_RGB + (OD_HAEMATOXYLIN, OD_EOSIN, TISSUE_FRACTION, FOCUS,
                                          BYTES_PER_TILE)
 
+# Embedding bags (components/tile_embedder/): the bag's features without its
+# tiles, their real tiles' embeddings by a frozen encoder in their place, tile
+# after tile, and the embedding size; tile_x, tile_y and tile_tissue keep
+# only the real tiles' entries, in the same order.
+EMBEDDINGS = "embeddings"  # [n * D] float32
+EMBEDDING_SIZE = "embedding_size"  # D
+
 # Splits are hashed on this feature, so no patient crosses train/eval.
 PARTITION_FEATURE = PATIENT_ID
 

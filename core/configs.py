@@ -161,6 +161,9 @@ class ModelConfig:
   encoder_spec: EncoderSpec = EncoderSpec()
 
   def __post_init__(self):
+    if self.encoder and self.tiles_used:
+      raise ValueError("tiles_used looks at the first tiles of a bag the backbone trains on; "
+                       "a frozen encoder's head takes every tile: set it to 0")
     if self.encoder and self.pooling == "concat_tile":
       raise ValueError("pooling concat_tile encodes a grid of tiles as one image; a frozen "
                        "encoder takes single tiles: choose another pooling")
@@ -416,7 +419,26 @@ class KubeflowConfig:
   # SlideExampleGen, StatisticsGen, Transform, Evaluator: Beam with the DirectRunner
   # inside the step's container unless beam_pipeline_args name another runner.
   beam_step: StepResources = StepResources(cpu=8, memory_gb=32)
+  # The TileEmbedder (with model.encoder): a Beam step whose encoder runs
+  # on the step's GPU (the DirectRunner in the container, as beam_step).
+  embedder: StepResources = StepResources(cpu=8, memory_gb=32, gpus=1)
   light_step: StepResources = StepResources(cpu=1, memory_gb=4)  # SchemaGen, Pusher, ...
+
+
+@_settings
+class EmbeddingConfig:
+  """The TileEmbedder (components/tile_embedder/): model.encoder over every
+  real tile of every bag, once, through Beam's RunInference."""
+  # Tiles per encoder call. RunInference's BatchElements starts at the
+  # smallest and grows towards the largest while a batch's time per tile
+  # falls (it measures each batch): a GPU gains up to a few hundred 224 px
+  # tiles a call, a CPU little past a few dozen.
+  min_batch_size: Annotated[int, pydantic.Field(gt=0)] = 16
+  max_batch_size: Annotated[int, pydantic.Field(gt=0)] = 256
+
+  def __post_init__(self):
+    if self.min_batch_size > self.max_batch_size:
+      raise ValueError("min_batch_size is above max_batch_size")
 
 
 @_settings
@@ -432,19 +454,11 @@ class PipelineConfig:
   tuning: TuningConfig = TuningConfig()
   kubeflow: KubeflowConfig = KubeflowConfig()
   serving: ServingConfig = ServingConfig()
+  embedding: EmbeddingConfig = EmbeddingConfig()
   # Extra Beam flags for every Beam-based component (ExampleGen, StatisticsGen,
   # Transform, Evaluator), e.g. ["--direct_num_workers=2"].
   beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",
                                          "--direct_num_workers=1")
-
-  def __post_init__(self):
-    if self.tiling.tiles_per_slide == 0 and not self.model.encoder:
-      raise ValueError("tiling.tiles_per_slide 0 (every tissue tile) makes bags of any size, "
-                       "which only a frozen encoder's head trains on: set model.encoder, or "
-                       "a number of tiles")
-    if self.model.encoder and self.model.tiles_used:
-      raise ValueError("model.tiles_used looks at the first tiles of a bag the backbone "
-                       "trains on; a frozen encoder's head takes every tile: set it to 0")
 
   @property
   def task(self) -> str:
@@ -482,6 +496,16 @@ class PipelineConfig:
       return TypeAdapter(cls).validate_json(text)
     except ValidationError as e:
       raise ConfigError(_describe(e)) from None
+
+
+def check_trainable(config: PipelineConfig) -> None:
+  """Settings each right alone that no model trains on together (tiling makes
+  the bags the model takes); raises ConfigError. Checked where a pipeline is
+  built, not at load: `histopipe tile` may cut bags no model takes."""
+  if config.tiling.tiles_per_slide == 0 and not config.model.encoder:
+    raise ConfigError("config.tiling.tiles_per_slide 0 (every tissue tile) makes bags of any "
+                      "size, which only a frozen encoder's head trains on: set model.encoder, "
+                      "or a number of tiles")
 
 
 def _describe(error: ValidationError) -> str:

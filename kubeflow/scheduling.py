@@ -29,6 +29,7 @@ from histopipe.core.configs import KubeflowConfig, StepResources, Toleration
 
 # Steps that run Beam (the DirectRunner inside their container by default).
 BEAM_STEPS = ("SlideExampleGen", "StatisticsGen", "Transform", "Evaluator")
+EMBEDDER_STEP = "TileEmbedder"  # with model.encoder; a Beam step that may ask for a GPU
 RESOURCE_SPEC = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
 EXECUTOR_SUFFIX = "_executor"  # TFX names a step's executor <component id>_executor
 
@@ -52,6 +53,7 @@ def resource_spec(resources: StepResources, gpu_resource: str):
 def step_resources(kubeflow: KubeflowConfig) -> Dict[str, StepResources]:
   """Resources by component id; the rest get `light_step`."""
   return {"Trainer": kubeflow.trainer, "Tuner": kubeflow.tuner,
+          EMBEDDER_STEP: kubeflow.embedder,
           **{step: kubeflow.beam_step for step in BEAM_STEPS}}
 
 

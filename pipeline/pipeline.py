@@ -27,7 +27,7 @@ from histopipe.components.pusher.component import IdempotentPusher
 from histopipe.components.served_model.component import BaselineEvaluator, ServedModel
 from histopipe.components.slide_example_gen.component import SlideExampleGen
 from histopipe.core import layout, signatures
-from histopipe.core.configs import PipelineConfig
+from histopipe.core.configs import PipelineConfig, check_trainable
 from histopipe.encoders.frozen import encoder_digest
 from histopipe.pipeline.fingerprints import code_fingerprint
 from histopipe.trainer import features, metrics
@@ -140,6 +140,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
   # (and the Trainer's choice of task) sees the same one.
   if isinstance(data_root, str):  # a Kubeflow RuntimeParameter is resolved at run time
     config = with_detected_format(config, data_root)
+  check_trainable(config)
   tiling_code = code_fingerprint(EXAMPLE_GEN_MODULE)
   transform_code = code_fingerprint(_module_of(PREPROCESSING_FN))
   model_code = code_fingerprint(_module_of(RUN_FN), _module_of(TUNER_FN))

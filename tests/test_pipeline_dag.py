@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from histopipe.core.configs import PipelineConfig
 
 import tensorflow_model_analysis as tfma
@@ -172,3 +174,13 @@ def test_a_frozen_encoder_reaches_the_cache_keys_by_its_bytes(tmp_path):
   without = {c.id: c for c in _dag(tmp_path).components}
   assert json.loads(without["Transform"].exec_properties["custom_config"])["normalize"] is True
   assert json.loads(without["Trainer"].exec_properties["custom_config"])["encoder"] == ""
+
+
+def test_bags_of_any_size_without_a_frozen_encoder_are_refused_as_one_line(tmp_path):
+  import dataclasses
+  from histopipe.core.configs import ConfigError
+  config = demo_config()
+  every_tile = dataclasses.replace(config, tiling=dataclasses.replace(config.tiling,
+                                                                      tiles_per_slide=0))
+  with pytest.raises(ConfigError, match="tiles_per_slide 0 .* set model.encoder"):
+    _dag(tmp_path, every_tile)

@@ -205,8 +205,7 @@ def test_every_tile_bags_count_the_tissue_tiles_their_cap_left_out(tiny_dataset,
   source, slides = tiny_dataset
   tiling = {"tiles_per_slide": 0, "tile_size": 32, "level": 0, "max_tiles": 40}
   config = tmp_path / "config.json"
-  # Bags of any size are for a frozen encoder's head (core/configs.py).
-  config.write_text(json.dumps({"tiling": tiling, "model": {"encoder": "resnet50_trunc"}}))
+  config.write_text(json.dumps({"tiling": tiling}))
   out = tmp_path / "out"
   assert cli.main(["tile", "--data", str(source), "--out", str(out),
                    "--config", str(config)]) == 0

@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from histopipe.bags import bag_features
+from histopipe.encoders.tile_images import decode_tile_images
 from histopipe.trainer import features
 
 
@@ -24,17 +25,7 @@ def decode_tiles(encoded: tf.Tensor, input_size: int) -> tf.Tensor:
   """[B, N] encoded PNG/JPEG strings -> float32 [B, N, size, size, 3] in 0..255."""
   batch = tf.shape(encoded)[0]
   tiles_per_slide = encoded.shape[1]
-  flat = tf.reshape(encoded, [-1])
-
-  def decode_one(data):
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image = tf.image.resize(tf.cast(image, tf.float32), [input_size, input_size],
-                            method="area")
-    return tf.ensure_shape(image, [input_size, input_size, 3])
-
-  images = tf.map_fn(decode_one, flat,
-                     fn_output_signature=tf.TensorSpec([input_size, input_size, 3],
-                                                       tf.float32))
+  images = decode_tile_images(tf.reshape(encoded, [-1]), input_size)
   return tf.reshape(images, [batch, tiles_per_slide, input_size, input_size, 3])
 
 
