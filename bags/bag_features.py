@@ -46,6 +46,11 @@ IMAGE_STATISTICS = MEAN_RGB + STD_RGB + (OD_HAEMATOXYLIN, OD_EOSIN, TISSUE_FRACT
 # only the real tiles' entries, in the same order.
 EMBEDDINGS = "embeddings"  # [n * D] float32
 EMBEDDING_SIZE = "embedding_size"  # D
+# Every feature of an embedding bag but its embeddings: what statistics are
+# computed on (the embeddings' values, pooled over all dimensions, say nothing).
+EMBEDDING_BAG_METADATA = (IMAGE_ID, PATIENT_ID, DATA_PROVIDER, LABEL, GLEASON_SCORE, TILE_X,
+                          TILE_Y, TILE_TISSUE, LEVEL, LEVEL_DOWNSAMPLE, TILE_SIZE, MPP,
+                          SLIDE_WIDTH, SLIDE_HEIGHT, EMBEDDING_SIZE) + IMAGE_STATISTICS
 
 # Splits are hashed on this feature, so no patient crosses train/eval.
 PARTITION_FEATURE = PATIENT_ID

@@ -23,7 +23,10 @@ def _predict(args) -> int:
                         progress=not sys.stdout.isatty(), concurrency=args.concurrency,
                         referral_settings=contract.referral if contract else None,
                         # Each slide against the training ranges the contract carries.
-                        training_ranges=contract.training_ranges if contract else None)
+                        training_ranges=contract.training_ranges if contract else None,
+                        # A model on a frozen encoder takes large bags in chunks.
+                        chunk_tiles=(config.serving.chunk_tiles
+                                     if contract and contract.encoder else 0))
   referred = (f", {counts['referred']} of them referred (uncertain)"
               if contract and contract.referral else "")
   print(f"{counts['predicted']} predicted{referred}, {counts['rejected']} rejected of "

@@ -374,6 +374,12 @@ class ServingConfig:
   # The largest request in tiles (TFMA sends up to 1,000 bags a call:
   # 36,000 tiles); a larger one fails with TensorFlow's message.
   max_request_tiles: int = 65536
+  # `histopipe predict` sends a bag of more real tiles than this to a model
+  # on a frozen encoder in chunks: embed_tiles per chunk, then
+  # predict_embeddings on the whole bag's embeddings. A request stays a few
+  # MB (512 JPEG tiles of 256 px: ~10 MB; gRPC's default limit is 4 MB a
+  # reply, 2 GB a request) and its encoder batch a GPU's size.
+  chunk_tiles: Annotated[int, pydantic.Field(gt=0)] = 512
 
   def __post_init__(self):
     sizes = self.allowed_batch_sizes

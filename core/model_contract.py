@@ -60,6 +60,11 @@ class ModelContract:
   # (configs.ServingConfig as a dict), None when it runs unbatched (or the
   # model is older): what a replica's operator sizes its pod and load by.
   serving_batching: Optional[Dict[str, Any]] = None
+  # A model on a frozen encoder (model.encoder): {"encoder": its setting,
+  # "digest": SHA-256 of its files, "embedding_size": D, "spec": its
+  # encoder_spec}; it has the embed_tiles and predict_embeddings signatures.
+  # None: a backbone trained end to end.
+  encoder: Optional[Dict[str, Any]] = None
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -81,7 +86,9 @@ class ModelContract:
         [f"downsample {tiling.level_downsample:g}"] if tiling.level_downsample else [])
     level = f"level {tiling.level}" if tiling.level >= 0 else " (else ".join(scales) + (
         ")" if len(scales) == 2 else "")
-    return (f"{self.format} {self.task} model: bags of {self.tiles_per_bag} tiles of "
+    bag = (f"bags of {self.tiles_per_bag} tiles" if self.tiles_per_bag else
+           f"bags of every tissue tile (up to {tiling.max_tiles})")
+    return (f"{self.format} {self.task} model: {bag} of "
             f"{tiling.tile_size} px ({tiling.tile_format}) at {level}, "
             f"input {self.input_size} px")
 
@@ -94,8 +101,8 @@ class ModelContract:
 
 
 def contract_of(config: PipelineConfig, referral: Optional[Dict[str, Any]] = None,
-                training_ranges: Optional[Dict[str, Dict[str, float]]] = None
-                ) -> ModelContract:
+                training_ranges: Optional[Dict[str, Dict[str, float]]] = None,
+                encoder: Optional[Dict[str, Any]] = None) -> ModelContract:
   """The contract of a model trained with `config` (its format resolved)."""
   return ModelContract(
       format=config.data.format, task=config.task,
@@ -104,7 +111,8 @@ def contract_of(config: PipelineConfig, referral: Optional[Dict[str, Any]] = Non
       tiling=config.tiling, preset=config.preset, referral=referral,
       training_ranges=training_ranges,
       serving_batching=(json.loads(json.dumps(dataclasses.asdict(config.serving)))
-                        if config.serving.batching else None))  # as JSON gives it back
+                        if config.serving.batching else None),  # as JSON gives it back
+      encoder=encoder)
 
 
 def _value(config: PipelineConfig, path: str) -> Any:

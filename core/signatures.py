@@ -8,6 +8,12 @@ them. Neither side imports the other: both import this module.
 SERVING_DEFAULT = "serving_default"  # serialized tf.Example bags in
 PREDICT_TILES = "predict_tiles"  # the encoded tiles of one bag in
 TRANSFORM_FEATURES = "transform_features"  # for the Evaluator
+# A model on a frozen encoder (model.encoder) has these too, so that a client
+# can send a slide's thousands of tiles in chunks:
+EMBED_TILES = "embed_tiles"  # encoded tiles [n] in, their EMBEDDINGS [n, D] out
+PREDICT_EMBEDDINGS = "predict_embeddings"  # one bag's EMBEDDINGS [n, D] in, the outputs
+EMBEDDING_BAGS = "embedding_bags"  # serialized embedding bags in (the Evaluator's)
+EMBEDDINGS = "embeddings"  # float [n, D]
 # The model's contract (core/model_contract) as one JSON string. It takes one
 # input it ignores because TF Serving's REST API refuses a signature without
 # inputs ("Failed to get input map", tensorflow/serving#1676).

@@ -33,8 +33,6 @@ from histopipe.core.errors import UserError
 from histopipe.encoders import imagenet_weights
 
 RESNET50_TRUNC = "resnet50_trunc"
-# Set on a frozen encoder: unfreezing the backbone (trainer/fit.py) leaves it be.
-FROZEN = "is_frozen_encoder"
 # ImageNet's channel means and deviations, RGB (torchvision's normalisation).
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -139,7 +137,6 @@ def build_frozen_encoder(model: ModelConfig, name: str = "frozen_encoder") -> ke
         features = features[spec.output_key]
   built = keras.Model(pixels, tf.cast(features, tf.float32), name=name)
   built.trainable = False
-  setattr(built, FROZEN, True)
   return built
 
 

@@ -26,6 +26,7 @@ from histopipe.components.model_card.component import COMPONENT_ID as MODEL_CARD
 from histopipe.components.pusher.component import IdempotentPusher
 from histopipe.components.served_model.component import BaselineEvaluator, ServedModel
 from histopipe.components.slide_example_gen.component import SlideExampleGen
+from histopipe.components.tile_embedder.component import TileEmbedder
 from histopipe.core import layout, signatures
 from histopipe.core.configs import PipelineConfig, check_trainable
 from histopipe.encoders.frozen import encoder_digest
@@ -84,8 +85,10 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         tfma.MetricConfig(class_name="CancerAUC", module=METRICS_MODULE,
                           config=json.dumps({"name": metrics.CANCER_AUC})),
     ]
+  # A head on a frozen encoder is evaluated on the TileEmbedder's bags.
+  signature = signatures.EMBEDDING_BAGS if config.model.encoder else signatures.SERVING_DEFAULT
   return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(signature_name=signatures.SERVING_DEFAULT,
+      model_specs=[tfma.ModelSpec(signature_name=signature,
                                   label_key=features.LABEL_KEY,
                                   prediction_key=signatures.PROBABILITIES)],
       slicing_specs=[tfma.SlicingSpec(),
@@ -99,6 +102,7 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
 # imports (pipeline/fingerprints.py).
 EXAMPLE_GEN_MODULE = "histopipe.components.slide_example_gen.component"
 DRIFT_CHECK_MODULE = "histopipe.components.drift_check.component"
+EMBEDDER_MODULE = "histopipe.components.tile_embedder.component"
 MODEL_CARD_MODULE = "histopipe.components.model_card.component"
 
 
@@ -149,30 +153,39 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                  "encoder": encoder_digest(config.model)}
   example_gen = SlideExampleGen(input_base=data_root, config=config,
                                 code_fingerprint=tiling_code)
+  # With a frozen encoder, the model's examples are the TileEmbedder's
+  # embedding bags: every tile embedded once, the head trained on them.
+  embedder = (TileEmbedder(examples=example_gen.outputs["examples"], config=config,
+                           encoder_digest=config_json["encoder"],
+                           code=code_fingerprint(EMBEDDER_MODULE))
+              if config.model.encoder else None)
+  model_examples = (embedder.outputs["embeddings"] if embedder
+                    else example_gen.outputs["examples"])
   # Slices by provider (TFDV's SQL slicing: a JSON-serializable option, as
   # the component's spec requires), so each scanner site's image statistics
-  # show on their own.
+  # show on their own. Of embedding bags, every feature but the embeddings.
   statistics_gen = tfx.components.StatisticsGen(
-      examples=example_gen.outputs["examples"],
-      stats_options=tfdv.StatsOptions(experimental_slice_sqls=[
-          f"SELECT STRUCT({bag_features.DATA_PROVIDER}) FROM "
-          f"example.{bag_features.DATA_PROVIDER}"]))
+      examples=model_examples,
+      stats_options=tfdv.StatsOptions(
+          experimental_slice_sqls=[f"SELECT STRUCT({bag_features.DATA_PROVIDER}) FROM "
+                                   f"example.{bag_features.DATA_PROVIDER}"],
+          feature_allowlist=list(bag_features.EMBEDDING_BAG_METADATA) if embedder else None))
   schema_gen = tfx.components.SchemaGen(
       statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"],
       schema=schema_gen.outputs["schema"])
   transform = tfx.components.Transform(
-      examples=example_gen.outputs["examples"],
+      examples=model_examples,
       schema=schema_gen.outputs["schema"],
       preprocessing_fn=PREPROCESSING_FN,
       # Decoded float tiles would be ~2.3 TB for PANDA: keep bags encoded and
       # apply the transform graph in the Trainer's input pipeline instead.
       materialize=False,
       custom_config={"input_size": config.model.input_size,
-                     "normalize": not config.model.encoder, "code": transform_code})
+                     "embedding_bags": bool(embedder), "code": transform_code})
   training_inputs = dict(
-      examples=example_gen.outputs["examples"],
+      examples=model_examples,
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
       train_args=tfx.proto.TrainArgs(splits=["train"]),
@@ -199,7 +212,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
   else:
     raise ValueError(f"unknown baseline {baseline!r}: {BASELINE_RESOLVER} or {BASELINE_SERVED}")
   evaluator = BaselineEvaluator(
-      examples=example_gen.outputs["examples"],
+      examples=model_examples,
       model=trainer.outputs["model"],
       baseline_model=baseline_step.outputs["model"],
       example_splits=[layout.EVAL_SPLIT],
@@ -227,7 +240,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
   return tfx.dsl.Pipeline(
       pipeline_name=config.name,
       pipeline_root=pipeline_root,
-      components=[example_gen, statistics_gen, schema_gen, example_validator,
+      components=[example_gen] + ([embedder] if embedder else []) +
+                 [statistics_gen, schema_gen, example_validator,
                   transform] + ([tuner] if tuner else []) +
                  [trainer, baseline_step, evaluator, drift_check, pusher, model_card],
       enable_cache=enable_cache,

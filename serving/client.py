@@ -185,11 +185,24 @@ class RestPredictClient:
       outputs = outputs[signatures.CONTRACT]
     return ModelContract.from_json(outputs)
 
-  def predict(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  def predict(self, inputs: Dict[str, np.ndarray],
+              signature: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """The client's signature in row format; another `signature` (a frozen
+    encoder model's embed_tiles, predict_embeddings) in columnar format,
+    whose outputs need not have the inputs' first dimension."""
     if len(inputs) != 1:
-      raise ValueError("the REST client sends one named input (row format)")
-    (values,) = inputs.values()
+      raise ValueError("the REST client sends one named input")
     url = f"{self.model_url}:predict"
+    if signature and signature != self.signature:
+      body = {"signature_name": signature,
+              "inputs": {key: _to_json(np.asarray(value)) for key, value in inputs.items()}}
+      outputs = self._call("POST", url, f"predict on model {self.model!r} at {url}",
+                           json=body)["outputs"]
+      if not isinstance(outputs, dict):  # one output comes alone, unnamed
+        (name,) = self.signatures()[signature]["outputs"]
+        outputs = {name: outputs}
+      return {key: np.array(value) for key, value in outputs.items()}
+    (values,) = inputs.values()
     body = {"signature_name": self.signature, "instances": _to_json(np.asarray(values))}
     predictions = self._call("POST", url, f"predict on model {self.model!r} at {url}",
                              json=body)["predictions"]

@@ -178,7 +178,10 @@ def rest_predict(model: ServedModel, path: str, body: dict) -> dict:
   else:
     raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT,
                        "body needs \"instances\" or \"inputs\"")
-  outputs = model.run(signature, {key: np.array(value) for key, value in inputs.items()})
+  # JSON numbers are read as the signature's dtype, as TF Serving reads them.
+  dtypes = model.loaded.input_dtypes(signature)
+  outputs = model.run(signature, {key: np.array(value, dtype=dtypes.get(key))
+                                  for key, value in inputs.items()})
   if "inputs" in body:
     # One output: its value alone; several: an object by name (TF Serving's columnar answer).
     if len(outputs) == 1:

@@ -75,6 +75,14 @@ class LoadedModel:
       raise SignatureNotFound(signature)
     return sorted(self._model.signatures[signature].structured_input_signature[1])
 
+  def input_dtypes(self, signature: str) -> Dict[str, np.dtype]:
+    """Each input's numpy dtype (object for strings)."""
+    if not self.has_signature(signature):
+      raise SignatureNotFound(signature)
+    specs = self._model.signatures[signature].structured_input_signature[1]
+    return {name: np.dtype(object) if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
+            for name, spec in specs.items()}
+
   def run(self, signature: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """The signature's outputs as numpy arrays; raises SignatureNotFound or BadModelInput."""
     expected = set(self.input_names(signature))

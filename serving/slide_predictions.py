@@ -155,14 +155,35 @@ def cut_request(path: str, config: PipelineConfig) -> Union[SlideRequest, dict]:
   return SlideRequest(image_id, bag, bag_features.serialize_request(bag, image_id))
 
 
+def predict_in_chunks(client, bag: SlideBag, chunk_tiles: int) -> Dict[str, np.ndarray]:
+  """A model on a frozen encoder's outputs for a bag too large for one
+  request: its real tiles `chunk_tiles` at a time to embed_tiles, then all
+  their embeddings to predict_embeddings. Attention comes back per tile of
+  the bag (0 for padding), as serving_default gives it."""
+  real = [index for index, valid in enumerate(bag.tile_valid) if valid]
+  tiles = np.array([bag.tiles[index] for index in real], dtype=object)
+  embeddings = np.concatenate([
+      client.predict({signatures.TILES: tiles[start:start + chunk_tiles]},
+                     signature=signatures.EMBED_TILES)[signatures.EMBEDDINGS]
+      for start in range(0, len(tiles), chunk_tiles)]).astype(np.float32)
+  outputs = client.predict({signatures.EMBEDDINGS: embeddings},
+                           signature=signatures.PREDICT_EMBEDDINGS)
+  attention = np.zeros([1, len(bag.tile_valid)], np.float32)
+  attention[0, real] = np.asarray(outputs[signatures.ATTENTION]).reshape(-1)
+  return {**outputs, signatures.ATTENTION: attention}
+
+
 def predict_one(path: str, client, config: PipelineConfig,
                 breaker: Optional[ServerBreaker] = None,
                 referral_settings: Optional[dict] = None,
-                training_ranges: Optional[Dict[str, Dict[str, float]]] = None) -> dict:
+                training_ranges: Optional[Dict[str, Dict[str, float]]] = None,
+                chunk_tiles: int = 0) -> dict:
   """The slide's record: its prediction, or {"image_id", "path", "rejected":
   reason} when it cannot be tiled or the server did not answer (after the
   client's retries): no slide is lost to a server that went away. With a
-  `breaker` open, the slide is rejected without being sent."""
+  `breaker` open, the slide is rejected without being sent. `chunk_tiles`
+  (a model on a frozen encoder only; 0: never): a bag of more real tiles is
+  sent in chunks (predict_in_chunks)."""
   breaker = breaker or ServerBreaker()
   refusal = breaker.refusal()  # before tiling: a gone server should not cost a slide's tiling
   if refusal:
@@ -172,7 +193,11 @@ def predict_one(path: str, client, config: PipelineConfig,
   if not isinstance(request, SlideRequest):
     return request
   try:
-    outputs = client.predict({signatures.EXAMPLES: np.array([request.example], dtype=object)})
+    if chunk_tiles and sum(request.bag.tile_valid) > chunk_tiles:
+      outputs = predict_in_chunks(client, request.bag, chunk_tiles)
+    else:
+      outputs = client.predict({signatures.EXAMPLES: np.array([request.example],
+                                                              dtype=object)})
   except ServingError as e:
     reason = str(e)
   except Exception as e:  # pylint: disable=broad-except (a proxy's page, a reset stream: one slide's)
@@ -192,8 +217,8 @@ def predict_one(path: str, client, config: PipelineConfig,
 def predict_slides(paths: List[str], client, config: PipelineConfig,
                    progress: bool = False, concurrency: int = 1,
                    referral_settings: Optional[dict] = None,
-                   training_ranges: Optional[Dict[str, Dict[str, float]]] = None
-                   ) -> Iterator[dict]:
+                   training_ranges: Optional[Dict[str, Dict[str, float]]] = None,
+                   chunk_tiles: int = 0) -> Iterator[dict]:
   """A record per path, in the order of `paths`; `concurrency` slides are
   tiled and in flight at once (threads: the decoders, the model server and
   the network wait without the GIL; gRPC channels are thread-safe, and the
@@ -205,13 +230,14 @@ def predict_slides(paths: List[str], client, config: PipelineConfig,
   try:
     if concurrency == 1:
       for path in paths:
-        yield predict_one(path, client, config, breaker, referral_settings, training_ranges)
+        yield predict_one(path, client, config, breaker, referral_settings, training_ranges,
+                          chunk_tiles)
         counter.update()
     else:
       with futures.ThreadPoolExecutor(concurrency, thread_name_prefix="predict") as pool:
         for record in pool.map(
             lambda path: predict_one(path, client, config, breaker, referral_settings,
-                                     training_ranges), paths):
+                                     training_ranges, chunk_tiles), paths):
           yield record
           counter.update()
   finally:
@@ -248,15 +274,16 @@ def write_records(records: Iterable[dict], out: TextIO, csv_file: Optional[TextI
 def predict_to(paths: List[str], client, config: PipelineConfig, out: TextIO,
                csv_path: str = "", progress: bool = False,
                concurrency: int = 1, referral_settings: Optional[dict] = None,
-               training_ranges: Optional[Dict[str, Dict[str, float]]] = None
-               ) -> Dict[str, Any]:
+               training_ranges: Optional[Dict[str, Dict[str, float]]] = None,
+               chunk_tiles: int = 0) -> Dict[str, Any]:
   """`histopipe predict`: checks that the server has the model and signature
   before tiling anything, then writes a JSON line per slide to `out` (and the
   submission CSV to `csv_path`). Returns counts of predicted, rejected and
   referred."""
   client.signatures()
   records = predict_slides(paths, client, config, progress=progress, concurrency=concurrency,
-                           referral_settings=referral_settings, training_ranges=training_ranges)
+                           referral_settings=referral_settings, training_ranges=training_ranges,
+                           chunk_tiles=chunk_tiles)
   if not csv_path:
     return write_records(records, out, None, config.task)
   with open(csv_path, "w", newline="") as csv_file:

@@ -1,7 +1,7 @@
 """Frozen tile encoders (`model.encoder`, encoders/frozen.py): each kind loads
 and answers as its own reference does (TF's SavedModel loader, Keras' own
-model), its digest follows its bytes, and a MIL model on one trains only its
-head and exports encoder-then-head.
+model), its digest follows its bytes, and a head exported with one serves
+tile bags, tiles and embeddings as encoder-then-head (trainer/embedding_export.py).
 
 The SavedModel encoders are saved here in Path Foundation's layout
 (`serving_default`, one float image input in [0, 1], output `output_0`), small."""
@@ -15,11 +15,9 @@ import tf_keras as keras
 
 from histopipe.bags import bag_features
 from histopipe.core import signatures
-from histopipe.core.configs import EncoderSpec, ModelConfig, PipelineConfig
+from histopipe.core.configs import EncoderSpec, ModelConfig, PipelineConfig, TilingConfig
 from histopipe.encoders import frozen
-from histopipe.trainer import features
-from histopipe.trainer.preprocessing import decode_tiles
-from tests.test_warmup import TILE_SIZE, TILES_PER_BAG, _bag, _StandInTransformOutput
+from tests.test_warmup import TILE_SIZE
 
 FEATURES = 8
 
@@ -133,59 +131,82 @@ def test_settings_a_frozen_encoder_cannot_work_with_are_refused(fields, message)
         input_size=TILE_SIZE), "input_size": TILE_SIZE, **fields})
 
 
-class _PixelTransformLayer(tf.Module):
-  """The Transform's graph with an encoder set: tiles decoded, left in pixels."""
-
-  def __call__(self, raw):
-    # The real layer returns static shapes whatever its input's (predict_tiles pads).
-    encoded = tf.ensure_shape(raw[bag_features.TILES], [None, TILES_PER_BAG])
-    return {features.TILES_XF: decode_tiles(encoded, TILE_SIZE),
-            features.TILE_VALID_XF: tf.cast(raw[bag_features.TILE_VALID], tf.float32)}
+def _tile_bag(tiles, valid) -> bytes:
+  return bag_features.serialize_request(bag_features.SlideBag(
+      tiles=tiles, tile_valid=valid, tile_x=[], tile_y=[], tile_tissue=[], level=0,
+      level_downsample=1.0, tile_size=TILE_SIZE, mpp=0.0, slide_width=0, slide_height=0), "b")
 
 
-class _PixelTransformOutput(_StandInTransformOutput):
-  def transform_features_layer(self):
-    return _PixelTransformLayer()
+def _png(pixels: np.ndarray) -> bytes:
+  return tf.io.encode_png(pixels.astype(np.uint8)).numpy()
 
 
-def test_a_mil_model_on_a_frozen_encoder_trains_its_head_only_and_serves_encoder_then_head(
-    tmp_path):
-  from histopipe.trainer import fit
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory):
+  """A head (random weights: any weights compose) exported with a saved
+  encoder, and the pieces to check it with."""
   from histopipe.trainer.export import export
-  from histopipe.trainer.model import HEAD, build_mil_model
-  path = _save_encoder(tmp_path / "encoder")
-  config = PipelineConfig(model=_model(path))
-  model = build_mil_model(config.model, tiles_per_slide=TILES_PER_BAG,
-                          num_classes=config.num_classes)
-  fit.set_backbone_trainable(model, True)  # as after a frozen phase: it stays frozen
-  fit.compile_model(model, config)
-  bags = [_bag(seed, 1 + seed % TILES_PER_BAG) for seed in range(6)]
-  parsed = tf.io.parse_example(bags, _StandInTransformOutput().raw_feature_spec())
-  inputs = _PixelTransformLayer()(parsed)
-  labels = np.arange(6) % config.num_classes
-  targets = {features.ORDINAL_LOGITS: tf.cast(
-      labels[:, None] >= np.arange(1, config.num_classes)[None, :], tf.float32),
-      features.PROBABILITIES: labels}
-  head_before = [w.copy() for w in model.get_layer(HEAD).get_weights()]
-  pixels = _pixels()
-  encoded_before = model.get_layer("tile_encoder")(pixels).numpy()
-  model.fit(inputs, targets, epochs=2, batch_size=3, verbose=0)
-  np.testing.assert_array_equal(model.get_layer("tile_encoder")(pixels).numpy(), encoded_before)
-  assert any(np.abs(a - b).max() > 0 for a, b in
-             zip(model.get_layer(HEAD).get_weights(), head_before))
+  from histopipe.trainer.model import build_embedding_model
+  tmp = tmp_path_factory.mktemp("composed")
+  path = _save_encoder(tmp / "encoder")
+  config = PipelineConfig(model=_model(path), tiling=TilingConfig(tiles_per_slide=0,
+                                                                  tile_size=TILE_SIZE))
+  head = build_embedding_model(config.model, FEATURES, config.num_classes)
+  export_dir = str(tmp / "1")
+  export(head, None, config, export_dir)
+  rng = np.random.default_rng(3)
+  tiles = [_png(rng.uniform(0, 255, (TILE_SIZE, TILE_SIZE, 3))) for _ in range(7)]
+  return {"served": tf.saved_model.load(export_dir), "encoder": path, "head": head,
+          "tiles": tiles, "export_dir": export_dir}
 
-  export_dir = str(tmp_path / "1")
-  export(model, _PixelTransformOutput(), config, export_dir)
-  served = tf.saved_model.load(export_dir).signatures[signatures.SERVING_DEFAULT](
-      **{signatures.EXAMPLES: tf.constant(bags)})
-  # Encoder then head, each on its own: TF's loader on the saved encoder, the
-  # trained head on its features.
-  tiles = inputs[features.TILES_XF].numpy().reshape(-1, TILE_SIZE, TILE_SIZE, 3)
-  tile_features = tf.saved_model.load(path).signatures["serving_default"](
-      input_1=tf.constant(tiles / 255.0))["output_0"]
-  separately = model.get_layer(HEAD)(
-      {"tile_features": tf.reshape(tile_features, [len(bags), TILES_PER_BAG, FEATURES]),
-       features.TILE_VALID_XF: inputs[features.TILE_VALID_XF]}, training=False)
-  for key in signatures.OUTPUTS:
-    np.testing.assert_allclose(served[key].numpy(), np.asarray(separately[key]),
-                               rtol=1e-4, atol=1e-5, err_msg=key)
+
+def _encoder_then_head(composed, tiles):
+  """The saved encoder (TF's loader) on TF's decoding of the tiles, then the
+  served head on its features: each part on its own."""
+  pixels = tf.stack([tf.cast(tf.io.decode_png(t, channels=3), tf.float32) for t in tiles])
+  tile_features = tf.saved_model.load(composed["encoder"]).signatures["serving_default"](
+      input_1=pixels / 255.0)["output_0"]
+  return tile_features, composed["served"].signatures[signatures.PREDICT_EMBEDDINGS](
+      embeddings=tile_features)
+
+
+def test_the_composed_model_serves_tile_bags_as_encoder_then_head(composed):
+  """serving_default on bags of different sizes, one padded with tiles it
+  must not look at, equals encoder-then-head on each bag's real tiles."""
+  tiles = composed["tiles"]
+  bags = [_tile_bag(tiles[:3], [1, 1, 1]), _tile_bag(tiles[3:] + tiles[:2], [1, 1, 1, 1, 0, 0]),
+          _tile_bag(tiles[:1], [1])]
+  served = composed["served"].signatures[signatures.SERVING_DEFAULT](
+      examples=tf.constant(bags))
+  for index, real in enumerate([tiles[:3], tiles[3:], tiles[:1]]):
+    _, separately = _encoder_then_head(composed, real)
+    for key in (signatures.PROBABILITIES, signatures.GRADE):
+      np.testing.assert_allclose(served[key].numpy()[index], separately[key].numpy()[0],
+                                 rtol=1e-5, atol=1e-6, err_msg=key)
+    attention = served[signatures.ATTENTION].numpy()[index]
+    np.testing.assert_allclose(attention[:len(real)], separately[signatures.ATTENTION][0],
+                               rtol=1e-5, atol=1e-6)
+    assert not attention[len(real):].any()
+
+
+def test_embed_tiles_and_predict_tiles_answer_as_the_encoder_and_the_bag(composed):
+  tiles = composed["tiles"]
+  model = composed["served"].signatures
+  tile_features, separately = _encoder_then_head(composed, tiles)
+  np.testing.assert_allclose(model[signatures.EMBED_TILES](tiles=tf.constant(tiles))[
+      signatures.EMBEDDINGS].numpy(), tile_features.numpy(), rtol=1e-5, atol=1e-5)
+  whole = model[signatures.PREDICT_TILES](tiles=tf.constant(tiles))
+  np.testing.assert_allclose(whole[signatures.PROBABILITIES].numpy(),
+                             separately[signatures.PROBABILITIES].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_composed_models_contract_names_its_encoder(composed):
+  from histopipe.core.model_contract import ModelContract
+  contract = ModelContract.from_json(composed["served"].signatures[signatures.METADATA](
+      request=tf.constant([""]))[signatures.CONTRACT].numpy().decode())
+  assert contract.encoder == {"encoder": composed["encoder"],
+                              "digest": frozen.encoder_digest(_model(composed["encoder"])),
+                              "embedding_size": FEATURES,
+                              "spec": {"input_size": TILE_SIZE, "pixel_scaling": "unit",
+                                       "signature": "serving_default", "output_key": "output_0"}}
+  assert contract.tiles_per_bag == 0 and "every tissue tile" in contract.describe()

@@ -362,3 +362,32 @@ def test_a_pod_kubernetes_would_refuse_is_refused_when_compiling(tmp_path, capsy
   (line,) = capsys.readouterr().err.splitlines()
   assert "config.kubeflow.trainer" in line and message in line
 
+
+
+def test_a_frozen_encoder_pipeline_embeds_in_a_gpu_beam_step(tmp_path, capsys):
+  """With model.encoder the TileEmbedder is a task after the SlideExampleGen
+  that the statistics and the Trainer wait on; its container asks for
+  kubeflow.embedder's GPU (a Beam step on one node, the DirectRunner inside)
+  and tolerates the GPU pool's taint."""
+  from tests.test_frozen_encoders import _save_encoder
+  encoder = _save_encoder(tmp_path / "encoder")
+  config = tmp_path / "encoder.json"
+  config.write_text(json.dumps({"model": {"encoder": encoder, "input_size": 16,
+                                          "encoder_spec": {"input_size": 16}}}))
+  code, out = _compile(tmp_path, "--config", str(config), "--format", "panda")
+  assert code == 0, capsys.readouterr().err
+  spec, platform = _read_package(out)
+  tasks = spec.root.dag.tasks
+  assert set(tasks["TileEmbedder"].dependent_tasks) == {"SlideExampleGen"}
+  assert "TileEmbedder" in tasks["StatisticsGen"].dependent_tasks
+  assert "TileEmbedder" in tasks["Trainer"].dependent_tasks
+  deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec),
+                                     pipeline_spec_pb2.PipelineDeploymentConfig())
+  resources = deployment.executors["TileEmbedder_executor"].container.resources
+  assert (resources.accelerator.type, resources.accelerator.count) == ("nvidia.com/gpu", 1)
+  assert resources.cpu_limit == 8 and resources.memory_limit == 32
+  placed = json_format.MessageToDict(
+      platform.platforms["kubernetes"].deployment_spec.executors["TileEmbedder_executor"])
+  assert [t.to_dict() for t in _as_kubernetes(placed["tolerations"], "list[V1Toleration]")] == [
+      {"key": "nvidia.com/gpu", "operator": "Exists", "value": None, "effect": "NoSchedule",
+       "toleration_seconds": None}]

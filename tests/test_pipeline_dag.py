@@ -153,27 +153,40 @@ def test_the_tuner_runs_before_the_trainer_only_when_enabled(tmp_path):
   assert json.loads(tuner.exec_properties["eval_args"])["splits"] == ["valid"]
 
 
-def test_a_frozen_encoder_reaches_the_cache_keys_by_its_bytes(tmp_path):
-  """The Trainer's settings hold the encoder's digest, so new weights at the
-  same path retrain; the Transform leaves tiles in pixels for it."""
+def test_a_frozen_encoder_adds_the_tile_embedder_whose_key_is_the_encoders_bytes(tmp_path):
+  """With model.encoder the TileEmbedder follows the SlideExampleGen and the
+  statistics, Transform, Trainer and Evaluator take its embedding bags; its
+  parameters (and the Trainer's) hold the encoder's digest, so new weights at
+  the same path re-embed and retrain, and a new head width re-embeds nothing."""
   import dataclasses
-  from tests.test_frozen_encoders import TILE_SIZE, _model, _save_encoder
+  from tests.test_frozen_encoders import _model, _save_encoder
   path = _save_encoder(tmp_path / "encoder")
   config = dataclasses.replace(demo_config(), model=_model(path))
 
-  def settings(step):
-    return json.loads({c.id: c for c in _dag(tmp_path, config).components}[step]
-                      .exec_properties["custom_config"])
+  def components(config):
+    return {c.id: c for c in _dag(tmp_path, config).components}
 
-  trainer, transform = settings("Trainer"), settings("Transform")
-  assert len(trainer["encoder"]) == 64 and transform["normalize"] is False
-  assert transform["input_size"] == TILE_SIZE
+  dag = components(config)
+  upstream = {c.id: {u.id for u in c.upstream_nodes} for c in dag.values()}
+  assert upstream["TileEmbedder"] == {"SlideExampleGen"}
+  for step in ("StatisticsGen", "Transform", "Trainer", "Evaluator"):
+    assert "TileEmbedder" in upstream[step], step
+  embedder = dag["TileEmbedder"].exec_properties
+  trainer = json.loads(dag["Trainer"].exec_properties["custom_config"])
+  assert len(embedder["encoder_digest"]) == 64 == len(trainer["encoder"])
+  assert embedder["encoder_digest"] == trainer["encoder"]
+  assert json.loads(dag["Transform"].exec_properties["custom_config"])["embedding_bags"] is True
+  wider = dataclasses.replace(config, model=dataclasses.replace(config.model, dense_units=64))
+  assert components(wider)["TileEmbedder"].exec_properties == embedder
   _save_encoder(tmp_path / "encoder", seed=1)  # new weights, same path
-  assert settings("Trainer")["encoder"] != trainer["encoder"]
-  assert settings("Transform") == transform
-  without = {c.id: c for c in _dag(tmp_path).components}
-  assert json.loads(without["Transform"].exec_properties["custom_config"])["normalize"] is True
-  assert json.loads(without["Trainer"].exec_properties["custom_config"])["encoder"] == ""
+  again = components(config)
+  assert again["TileEmbedder"].exec_properties["encoder_digest"] != embedder["encoder_digest"]
+  assert json.loads(again["Trainer"].exec_properties["custom_config"])["encoder"] != trainer[
+      "encoder"]
+  without = components(demo_config())
+  assert "TileEmbedder" not in without
+  assert json.loads(without["Transform"].exec_properties["custom_config"])[
+      "embedding_bags"] is False
 
 
 def test_bags_of_any_size_without_a_frozen_encoder_are_refused_as_one_line(tmp_path):

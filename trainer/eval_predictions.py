@@ -73,9 +73,22 @@ def _bag(geometry: Dict[str, object]) -> bag_features.SlideBag:
       slide_height=int(geometry[bag_features.SLIDE_HEIGHT]))
 
 
-def predict(model_dir: str, files: Sequence[str], batch_size: int = 16) -> EvalPredictions:
-  """`serving_default` of the SavedModel in `model_dir` over the bags in `files`."""
-  function = tf.saved_model.load(model_dir).signatures[signatures.SERVING_DEFAULT]
+# Padding of a per-tile geometry feature, as a tile bag pads (bags/bag_features.py).
+_PADDING = {bag_features.TILE_VALID: 0, bag_features.TILE_X: -1, bag_features.TILE_Y: -1,
+            bag_features.TILE_TISSUE: 0.0}
+
+
+def _padded(rows: List[list], width: int, value) -> List[list]:
+  return [list(row) + [value] * (width - len(row)) for row in rows]
+
+
+def predict(model_dir: str, files: Sequence[str], batch_size: int = 16,
+            signature: str = signatures.SERVING_DEFAULT) -> EvalPredictions:
+  """`signature` of the SavedModel in `model_dir` over the bags in `files`:
+  `serving_default` on tile bags, `embedding_bags` on a frozen encoder's
+  embedding bags. Bags of different sizes (every-tile bags) come back padded
+  to the largest, as tile bags are: attention 0 and tile_valid 0 there."""
+  function = tf.saved_model.load(model_dir).signatures[signature]
   outputs: Dict[str, List[np.ndarray]] = {}
   image_ids, providers, labels = [], [], []
   geometry: Dict[str, list] = {name: [] for name in _GEOMETRY}
@@ -92,9 +105,16 @@ def predict(model_dir: str, files: Sequence[str], batch_size: int = 16) -> EvalP
       labels.append(feature[bag_features.LABEL].int64_list.value[0])
       for name, (dtype, per_tile) in _GEOMETRY.items():
         values = _values(feature, name, dtype)
+        if name == bag_features.TILE_VALID and bag_features.TILE_VALID not in feature:
+          values = [1] * len(feature[bag_features.TILE_X].int64_list.value)  # embedding bag
         geometry[name].append(values if per_tile else values[0])
   if not image_ids:
     raise ValueError(f"no bags in {list(files)}")
+  width = max(a.shape[1] for a in outputs[signatures.ATTENTION])
+  outputs[signatures.ATTENTION] = [np.pad(a, [(0, 0), (0, width - a.shape[1])])
+                                   for a in outputs[signatures.ATTENTION]]
+  for name, value in _PADDING.items():
+    geometry[name] = _padded(geometry[name], width, value)
   return EvalPredictions(
       image_ids=image_ids, providers=providers, labels=np.array(labels, np.int64),
       grades=np.concatenate(outputs[signatures.GRADE]).astype(int),

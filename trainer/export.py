@@ -5,6 +5,7 @@ requests."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Optional, Sequence
@@ -19,7 +20,8 @@ from histopipe.monitoring import drift, slide_skew
 from histopipe.core import referral, signatures
 from histopipe.core.model_contract import CONTRACT_FILE, ModelContract, contract_of
 from histopipe.core.configs import PipelineConfig
-from histopipe.trainer import encoder_batching, features, warmup
+from histopipe.encoders import frozen
+from histopipe.trainer import embedding_export, encoder_batching, features, warmup
 from histopipe.trainer import model as mil_model
 
 def serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
@@ -81,6 +83,16 @@ def serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformO
           signatures.METADATA: metadata}
 
 
+def encoder_entry(model: keras.Model, config: PipelineConfig) -> Optional[dict]:
+  """The contract's `encoder`: what a model on a frozen encoder was trained
+  on (ModelContract.encoder); None for a backbone trained end to end."""
+  if not config.model.encoder:
+    return None
+  return {"encoder": config.model.encoder, "digest": frozen.encoder_digest(config.model),
+          "embedding_size": int(model.input[mil_model.TILE_FEATURES].shape[-1]),
+          "spec": dataclasses.asdict(config.model.encoder_spec)}
+
+
 def referral_settings(model: keras.Model, validation: tf.data.Dataset,
                       config: PipelineConfig) -> Optional[dict]:
   """The referral threshold (core/referral.py) chosen on the validation bags'
@@ -119,9 +131,13 @@ def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
                          if training_bags else None)
   # The per-slide ranges travel in the contract: Predict servers serve no files.
   contract = contract_of(config, referral_choice,
-                         slide_skew.training_ranges(training_statistics))
-  model.save(export_dir, save_format="tf",
-             signatures=serving_signatures(model, tf_transform_output, config, contract))
+                         slide_skew.training_ranges(training_statistics),
+                         encoder=encoder_entry(model, config))
+  if config.model.encoder:  # the head alone was trained: compose it with the encoder
+    model_signatures = embedding_export.serving_signatures(model, config, contract)
+  else:
+    model_signatures = serving_signatures(model, tf_transform_output, config, contract)
+  model.save(export_dir, save_format="tf", signatures=model_signatures)
   extra = os.path.join(export_dir, "assets.extra")
   tf.io.gfile.makedirs(extra)
   with tf.io.gfile.GFile(os.path.join(extra, CONTRACT_FILE), "w") as f:
@@ -129,7 +145,9 @@ def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
   if training_statistics is not None:
     drift.write_statistics(training_statistics,
                            os.path.join(extra, drift.TRAINING_STATISTICS_FILE))
-  if warmup_bags:
+  if warmup_bags and config.model.encoder:
+    warmup.write_embedding_model_warmup(export_dir, warmup_bags, config)
+  elif warmup_bags:
     warmup.write_warmup_requests(export_dir, warmup_bags, config.name)
   else:
     logging.warning("no bags for TF Serving's warm-up requests: the first requests "

@@ -13,11 +13,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from histopipe.core.configs import PipelineConfig, TrainingConfig
-from histopipe.encoders import frozen
 from histopipe.trainer import features, resume
 from histopipe.trainer.devices import FLOAT32_POLICY, precision_policy
 from histopipe.trainer.metrics import QuadraticWeightedKappa
-from histopipe.trainer.model import ENCODER, build_mil_model
+from histopipe.trainer.model import ENCODER, build_embedding_model, build_mil_model
 
 
 def learning_rate_at_epoch(epoch: int, training: TrainingConfig) -> float:
@@ -53,9 +52,9 @@ def compile_model(model: keras.Model, config: PipelineConfig) -> None:
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
   """Freezes or unfreezes the CNN backbone(s): the MIL model's encoder. A
-  frozen encoder (model.encoder, encoders/frozen.py) stays frozen."""
-  encoder = model.get_layer(ENCODER)
-  encoder.trainable = trainable and not getattr(encoder, frozen.FROZEN, False)
+  head on a frozen encoder's embeddings (model.encoder) has none."""
+  if any(layer.name == ENCODER for layer in model.layers):
+    model.get_layer(ENCODER).trainable = trainable
 
 
 def fit_in_phases(model: keras.Model, config: PipelineConfig, strategy: tf.distribute.Strategy,
@@ -76,6 +75,8 @@ def fit_in_phases(model: keras.Model, config: PipelineConfig, strategy: tf.distr
   """
   training = config.training
   frozen = min(max(training.frozen_backbone_epochs, 0), training.epochs)
+  if config.model.encoder:  # the head alone trains: one phase
+    frozen = 0
   if frozen and not config.model.imagenet_weights:
     logging.warning("frozen_backbone_epochs=%d with a randomly initialised backbone: "
                     "the head trains on random features first", frozen)
@@ -145,20 +146,29 @@ class WeightsSnapshot(NamedTuple):
 
 
 
-def build_model(config: PipelineConfig, strategy: tf.distribute.Strategy) -> keras.Model:
+def _new_model(config: PipelineConfig, embedding_size: Optional[int]) -> keras.Model:
+  if config.model.encoder:
+    return build_embedding_model(config.model, embedding_size, config.num_classes)
+  return build_mil_model(config.model, config.tiles_per_bag, config.num_classes)
+
+
+def build_model(config: PipelineConfig, strategy: tf.distribute.Strategy,
+                embedding_size: Optional[int] = None) -> keras.Model:
   """The MIL model, its variables on the strategy's devices, under Keras'
-  current precision policy."""
+  current precision policy: with model.encoder, the head alone, on
+  embeddings of `embedding_size`."""
   with strategy.scope():
-    return build_mil_model(config.model, config.tiles_per_bag, config.num_classes)
+    return _new_model(config, embedding_size)
 
 
-def float32_copy(model: keras.Model, config: PipelineConfig) -> keras.Model:
+def float32_copy(model: keras.Model, config: PipelineConfig,
+                 embedding_size: Optional[int] = None) -> keras.Model:
   """`model` rebuilt under the float32 policy with its trained weights: what
   is exported whatever the training step computed in. A mixed_float16 graph
   casts around every layer; a CPU consumer (the Evaluator, `score`, a CPU TF
   Serving replica) answered 8 bags in 367 ms with it against 153 ms in float32.
   Variables are float32 under both policies, so the weights carry over as they are."""
   with precision_policy(FLOAT32_POLICY):
-    copy = build_mil_model(config.model, config.tiles_per_bag, config.num_classes)
+    copy = _new_model(config, embedding_size)
   copy.set_weights(model.get_weights())
   return copy

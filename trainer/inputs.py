@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -18,7 +18,7 @@ from tfx_bsl.public import tfxio
 
 from histopipe.core.configs import PipelineConfig, TrainingConfig
 from histopipe.core.errors import UserError
-from histopipe.trainer import features
+from histopipe.trainer import embedding_bags, features
 from histopipe.trainer.augmentation import BagAugmenter
 from histopipe.trainer.model import ordinal_targets
 
@@ -57,26 +57,38 @@ def read_raw_bags(file_pattern, data_accessor, schema, training_config: Training
 
 def read_bags(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOutput,
               config: PipelineConfig, training: bool,
-              drop_final_batch: bool = False) -> tf.data.Dataset:
+              drop_final_batch: bool = False,
+              embedding_size: Optional[int] = None) -> tf.data.Dataset:
   # Resampling re-batches the bags it keeps, so the batch to drop is its own:
   # dropped by the reader, up to a batch of bags would be missing from the
   # counts an undersampled epoch is drawn against.
   resampled = training and config.training.class_balance in RESAMPLING
-  raw = read_raw_bags(file_pattern, data_accessor, tf_transform_output.raw_metadata.schema,
+  schema = tf_transform_output.raw_metadata.schema
+  if config.model.encoder:
+    schema = embedding_bags.reading_schema(schema)
+  raw = read_raw_bags(file_pattern, data_accessor, schema,
                       config.training, training, drop_final_batch and not resampled)
-  return model_batches(raw, tf_transform_output, config, training, drop_final_batch)
+  return model_batches(raw, tf_transform_output, config, training, drop_final_batch,
+                       embedding_size)
 
 
 def model_batches(raw: tf.data.Dataset, tf_transform_output: tft.TFTransformOutput,
                   config: PipelineConfig, training: bool,
-                  drop_final_batch: bool = False) -> tf.data.Dataset:
+                  drop_final_batch: bool = False,
+                  embedding_size: Optional[int] = None) -> tf.data.Dataset:
   """Batches of parsed raw bags -> (inputs, targets[, sample weights]) for Keras:
   the transform graph, then, for training, balancing and augmentation.
-  `drop_final_batch` drops an undersampled epoch's last, partial batch."""
+  `drop_final_batch` drops an undersampled epoch's last, partial batch.
+  With model.encoder, embedding bags of `embedding_size` -> the head's
+  inputs, padded to each batch's largest bag (embedding_bags.py); nothing
+  to transform or augment."""
   training_config = config.training
-  tft_layer = tf_transform_output.transform_features_layer()
+  if config.model.encoder and not embedding_size:
+    raise ValueError("embedding bags need their embedding_size")
+  tft_layer = None if config.model.encoder else tf_transform_output.transform_features_layer()
   num_classes = config.num_classes
-  augment = BagAugmenter(config.augmentation, seed=training_config.seed) if training else None
+  augment = (BagAugmenter(config.augmentation, seed=training_config.seed)
+             if training and not config.model.encoder else None)
   balance = training_config.class_balance if training else "none"
   if balance not in ("none", "class_weights") + RESAMPLING:
     raise ValueError(f"unknown class_balance {balance!r}")
@@ -88,13 +100,19 @@ def model_batches(raw: tf.data.Dataset, tf_transform_output: tft.TFTransformOutp
   elif balance == "undersample":
     raw = undersampled(raw, counts, training_config, drop_final_batch)
 
-  def to_model_io(raw_batch) -> tuple:  # (inputs, targets[, sample weights])
+  def inputs_and_labels(raw_batch):
+    if config.model.encoder:
+      return (embedding_bags.head_inputs(raw_batch, embedding_size),
+              raw_batch[features.LABEL_KEY])
     transformed = tft_layer(raw_batch)
     if augment is not None:
       transformed = augment(transformed)
-    inputs = {features.TILES_XF: transformed[features.TILES_XF],
-              features.TILE_VALID_XF: transformed[features.TILE_VALID_XF]}
-    labels = transformed[features.LABEL_KEY]
+    return ({features.TILES_XF: transformed[features.TILES_XF],
+             features.TILE_VALID_XF: transformed[features.TILE_VALID_XF]},
+            transformed[features.LABEL_KEY])
+
+  def to_model_io(raw_batch) -> tuple:  # (inputs, targets[, sample weights])
+    inputs, labels = inputs_and_labels(raw_batch)
     targets = {features.ORDINAL_LOGITS: ordinal_targets(labels, num_classes),
                features.PROBABILITIES: tf.reshape(labels, [-1, 1])}
     if balance != "class_weights":
@@ -214,7 +232,8 @@ def global_batches(training: TrainingConfig, replicas: int) -> TrainingConfig:
 
 
 def training_inputs(fn_args, tf_transform_output: tft.TFTransformOutput,
-                    config: PipelineConfig, replicas: int = 1):
+                    config: PipelineConfig, replicas: int = 1,
+                    embedding_size: Optional[int] = None):
   """(train, validation, steps_per_epoch) for `fit`, from the Trainer's or
   the Tuner's fn_args: `training.batch_size` bags per replica each step.
   Across several replicas the last, partial training batch is dropped, so
@@ -232,9 +251,10 @@ def training_inputs(fn_args, tf_transform_output: tft.TFTransformOutput,
                       f"({training.batch_size}: training.batch_size bags on each of "
                       f"{replicas} replicas); lower training.batch_size")
   train = read_bags(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
-                    config, training=True, drop_final_batch=replicas > 1)
+                    config, training=True, drop_final_batch=replicas > 1,
+                    embedding_size=embedding_size)
   validation = read_bags(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
-                         config, training=False)
+                         config, training=False, embedding_size=embedding_size)
   steps_per_epoch = training.steps_per_epoch or None
   if resampled:
     # Balanced sampling's stream is endless; an undersampled epoch is one

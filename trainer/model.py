@@ -10,13 +10,13 @@ Padding tiles get zero attention, so they can never change the output.
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import tensorflow as tf
 import tf_keras as keras
 
 from histopipe.core.configs import ModelConfig
-from histopipe.encoders import frozen, imagenet_weights
+from histopipe.encoders import imagenet_weights
 from histopipe.trainer import features
 
 _APPLICATIONS = {
@@ -178,7 +178,10 @@ HEAD = "mil_head"
 TILE_FEATURES = "tile_features"
 
 
-def tiles_looked_at(model: ModelConfig, tiles_per_slide: int) -> int:
+def tiles_looked_at(model: ModelConfig, tiles_per_slide: Optional[int]) -> Optional[int]:
+  """Tiles of a bag the model looks at (None: a bag of any size, all of them)."""
+  if tiles_per_slide is None:
+    return None
   return min(model.tiles_used or tiles_per_slide, tiles_per_slide)
 
 
@@ -193,16 +196,13 @@ def encoder_images(model: ModelConfig, tiles, valid, tiles_per_slide: int):
   return tf.reshape(tiles[:, :used], [-1, size, size, 3])
 
 
-def _features_per_bag(model: ModelConfig, tiles_per_slide: int) -> int:
+def _features_per_bag(model: ModelConfig, tiles_per_slide: Optional[int]) -> Optional[int]:
   return 1 if model.pooling == "concat_tile" else tiles_looked_at(model, tiles_per_slide)
 
 
 def build_encoder(model: ModelConfig, tiles_per_slide: int) -> keras.Model:
   """The backbone on encoder_images' images, its features in float32
-  (pooling masks with -1e9, beyond float16 under mixed precision); or the
-  frozen model.encoder, which takes the tiles in pixels."""
-  if model.encoder:
-    return frozen.build_frozen_encoder(model, name=ENCODER)
+  (pooling masks with -1e9, beyond float16 under mixed precision)."""
   size = model.input_size
   if model.pooling == "concat_tile":
     rows, cols = _tile_grid(tiles_looked_at(model, tiles_per_slide))
@@ -232,17 +232,18 @@ def _pool_tiles(model: ModelConfig, tile_features, valid):
   return pooled, attention / tf.maximum(tf.reduce_sum(attention, -1, keepdims=True), 1e-9)
 
 
-def build_head(model: ModelConfig, tiles_per_slide: int, feature_size: int,
+def build_head(model: ModelConfig, tiles_per_slide: Optional[int], feature_size: int,
                num_classes: int) -> keras.Model:
   """A bag's tile features [B, k, F] (k = 1 for concat_tile) and its valid
-  mask [B, N] -> ordinal logits, probabilities, grade and per-tile attention."""
+  mask [B, N] -> ordinal logits, probabilities, grade and per-tile attention.
+  `tiles_per_slide` None: bags of any size N (a frozen encoder's embeddings)."""
   used = tiles_looked_at(model, tiles_per_slide)
   tile_features = keras.Input((_features_per_bag(model, tiles_per_slide), feature_size),
                               name=TILE_FEATURES)
   valid = keras.Input((tiles_per_slide,), name=features.TILE_VALID_XF)
   pooled, attention = _pool_tiles(model, tile_features, valid[:, :used])
-  # Attention per tile of the bag: the tiles not looked at get 0.
-  attention = tf.pad(attention, [[0, 0], [0, tiles_per_slide - used]])
+  if used != tiles_per_slide:  # attention per tile of the bag: those not looked at get 0
+    attention = tf.pad(attention, [[0, 0], [0, tiles_per_slide - used]])
   hidden = keras.layers.Dense(model.dense_units, activation="relu")(pooled)
   hidden = (keras.layers.LayerNormalization()(hidden) if model.head_normalization == "layer"
             else keras.layers.BatchNormalization()(hidden))
@@ -269,6 +270,9 @@ def build_mil_model(model: ModelConfig, tiles_per_slide: int,
                     num_classes: int) -> keras.Model:
   if model.pooling not in POOLINGS:
     raise ValueError(f"unknown pooling {model.pooling!r}; choose from {list(POOLINGS)}")
+  if model.encoder:
+    raise ValueError("with model.encoder the head trains on embedding bags: "
+                     "build_embedding_model")
   size = model.input_size
   tiles = keras.Input((tiles_per_slide, size, size, 3), name=features.TILES_XF)
   valid = keras.Input((tiles_per_slide,), name=features.TILE_VALID_XF)
@@ -281,6 +285,21 @@ def build_mil_model(model: ModelConfig, tiles_per_slide: int,
            for key, value in outputs.items()}
   return keras.Model({features.TILES_XF: tiles, features.TILE_VALID_XF: valid}, named,
                      name=f"mil_{model.backbone.replace('+', '_')}_{model.pooling}")
+
+
+def build_embedding_model(model: ModelConfig, embedding_size: int,
+                          num_classes: int) -> keras.Model:
+  """The MIL head alone, as the Trainer fits it on a frozen encoder's
+  embedding bags (model.encoder): [B, N, D] embeddings of bags of any size N
+  and their valid mask [B, N] -> the outputs, named as build_mil_model's."""
+  tile_features = keras.Input((None, embedding_size), name=TILE_FEATURES)
+  valid = keras.Input((None,), name=features.TILE_VALID_XF)
+  head = build_head(model, None, embedding_size, num_classes)
+  outputs = head({TILE_FEATURES: tile_features, features.TILE_VALID_XF: valid})
+  named = {key: keras.layers.Identity(name=key, dtype="float32")(value)
+           for key, value in outputs.items()}
+  return keras.Model({TILE_FEATURES: tile_features, features.TILE_VALID_XF: valid}, named,
+                     name=f"mil_head_{model.pooling}")
 
 
 def ordinal_targets(labels: tf.Tensor, num_classes: int) -> tf.Tensor:

@@ -43,27 +43,31 @@ def _channel_statistics(tiles: tf.Tensor, valid: tf.Tensor, input_size: int):
   return mean, tf.sqrt(tf.maximum(total_sq / count - tf.square(mean), 1e-6))
 
 
+def _label_counts(inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """Label counts of the training split, for class weights or balanced
+  sampling (a TFT vocabulary with frequencies); the labels pass through."""
+  tft.vocabulary(tf.strings.as_string(tf.reshape(inputs[features.LABEL_KEY], [-1])),
+                 vocab_filename=features.LABEL_COUNTS_VOCABULARY, store_frequency=True)
+  return {features.LABEL_KEY: inputs[features.LABEL_KEY]}
+
+
 def preprocessing_fn(inputs: Dict[str, tf.Tensor],
                      custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
-  """`custom_config["input_size"]`: the model's tile size, and
-  `custom_config["normalize"]`: False when a frozen encoder (model.encoder)
-  takes the tiles, which it scales itself as it was trained to: the tiles
-  stay 0..255 pixels (mean 0, std 1). The only settings the Transform
-  depends on, so a cached Transform survives other changes."""
+  """`custom_config["input_size"]`: the model's tile size, the one setting the
+  Transform depends on (so a cached Transform survives other changes).
+  `custom_config["embedding_bags"]`: the Transform of a head on a frozen
+  encoder (model.encoder) sees embedding bags, which it leaves as they are
+  (the encoder scaled its tiles as it was trained to): only the label counts."""
+  if custom_config.get("embedding_bags"):
+    return _label_counts(inputs)
   input_size = int(custom_config["input_size"])
-  normalize = bool(custom_config.get("normalize", True))
   tiles = decode_tiles(inputs[bag_features.TILES], input_size)
   valid = tf.cast(inputs[bag_features.TILE_VALID], tf.float32)
 
   # Per-channel sums over valid tiles only; mean and std follow from them.
-  if normalize:
-    mean, std = _channel_statistics(tiles, valid, input_size)
-  else:
-    mean, std = tf.zeros([3]), tf.ones([3])
+  mean, std = _channel_statistics(tiles, valid, input_size)
 
-  # Label counts of the training split, for class weights or balanced sampling.
-  tft.vocabulary(tf.strings.as_string(tf.reshape(inputs[features.LABEL_KEY], [-1])),
-                 vocab_filename=features.LABEL_COUNTS_VOCABULARY, store_frequency=True)
+  _label_counts(inputs)
 
   batch = tf.shape(valid)[:1]
   return {

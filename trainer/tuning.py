@@ -12,6 +12,7 @@ results, our code builds and trains the tf_keras model.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import keras_tuner
 import tensorflow as tf
@@ -20,7 +21,7 @@ import tf_keras as keras
 from tfx import v1 as tfx
 
 from histopipe.core.configs import TUNED_FIELDS, PipelineConfig, with_tuned_values
-from histopipe.trainer import devices, fit, inputs
+from histopipe.trainer import devices, embedding_bags, fit, inputs
 
 
 def search_space(config: PipelineConfig) -> keras_tuner.HyperParameters:
@@ -34,8 +35,10 @@ class MilRandomSearch(keras_tuner.engine.base_tuner.BaseTuner):
   """Each trial: the MIL model with the trial's values, trained for
   `tuning.epochs` on "train", scored by the best validation kappa (AUC)."""
 
-  def __init__(self, config: PipelineConfig, strategy: tf.distribute.Strategy, **kwargs):
+  def __init__(self, config: PipelineConfig, strategy: tf.distribute.Strategy,
+               embedding_size: Optional[int] = None, **kwargs):
     self._config = config
+    self._embedding_size = embedding_size  # with model.encoder: the head's input
     self._strategy = strategy  # one for every trial: it holds the devices
     oracle = keras_tuner.oracles.RandomSearchOracle(
         objective=keras_tuner.Objective(fit.selection_metric(config), direction="max"),
@@ -51,7 +54,7 @@ class MilRandomSearch(keras_tuner.engine.base_tuner.BaseTuner):
     # built: on a GPU each trial's ResNet50 would otherwise stay allocated.
     keras.backend.clear_session()
     with devices.precision_policy(devices.training_policy(config.training)):
-      model = fit.build_model(config, self._strategy)
+      model = fit.build_model(config, self._strategy, self._embedding_size)
       best = fit.fit_in_phases(model, config, self._strategy, train, validation,
                                steps_per_epoch)
     return {fit.selection_metric(config): best}
@@ -61,9 +64,12 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
   config = PipelineConfig.from_json(fn_args.custom_config["config"])
   strategy = devices.training_strategy(config.training)
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+  embedding_size = (embedding_bags.embedding_size_of(fn_args.train_files)
+                    if config.model.encoder else None)
   train, validation, steps_per_epoch = inputs.training_inputs(
-      fn_args, tf_transform_output, config, replicas=strategy.num_replicas_in_sync)
-  tuner = MilRandomSearch(config, strategy, directory=fn_args.working_dir,
+      fn_args, tf_transform_output, config, replicas=strategy.num_replicas_in_sync,
+      embedding_size=embedding_size)
+  tuner = MilRandomSearch(config, strategy, embedding_size, directory=fn_args.working_dir,
                           project_name="mil_search")
   return tfx.components.TunerFnResult(
       tuner=tuner,

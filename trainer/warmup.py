@@ -12,13 +12,16 @@ the whole model folder, so every pushed version carries its own warm-up.
 from __future__ import annotations
 
 import os
-from typing import List, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
+import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from tfx_bsl.tfxio import dataset_util
 
+from histopipe.bags import bag_features
 from histopipe.core import signatures
+from histopipe.core.configs import PipelineConfig
 from histopipe.trainer import features
 
 WARMUP_DIR = "assets.extra"
@@ -63,26 +66,87 @@ def write_warmup_requests(export_dir: str, serialized_bags: Sequence[bytes],
   return path
 
 
-def model_inputs_only(serialized_bag: bytes) -> bytes:
+def model_inputs_only(serialized_bag: bytes,
+                      keys: Sequence[str] = features.MODEL_INPUT_KEYS) -> bytes:
   """The bag as a serving client sends it: only the features the model reads.
   The warm-up file ships with every pushed model, so it should not carry the
   slide's patient id, label or grading."""
   bag = tf.train.Example.FromString(serialized_bag)
   request = tf.train.Example()
-  for key in features.MODEL_INPUT_KEYS:
+  for key in keys:
     if key in bag.features.feature:
       request.features.feature[key].CopyFrom(bag.features.feature[key])
   return request.SerializeToString()
 
 
-def first_bags(file_patterns: Union[str, List[str]], count: int = WARMUP_BAGS) -> List[bytes]:
+def first_bags(file_patterns: Union[str, List[str]], count: int = WARMUP_BAGS,
+               keys: Sequence[str] = features.MODEL_INPUT_KEYS) -> List[bytes]:
   """Up to `count` bags from the Trainer's record files (e.g. `fn_args.eval_files`),
-  cut to the model's inputs. Read as the Trainer's data accessor reads them
+  cut to the model's inputs (`keys`). Read as the Trainer's data accessor reads them
   (same file matching, compression told by the `.gz` name)."""
   records = dataset_util.make_tf_record_dataset(
       file_patterns if isinstance(file_patterns, list) else [file_patterns],
       batch_size=count, drop_final_batch=False, num_epochs=1, shuffle=False,
       shuffle_buffer_size=1, shuffle_seed=None)
   for batch in records.take(1):
-    return [model_inputs_only(record) for record in batch.numpy()]
+    return [model_inputs_only(record, keys) for record in batch.numpy()]
   return []
+
+
+# A model on a frozen encoder trains on embedding bags: its Trainer has no
+# tile bags, so serving_default and embed_tiles warm up on tiles of one grey,
+# cut as the contract says (their content does not matter to the kernels).
+SYNTHETIC_WARMUP_TILES = 4
+
+
+def _grey_tiles(config: PipelineConfig) -> List[bytes]:
+  size = config.tiling.resize_to or config.tiling.tile_size
+  grey = tf.fill([size, size, 3], tf.constant(200, tf.uint8))
+  encoded = (tf.io.encode_jpeg(grey, quality=config.tiling.jpeg_quality)
+             if config.tiling.tile_format == "jpeg" else tf.io.encode_png(grey))
+  return [encoded.numpy()] * SYNTHETIC_WARMUP_TILES
+
+
+def _predict_log(model_name: str, signature: str, inputs: Dict[str, tf.Tensor]):
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = model_name
+  request.model_spec.signature_name = signature
+  for name, value in inputs.items():
+    request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+  return prediction_log_pb2.PredictionLog(
+      predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def embedding_model_warmup(embedding_bags: Sequence[bytes],
+                           config: PipelineConfig) -> List[prediction_log_pb2.PredictionLog]:
+  """predict_embeddings on each of the embedding bags given, then
+  serving_default on a bag of grey tiles and embed_tiles on its tiles."""
+  logs = []
+  for serialized in embedding_bags:
+    feature = tf.train.Example.FromString(serialized).features.feature
+    size = feature[bag_features.EMBEDDING_SIZE].int64_list.value[0]
+    embeddings = np.array(feature[bag_features.EMBEDDINGS].float_list.value,
+                          np.float32).reshape(-1, size)
+    logs.append(_predict_log(config.name, signatures.PREDICT_EMBEDDINGS,
+                             {signatures.EMBEDDINGS: embeddings}))
+  tiles = _grey_tiles(config)
+  bag = bag_features.serialize_request(bag_features.SlideBag(
+      tiles=tiles, tile_valid=[1] * len(tiles), tile_x=[], tile_y=[], tile_tissue=[], level=0,
+      level_downsample=1.0, tile_size=0, mpp=0.0, slide_width=0, slide_height=0), "warm-up")
+  logs.append(_predict_log(config.name, signatures.SERVING_DEFAULT,
+                           {signatures.EXAMPLES: np.array([bag], dtype=object)}))
+  logs.append(_predict_log(config.name, signatures.EMBED_TILES,
+                           {signatures.TILES: np.array(tiles, dtype=object)}))
+  return logs
+
+
+def write_embedding_model_warmup(export_dir: str, embedding_bags: Sequence[bytes],
+                                 config: PipelineConfig) -> str:
+  """The warm-up file of a model on a frozen encoder; returns its path."""
+  warmup_dir = os.path.join(export_dir, WARMUP_DIR)
+  tf.io.gfile.makedirs(warmup_dir)
+  path = os.path.join(warmup_dir, WARMUP_FILE)
+  with tf.io.TFRecordWriter(path) as writer:
+    for log in embedding_model_warmup(embedding_bags, config):
+      writer.write(log.SerializeToString())
+  return path

@@ -47,9 +47,15 @@ def build_card(config: PipelineConfig, contract: Optional[ModelContract],
           "the ISUP grade group (0-5) of a prostate biopsy")
   scale = (f"{tiling.target_mpp:g} um/px" if tiling.target_mpp else
            f"downsample {tiling.level_downsample:g}")
-  architecture = (f"{model.backbone} backbone on {model.input_size} px tiles, "
-                  f"{model.pooling} multiple-instance pooling over {config.tiles_per_bag} "
-                  f"tiles of {tiling.tile_size} px at {scale} ({tiling.tile_format}), "
+  encoder = contract.encoder if contract else None
+  tiles = (f"{config.tiles_per_bag} tiles" if config.tiles_per_bag else
+           f"every tissue tile (up to {tiling.max_tiles})")
+  backbone = (f"frozen encoder {encoder['encoder']} (SHA-256 {encoder['digest']}, "
+              f"{encoder['embedding_size']} features a tile, not trained; the head trained "
+              f"on its embeddings)" if encoder else f"{model.backbone} backbone")
+  architecture = (f"{backbone} on {model.input_size} px tiles, "
+                  f"{model.pooling} multiple-instance pooling over {tiles} "
+                  f"of {tiling.tile_size} px at {scale} ({tiling.tile_format}), "
                   f"{model.dense_units}-unit dense layer, "
                   + ("one logit (P(label 1))" if binary else
                      "ordinal head (5 cumulative logits; grade = ordinal median)"))
@@ -104,8 +110,10 @@ def build_card(config: PipelineConfig, contract: Optional[ModelContract],
       },
       "model_parameters": {
           "model_architecture": architecture,
-          "input_format": (f"a tf.Example bag: {config.tiles_per_bag} encoded "
-                           f"{tiling.tile_format.upper()} tiles and a 0/1 mask of real ones"),
+          "input_format": (f"a tf.Example bag: {tiles}, encoded as "
+                           f"{tiling.tile_format.upper()}, and a 0/1 mask of real ones" +
+                           ("; or a bag's tile embeddings (embed_tiles, then "
+                            "predict_embeddings)" if encoder else "")),
           "output_format": ("grade (int), probabilities (6 floats), attention per tile"
                             if not binary else
                             "grade (0/1), probabilities (P(label 1)), attention per tile"),
