@@ -18,6 +18,12 @@ def _synth(args) -> int:
           f"{os.path.join(args.out, 'train')} and labels to "
           f"{os.path.join(args.out, 'train_labels.csv')}")
     return 0
+  if args.format == "idc":
+    patches = synthetic.write_idc_dataset(args.out, args.slides, seed=args.seed, progress=True)
+    patients = len({os.path.dirname(os.path.dirname(p.path)) for p in patches})
+    print(f"wrote {len(patches)} patches ({sum(p.label for p in patches)} positive) of "
+          f"{patients} patients to {args.out}/<patient>/<0|1>/")
+    return 0
   slides = synthetic.write_dataset(args.out, args.slides, seed=args.seed,
                                    level0_size=(args.width, args.height), progress=True)
   print(f"wrote {len(slides)} slides to {os.path.join(args.out, 'train_images')} "
@@ -41,16 +47,17 @@ def _tile(args) -> int:
 def add_commands(commands) -> None:
   """synth, tile"""
   synth = commands.add_parser(
-      "synth", help="write a synthetic PANDA-style (or PatchCamelyon-style) dataset",
+      "synth", help="write a synthetic PANDA-style (or PatchCamelyon- or IDC-style) dataset",
       description="Write PANDA-format slides (JPEG-compressed tiled pyramidal "
       "TIFF, levels at downsample 1/4/16) under OUT/train_images/ and labels "
       "in OUT/train.csv; morphology depends on the ISUP grade. With --format "
       "pcam: 96x96 patches OUT/train/<id>.tif and OUT/train_labels.csv (id,label), "
-      "positives showing tumour morphology.")
+      "positives showing tumour morphology; with --format idc: 50x50 patches "
+      "OUT/<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<0|1>.png, four a patient.")
   synth.add_argument("--out", required=True, help="output folder")
   synth.add_argument("--slides", type=int, required=True,
-                     help="number of slides (or patches with --format pcam)")
-  synth.add_argument("--format", default="panda", choices=["panda", "pcam"],
+                     help="number of slides (or patches with --format pcam or idc)")
+  synth.add_argument("--format", default="panda", choices=["panda", "pcam", "idc"],
                      help="dataset layout to write (default panda)")
   synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
   synth.add_argument("--width", type=int, default=2048,

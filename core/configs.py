@@ -140,6 +140,16 @@ class ModelConfig:
   # single device would; "batch" (BatchNorm) is over a replica's bags: with
   # one bag its variance is zero.
   head_normalization: Literal["layer", "batch"] = "layer"
+  # Binary tasks: "logistic" (the dense layer, its normalisation and dropout,
+  # one logit trained on cross-entropy) or "regression", the seeds' IDC head:
+  # a dense_units ReLU layer (20 there), then one sigmoid output trained as a
+  # regression on the 0/1 label (mean squared error), nothing between them.
+  binary_head: Literal["logistic", "regression"] = "logistic"
+  # backbone "wide_resnet": WRN-depth-width (trainer/wide_resnet.py), with
+  # dropout between each block's convolutions; WRN-16-8 by default.
+  wide_resnet_depth: int = 16
+  wide_resnet_width: int = 8
+  wide_resnet_dropout: float = 0.0
   imagenet_weights: str = ""  # path to a .h5 file, "imagenet" for the Keras cache, "" random
   # Backbone BatchNorm momentum; 0 keeps the backbone's own (0.99). Training
   # from random init on a few hundred steps needs a shorter memory (0.9), or
@@ -161,6 +171,11 @@ class ModelConfig:
   encoder_spec: EncoderSpec = EncoderSpec()
 
   def __post_init__(self):
+    if self.wide_resnet_depth < 10 or (self.wide_resnet_depth - 4) % 6:
+      raise ValueError(f"wide_resnet_depth is 6n + 4 (10, 16, 22, 28, 40); got "
+                       f"{self.wide_resnet_depth}")
+    if self.wide_resnet_width < 1:
+      raise ValueError("wide_resnet_width is at least 1")
     if self.encoder and self.tiles_used:
       raise ValueError("tiles_used looks at the first tiles of a bag the backbone trains on; "
                        "a frozen encoder's head takes every tile: set it to 0")

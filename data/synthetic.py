@@ -392,3 +392,41 @@ def write_patch_dataset(out_dir: str, patches: int, seed: int = 0, progress: boo
     writer.writerows([p.id, p.label] for p in written)
   mark_synthetic(out_dir, seed)
   return written
+
+
+IDC_PATCH_SIZE = 50  # the IDC dataset's patches: 50 x 50 px at 40x
+IDC_PATCHES_PER_PATIENT = 4
+
+
+def write_idc_dataset(out_dir: str, patches: int, seed: int = 0, progress: bool = False
+                      ) -> List[SyntheticPatch]:
+  """The breast IDC dataset's layout: `out_dir/<patient>/<0|1>/
+  <patient>_idx5_x<X>_y<Y>_class<0|1>.png` (50 x 50 RGB PNG), the label in the
+  folder and the name, the patch's position in its slide in the name;
+  IDC_PATCHES_PER_PATIENT patches a patient, labels balanced."""
+  if patches < 1:
+    raise ValueError("patches must be >= 1")
+  rng = np.random.default_rng(seed)
+  labels = _balanced_labels(rng, patches, classes=2)
+  written = []
+  counter = progress_bar("synthesizing patches", patches, unit="patches", enabled=progress)
+  for index, label in enumerate(labels):
+    label = int(label)
+    patch_rng = np.random.default_rng([seed, index, IDC_PATCH_SIZE])
+    grade = PCAM_TUMOUR_GRADE if label else 0
+    morph = at_downsample(jittered(morphology_for_grade(grade), patch_rng), PCAM_DOWNSAMPLE)
+    stain = PROVIDER_STAIN[PROVIDERS[0]] * patch_rng.normal(1.0, 0.03, 3)
+    patient = str(10000 + seed * 1000 + index // IDC_PATCHES_PER_PATIENT)
+    x, y = (IDC_PATCH_SIZE * (1 + index % IDC_PATCHES_PER_PATIENT),
+            IDC_PATCH_SIZE * (1 + index // IDC_PATCHES_PER_PATIENT))
+    folder = make_output_dir(os.path.join(out_dir, patient, str(label)))
+    name = f"{patient}_idx5_x{x}_y{y}_class{label}"
+    path = os.path.join(folder, f"{name}.png")
+    rgb = render_patch(patch_rng, IDC_PATCH_SIZE, morph, stain)
+    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+      raise OSError(f"{path}: cannot write")
+    written.append(SyntheticPatch(name, path, label))
+    counter.update()
+  counter.close()
+  mark_synthetic(out_dir, seed)
+  return written

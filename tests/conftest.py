@@ -19,12 +19,12 @@ from histopipe.data import synthetic  # noqa: E402
 TINY_LEVEL0 = (1024, 768)
 
 
-# The binary (PCam-style) run shared by the end-to-end and run-local tests: a
-# small CNN at 32 px, two tuner trials, always blessed.
+# The binary (PCam-style) run shared by the end-to-end and run-local tests: the
+# seeds' wide ResNet, small (WRN-10-2), at 32 px, two tuner trials, always blessed.
 PCAM_CONFIG = {
     "preset": "demo",
-    "model": {"backbone": "small_cnn", "input_size": 32, "dense_units": 16,
-              "attention_units": 8},
+    "model": {"backbone": "wide_resnet", "wide_resnet_depth": 10, "wide_resnet_width": 2,
+              "input_size": 32, "dense_units": 16, "attention_units": 8},
     "training": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8},
     "evaluation": {"min_auc": -1.0, "max_auc_drop": 2.0},
     "tuning": {"enabled": True, "max_trials": 2, "epochs": 1,

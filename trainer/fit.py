@@ -33,6 +33,18 @@ def ordinal_loss(targets, logits):
   return keras.losses.binary_crossentropy(targets, logits, from_logits=True)
 
 
+def regression_loss(targets, logits):
+  """The seeds' IDC head: the sigmoid output regressed on the 0/1 label
+  (mean squared error), model.binary_head "regression"."""
+  return keras.losses.mean_squared_error(targets, tf.sigmoid(logits))
+
+
+def loss_of(config: PipelineConfig):
+  if config.task == "binary" and config.model.binary_head == "regression":
+    return regression_loss
+  return ordinal_loss
+
+
 def selection_metric(config: PipelineConfig) -> str:
   """The validation metric early stopping keeps the best model by."""
   name = "auc" if config.task == "binary" else "kappa"
@@ -45,7 +57,7 @@ def compile_model(model: keras.Model, config: PipelineConfig) -> None:
   model.compile(
       optimizer=keras.optimizers.Adam(config.training.learning_rate),
       # Binary: the single logit "label >= 1" is the two-class ordinal logit.
-      loss={features.ORDINAL_LOGITS: ordinal_loss},
+      loss={features.ORDINAL_LOGITS: loss_of(config)},
       metrics={features.PROBABILITIES: [metric]},
   )
 

@@ -18,6 +18,7 @@ import tf_keras as keras
 from histopipe.core.configs import ModelConfig
 from histopipe.encoders import imagenet_weights
 from histopipe.trainer import features
+from histopipe.trainer.wide_resnet import wide_resnet
 
 _APPLICATIONS = {
     "resnet50": keras.applications.ResNet50,
@@ -26,7 +27,9 @@ _APPLICATIONS = {
 }
 # Smallest tile each backbone accepts (Keras' own limits).
 MIN_INPUT_SIZE = {"resnet50": 32, "xception": 71, "nasnet_mobile": 32,
-                  "xception+nasnet": 71, "small_cnn": 16}
+                  "xception+nasnet": 71, "small_cnn": 16,
+                  # Two stride-2 groups: a 50 px IDC patch ends 13 x 13.
+                  "wide_resnet": 8}
 BACKBONES = tuple(MIN_INPUT_SIZE)
 POOLINGS = ("gated_attention", "mean", "max", "concat_tile")
 
@@ -64,10 +67,13 @@ def build_backbone(model: ModelConfig, input_shape=None) -> keras.Model:
                      f"{MIN_INPUT_SIZE[model.backbone]} px; input_size is {model.input_size}")
   input_shape = input_shape or (model.input_size, model.input_size, 3)
   weights = model.imagenet_weights
+  if model.backbone in ("small_cnn", "wide_resnet") and weights:
+    raise ValueError(f"{model.backbone} has no ImageNet weights")
   if model.backbone == "small_cnn":
-    if weights:
-      raise ValueError("small_cnn has no ImageNet weights")
     backbone = _small_cnn(input_shape)
+  elif model.backbone == "wide_resnet":
+    backbone = wide_resnet(input_shape, model.wide_resnet_depth, model.wide_resnet_width,
+                           model.wide_resnet_dropout)
   elif model.backbone == "xception+nasnet":
     xception_weights, nasnet_weights = ((weights.split(",") + [""])[:2]
                                         if weights != "imagenet" else (weights, weights))
@@ -245,9 +251,10 @@ def build_head(model: ModelConfig, tiles_per_slide: Optional[int], feature_size:
   if used != tiles_per_slide:  # attention per tile of the bag: those not looked at get 0
     attention = tf.pad(attention, [[0, 0], [0, tiles_per_slide - used]])
   hidden = keras.layers.Dense(model.dense_units, activation="relu")(pooled)
-  hidden = (keras.layers.LayerNormalization()(hidden) if model.head_normalization == "layer"
-            else keras.layers.BatchNormalization()(hidden))
-  hidden = keras.layers.Dropout(model.dropout)(hidden)
+  if not (num_classes == 2 and model.binary_head == "regression"):
+    hidden = (keras.layers.LayerNormalization()(hidden) if model.head_normalization == "layer"
+              else keras.layers.BatchNormalization()(hidden))
+    hidden = keras.layers.Dropout(model.dropout)(hidden)
   logits = keras.layers.Dense(num_classes - 1, dtype="float32")(hidden)
   decoded = binary_outputs(logits) if num_classes == 2 else ordinal_outputs(logits)
   return keras.Model({TILE_FEATURES: tile_features, features.TILE_VALID_XF: valid},
