@@ -3,8 +3,10 @@ SavedModel in Beam) and `serve-dev` (the development Predict server)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+
 from histopipe.cli.arguments import (model_settings, add_model_settings_arguments)
 
 
@@ -71,10 +73,18 @@ def _score(args) -> int:
   return 0
 
 
+def _positive(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{text}: at least 1")
+  return value
+
+
 def _serve_dev(args) -> int:
   from histopipe.serving.dev_server import DevServer
   server = DevServer(args.model_dir, args.model, port=args.port, rest_port=args.rest_port,
-                     host=args.host).start()
+                     host=args.host, **({"workers": args.workers} if args.workers else {})
+                     ).start()
   rest = f", REST on {args.host}:{server.rest_port}" if args.rest_port is not None else ""
   print(f"development server (not TF Serving): model {args.model!r} version "
         f"{server.model.version} from {server.model.path}, gRPC on {args.host}:{server.port}"
@@ -144,4 +154,6 @@ def add_commands(commands) -> None:
   serve_dev.add_argument("--rest-port", type=int, help="also serve REST on this port")
   serve_dev.add_argument("--model", default="histopipe", help="model name (default histopipe)")
   serve_dev.add_argument("--host", default="localhost", help="address to bind (default localhost)")
+  serve_dev.add_argument("--workers", type=_positive, default=None,
+                         help="requests run at once (default 64, as many as one client sends)")
   serve_dev.set_defaults(handler=_serve_dev)
