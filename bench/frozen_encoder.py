@@ -6,7 +6,7 @@
 Three `histopipe run`s with the demo preset on the same data folder (made
 with `histopipe synth --slides 150 --seed 0`, as `make demo` makes it, when
 --data is not there), each a process of its own, each step's time read from
-the run's own lines ("[k/n] Trainer: done in S s"):
+the run's own progress lines ("[k/n] Trainer: done in S s"):
 
   end_to_end   the demo as `make demo` runs it: ResNet50 on 8 tiles of 64 px
                a bag, trained end to end (12 epochs).
@@ -47,7 +47,7 @@ def histopipe(*args: str) -> str:
   if done.returncode != 0:
     raise RuntimeError(f"histopipe {' '.join(args)} failed:\n{done.stdout[-3000:]}"
                        f"{done.stderr[-3000:]}")
-  return done.stdout
+  return done.stdout + done.stderr  # the step lines go to stderr, the summary to stdout
 
 
 def run(data: str, out: str, config: dict, workdir: str, name: str) -> dict:

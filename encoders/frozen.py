@@ -98,6 +98,12 @@ class SavedModelEncoder(keras.layers.Layer):
         self.signature.structured_outputs[self.output_key].shape[1:])
 
 
+def loaded_saved_models(encoder: keras.Model) -> list:
+  """The loaded SavedModels inside a frozen encoder (SavedModelEncoder
+  layers), for a SavedModel that must hold their objects."""
+  return [layer.saved_model for layer in encoder.layers if isinstance(layer, SavedModelEncoder)]
+
+
 def _keras_file_encoder(path: str) -> keras.Model:
   if not os.path.exists(path):  # a bucket: Keras reads local files only
     local = os.path.join(tempfile.mkdtemp(prefix="encoder-"), os.path.basename(path))

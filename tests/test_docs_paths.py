@@ -18,9 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What a repository path may start with: the layout's folders and the files at
 # the root. Written out rather than read from disk, so a page that names a
 # folder that was renamed away is still checked (and fails).
-ROOT_FOLDERS = {"core", "bags", "slides", "data", "beam", "monitoring", "trainer", "serving",
-                "components", "reports", "pipeline", "kubeflow", "cli", "histopipe", "bench",
-                "docs", "tests", "requirements", ".ci"}
+ROOT_FOLDERS = {"core", "bags", "slides", "data", "beam", "monitoring", "encoders", "trainer",
+                "serving", "components", "reports", "pipeline", "kubeflow", "cli", "histopipe",
+                "bench", "docs", "tests", "requirements", ".ci"}
 ROOT_FILES = {"setup.py", "pyproject.toml", "Makefile", "README.md", "pytest.ini"}
 
 _FENCED_BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
