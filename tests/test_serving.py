@@ -103,6 +103,32 @@ def test_dev_server_answers_a_plain_tensorflow_serving_predict_stub(server):
   channel.close()
 
 
+def test_the_dev_server_runs_sixteen_requests_in_the_model_at_once(model_dir, monkeypatch):
+  """Sixteen requests in flight are in the model together, as in TF Serving:
+  the model's in-graph batching can only batch what runs at once. Each call
+  waits at a barrier of sixteen; a server running fewer at a time never
+  fills it, and every call would time out."""
+  import threading
+  from concurrent import futures
+  from histopipe.serving.saved_model import LoadedModel
+  together = threading.Barrier(16, timeout=20)
+  original = LoadedModel.run
+
+  def run_together(model, signature, inputs):
+    together.wait()
+    return original(model, signature, inputs)
+
+  monkeypatch.setattr(LoadedModel, "run", run_together)
+  with DevServer(model_dir, "histopipe") as running:
+    client = serving_client.GrpcPredictClient(f"localhost:{running.port}", "histopipe",
+                                              deadline_s=30, retries=1)
+    with futures.ThreadPoolExecutor(16) as pool:
+      answers = list(pool.map(lambda grade: client.predict(
+          {"examples": np.array([_bag_example(grade)], dtype=object)}), [1, 2] * 8))
+    client.close()
+  assert [int(a["grade"][0]) for a in answers] == [1, 2] * 8
+
+
 def test_client_reads_metadata_and_names_a_missing_signature(server):
   client = serving_client.GrpcPredictClient(f"localhost:{server.port}", "histopipe")
   assert "serving_default" in client.signatures()
