@@ -7,7 +7,8 @@ own batched forward on the same tiles, and what the bags weigh.
 1. Bags. N synthetic PANDA slides (data.synthetic, --size at level 0, cached
    under --workdir) tiled as the issue's every-tile workload: every tile with
    tissue, 256 px at 2 um/px (level 1), JPEG q90, up to --max-tiles a slide
-   (`slides.tiling.tile_slide`, the SlideExampleGen's code).
+   (`slides.tiling.tile_slide`, the SlideExampleGen's code); each bag is
+   taken --copies times under other ids (more tiles to time, of the same kind).
 2. The tile embedding model (encoders/tile_embedding.py: the tile decoder,
    the encoder's pixel scaling, the encoder) saved once from --encoder
    (resnet50_trunc with random weights unless --imagenet-weights: the
@@ -17,8 +18,8 @@ own batched forward on the same tiles, and what the bags weigh.
    (a) direct: TensorFlow's loader, then the model's `embed_tiles` on the
        tiles in batches of --batch, one call each: the encoder's own batched
        forward with nothing around it.
-   (b) RunInference: the TileEmbedder's Beam stages (EmbedBags: split the
-       bags into keyed tiles, RunInference with batches of exactly --batch,
+   (b) RunInference: the TileEmbedder's Beam stages (the bags read from a
+       TFRecord file as the step reads its input; EmbedBags: split the bags into keyed tiles, RunInference with batches of exactly --batch,
        group the embeddings back into bags) under the DirectRunner in
        memory with one worker, as `histopipe run` runs Beam steps; a trivial
        Beam pipeline runs first, untimed, so (b) does not pay Beam's imports.
@@ -67,7 +68,9 @@ def tile_bags(args) -> list:
   bags = []
   for index, path in enumerate(sorted(glob.glob(os.path.join(data, "train_images", "*")))):
     bag = tile_slide(path, tiling).bag
-    bags.append(bag_features.serialize_bag(bag, f"slide{index}", f"p{index}", "lab", 0, "0+0"))
+    for copy in range(args.copies):  # the same slide under another id: more work, same kind
+      slide = f"slide{index}-{copy}"
+      bags.append(bag_features.serialize_bag(bag, slide, slide, "lab", 0, "0+0"))
   return bags
 
 
@@ -86,14 +89,19 @@ def direct(model_path: str, tiles: list, batch: int):
 
 def run_inference(model_path: str, bags: list, batch: int):
   out = tempfile.mkdtemp(prefix="embedding-bench-")
+  source = os.path.join(out, "tile_bags.tfrecord")
+  with tf.io.TFRecordWriter(source) as writer:  # read as the TileEmbedder reads its input
+    for bag in bags:
+      writer.write(bag)
   with beam.Pipeline(options=PipelineOptions(BEAM_ARGS)) as warm:  # Beam's imports
     _ = warm | beam.Create([1]) | beam.Map(lambda x: x)
   start = time.perf_counter()
   with beam.Pipeline(options=PipelineOptions(BEAM_ARGS)) as pipeline:
-    _ = (pipeline | beam.Create(bags) | EmbedBags(model_path, batch, batch)
-         | beam.io.WriteToTFRecord(os.path.join(out, "bags"), num_shards=1))
+    _ = (pipeline | beam.io.ReadFromTFRecord(source) | EmbedBags(model_path, batch, batch)
+         | beam.io.WriteToTFRecord(os.path.join(out, "embedding_bags"), num_shards=1))
   seconds = time.perf_counter() - start
-  written = [r.numpy() for r in tf.data.TFRecordDataset(glob.glob(os.path.join(out, "*")))]
+  written = [r.numpy() for r in tf.data.TFRecordDataset(
+      glob.glob(os.path.join(out, "embedding_bags*")))]
   return seconds, written
 
 
@@ -102,6 +110,8 @@ def main(argv=None) -> int:
   parser.add_argument("--slides", type=int, default=6)
   parser.add_argument("--size", default="12288x8192", help="level-0 width x height")
   parser.add_argument("--max-tiles", type=int, default=200)
+  parser.add_argument("--copies", type=int, default=12,
+                      help="each slide's bag this many times, under other ids (default 12)")
   parser.add_argument("--encoder", default="resnet50_trunc")
   parser.add_argument("--imagenet-weights", default="")
   parser.add_argument("--input-size", type=int, default=224)
@@ -126,13 +136,15 @@ def main(argv=None) -> int:
         f"{len(tiles) / beam_s:.1f} tiles/s", flush=True)
   by_id = {tf.train.Example.FromString(b).features.feature[bag_features.IMAGE_ID]
            .bytes_list.value[0].decode(): b for b in written}
-  from_beam = np.concatenate([np.array(tf.train.Example.FromString(by_id[f"slide{i}"])
+  ids = [tf.train.Example.FromString(b).features.feature[bag_features.IMAGE_ID]
+         .bytes_list.value[0].decode() for b in bags]
+  from_beam = np.concatenate([np.array(tf.train.Example.FromString(by_id[image_id])
                                        .features.feature[bag_features.EMBEDDINGS]
                                        .float_list.value).reshape(-1, embedding_size)
-                              for i in range(len(bags))])
+                              for image_id in ids])
   difference = float(np.abs(from_beam - reference).max())
   tile_bytes = [len(b) for b in bags]
-  embedding_bytes = [len(by_id[f"slide{i}"]) for i in range(len(bags))]
+  embedding_bytes = [len(by_id[image_id]) for image_id in ids]
   results = {
       "slides": len(bags), "tiles": len(tiles), "encoder": args.encoder,
       "input_size": args.input_size, "embedding_size": embedding_size, "batch": args.batch,
