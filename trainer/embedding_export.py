@@ -33,6 +33,7 @@ from histopipe.core.model_contract import ModelContract
 from histopipe.encoders import frozen
 from histopipe.encoders.tile_images import decode_tile_images
 from histopipe.trainer import embedding_bags, encoder_batching, features
+from histopipe.trainer.contract_signature import metadata_signature
 from histopipe.trainer.model import TILE_FEATURES
 
 _TILE_BAG_SPEC = {bag_features.TILES: tf.io.VarLenFeature(tf.string),
@@ -117,17 +118,9 @@ def serving_signatures(head: keras.Model, config: PipelineConfig, contract: Mode
     return outputs_of(*embedding_bags.padded_bags(parsed[bag_features.EMBEDDINGS],
                                                   embedding_size))
 
-  contract_json = contract.to_json()
-
-  @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name=signatures.METADATA_REQUEST)])
-  def metadata(request):
-    del request  # see signatures.METADATA
-    return {signatures.CONTRACT: tf.constant(contract_json)}
-
   return {signatures.SERVING_DEFAULT: serve_tf_examples,
           signatures.PREDICT_TILES: predict_tiles,
           signatures.EMBED_TILES: embed_tiles,
           signatures.PREDICT_EMBEDDINGS: predict_embeddings,
           signatures.EMBEDDING_BAGS: serve_embedding_bags,
-          signatures.METADATA: metadata}
+          signatures.METADATA: metadata_signature(contract)}

@@ -22,6 +22,7 @@ from histopipe.core.model_contract import CONTRACT_FILE, ModelContract, contract
 from histopipe.core.configs import PipelineConfig
 from histopipe.encoders import frozen
 from histopipe.trainer import embedding_export, encoder_batching, features, warmup
+from histopipe.trainer.contract_signature import metadata_signature
 from histopipe.trainer import model as mil_model
 
 def serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
@@ -69,18 +70,10 @@ def serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformO
   def transform_features(serialized):
     return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
 
-  contract_json = contract.to_json()
-
-  @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name=signatures.METADATA_REQUEST)])
-  def metadata(request):
-    del request  # see signatures.METADATA
-    return {signatures.CONTRACT: tf.constant(contract_json)}
-
   return {signatures.SERVING_DEFAULT: serve_tf_examples,
           signatures.PREDICT_TILES: predict_tiles,
           signatures.TRANSFORM_FEATURES: transform_features,
-          signatures.METADATA: metadata}
+          signatures.METADATA: metadata_signature(contract)}
 
 
 def encoder_entry(model: keras.Model, config: PipelineConfig) -> Optional[dict]:

@@ -57,11 +57,15 @@ def write_warmup_requests(export_dir: str, serialized_bags: Sequence[bytes],
   if len(serialized_bags) > MAX_WARMUP_REQUESTS:
     raise ValueError(f"{export_dir}: {len(serialized_bags)} warm-up requests; "
                      f"TF Serving loads a model with at most {MAX_WARMUP_REQUESTS}")
+  return _write_logs(export_dir, warmup_requests(serialized_bags, model_name))
+
+
+def _write_logs(export_dir: str, logs) -> str:
   warmup_dir = os.path.join(export_dir, WARMUP_DIR)
   tf.io.gfile.makedirs(warmup_dir)
   path = os.path.join(warmup_dir, WARMUP_FILE)
   with tf.io.TFRecordWriter(path) as writer:
-    for log in warmup_requests(serialized_bags, model_name):
+    for log in logs:
       writer.write(log.SerializeToString())
   return path
 
@@ -143,10 +147,4 @@ def embedding_model_warmup(embedding_bags: Sequence[bytes],
 def write_embedding_model_warmup(export_dir: str, embedding_bags: Sequence[bytes],
                                  config: PipelineConfig) -> str:
   """The warm-up file of a model on a frozen encoder; returns its path."""
-  warmup_dir = os.path.join(export_dir, WARMUP_DIR)
-  tf.io.gfile.makedirs(warmup_dir)
-  path = os.path.join(warmup_dir, WARMUP_FILE)
-  with tf.io.TFRecordWriter(path) as writer:
-    for log in embedding_model_warmup(embedding_bags, config):
-      writer.write(log.SerializeToString())
-  return path
+  return _write_logs(export_dir, embedding_model_warmup(embedding_bags, config))
