@@ -210,3 +210,18 @@ def test_the_composed_models_contract_names_its_encoder(composed):
                               "spec": {"input_size": TILE_SIZE, "pixel_scaling": "unit",
                                        "signature": "serving_default", "output_key": "output_0"}}
   assert contract.tiles_per_bag == 0 and "every tissue tile" in contract.describe()
+
+
+def test_the_tuner_leaves_out_what_a_head_on_embeddings_cannot_take():
+  import dataclasses
+  from histopipe.core.configs import full_config
+  from histopipe.trainer.tuning import search_space
+  config = full_config()
+  tuning = dataclasses.replace(config.tuning, poolings=("gated_attention", "concat_tile"))
+  plain = search_space(dataclasses.replace(config, tuning=tuning))
+  assert plain.get("tiles_used") is not None
+  on_embeddings = search_space(dataclasses.replace(
+      config, tuning=tuning, model=dataclasses.replace(config.model, encoder="resnet50_trunc")))
+  assert "tiles_used" not in on_embeddings.values
+  (pooling,) = [choice for choice in on_embeddings.space if choice.name == "pooling"]
+  assert pooling.values == ["gated_attention"]

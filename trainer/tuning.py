@@ -25,9 +25,18 @@ from histopipe.trainer import devices, embedding_bags, fit, inputs
 
 
 def search_space(config: PipelineConfig) -> keras_tuner.HyperParameters:
+  """The tuning choices; a head on a frozen encoder's embeddings (model.encoder)
+  takes every tile, one embedding each, so neither `tiles_used` nor the
+  `concat_tile` pooling (a grid of tiles as one image) is among its choices."""
   hyperparameters = keras_tuner.HyperParameters()
   for name, (_, _, choices) in TUNED_FIELDS.items():
-    hyperparameters.Choice(name, list(getattr(config.tuning, choices)))
+    values = list(getattr(config.tuning, choices))
+    if config.model.encoder:
+      if name == "tiles_used":
+        continue
+      if name == "pooling":
+        values = [value for value in values if value != "concat_tile"] or [config.model.pooling]
+    hyperparameters.Choice(name, values)
   return hyperparameters
 
 
