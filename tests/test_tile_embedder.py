@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from histopipe.bags import bag_features
 from histopipe.core.configs import EmbeddingConfig, PipelineConfig, TilingConfig
-from histopipe.core.layout import SLIDE_REPORT_DIR, bag_statistics_path
+from histopipe.core.layout import SLIDE_REPORT_DIR
 from histopipe.slides.tiling import tile_slide
 from tests.test_frozen_encoders import FEATURES, TILE_SIZE, _model, _save_encoder
 

@@ -76,12 +76,16 @@ def serving_signatures(model: keras.Model, tf_transform_output: tft.TFTransformO
           signatures.METADATA: metadata_signature(contract)}
 
 
-def encoder_entry(model: keras.Model, config: PipelineConfig) -> Optional[dict]:
+def encoder_entry(model: keras.Model, config: PipelineConfig,
+                  encoder_digest: str = "") -> Optional[dict]:
   """The contract's `encoder`: what a model on a frozen encoder was trained
-  on (ModelContract.encoder); None for a backbone trained end to end."""
+  on (ModelContract.encoder); None for a backbone trained end to end.
+  `encoder_digest`: the one the pipeline computed for the cache keys, so the
+  encoder's files are not read again; "" computes it here."""
   if not config.model.encoder:
     return None
-  return {"encoder": config.model.encoder, "digest": frozen.encoder_digest(config.model),
+  return {"encoder": config.model.encoder,
+          "digest": encoder_digest or frozen.encoder_digest(config.model),
           "embedding_size": int(model.input[mil_model.TILE_FEATURES].shape[-1]),
           "spec": dataclasses.asdict(config.model.encoder_spec)}
 
@@ -111,7 +115,8 @@ def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
            config: PipelineConfig, export_dir: str,
            warmup_bags: Sequence[bytes] = (),
            training_bags: Sequence[str] = (),
-           referral_choice: Optional[dict] = None) -> None:
+           referral_choice: Optional[dict] = None,
+           encoder_digest: str = "") -> None:
   """The SavedModel with its signatures, its contract as a file as well,
   TF Serving's warm-up requests, one per bag of `warmup_bags` (serialized bag
   examples; none, no warm-up file), and the image statistics of the bags in
@@ -125,7 +130,7 @@ def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
   # The per-slide ranges travel in the contract: Predict servers serve no files.
   contract = contract_of(config, referral_choice,
                          slide_skew.training_ranges(training_statistics),
-                         encoder=encoder_entry(model, config))
+                         encoder=encoder_entry(model, config, encoder_digest))
   if config.model.encoder:  # the head alone was trained: compose it with the encoder
     model_signatures = embedding_export.serving_signatures(model, config, contract)
   else:

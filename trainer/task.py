@@ -63,7 +63,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
          warmup_bags=warmup.first_bags(fn_args.eval_files, keys=(
              embedding_bags.WARMUP_KEYS if config.model.encoder else features.MODEL_INPUT_KEYS)),
          training_bags=fn_args.train_files,
-         referral_choice=referral_settings(exported, validation, config))
+         referral_choice=referral_settings(exported, validation, config),
+         # The DAG put the encoder's digest beside the config (its cache key).
+         encoder_digest=fn_args.custom_config.get("encoder", ""))
   # Once per model, here, so that `histopipe report` need not run the model again.
   eval_files = eval_predictions.eval_split_files(fn_args.train_files)
   if eval_files:
