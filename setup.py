@@ -60,6 +60,9 @@ setup(
         "requests",
         "tifffile",
         "imagecodecs",
+        # libturbojpeg with a binding of its lossless transform: bag tiles cut
+        # from a slide's own JPEG data (slides/jpeg_crop.py).
+        "jpegtran-cffi-wheels",
         "opencv-python-headless",
         "matplotlib",
         "pydantic>=2",

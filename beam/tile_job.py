@@ -70,7 +70,8 @@ def run_tile_job(data_dir: str, out_dir: str, config: PipelineConfig,
   return summary
 
 
-def describe(summary: Dict[str, float], out_dir: str, gzip: bool = False) -> str:
+def describe(summary: Dict[str, float], out_dir: str, gzip: bool = False,
+             previews: bool = True) -> str:
   """What a tile job did and where its outputs are, for people."""
   bags = f"{BAGS_PREFIX}-*.tfrecord" + (".gz" if gzip else "")
   return (f"{summary['slides_written']} of {summary['slides_total']} slides tiled "
@@ -79,8 +80,8 @@ def describe(summary: Dict[str, float], out_dir: str, gzip: bool = False) -> str
           (f"tiling.max_tiles left out {summary['tiles_over_cap']} tissue tiles of "
            f"{summary['slides_over_cap']} slides (slides.csv: tiles_over_cap)\n"
            if summary.get("slides_over_cap") else "") +
-          f"bags: {storage.join(out_dir, bags)}; rejects: {storage.join(out_dir, REJECTS_FILE)}; "
-          f"previews: {storage.join(out_dir, PREVIEWS_DIR)}/")
+          f"bags: {storage.join(out_dir, bags)}; rejects: {storage.join(out_dir, REJECTS_FILE)}" +
+          (f"; previews: {storage.join(out_dir, PREVIEWS_DIR)}/" if previews else ""))
 
 
 def bag_files(out_dir: str) -> Tuple[List[str], str]:

@@ -200,21 +200,25 @@ def render_levels(rng: np.random.Generator, width: int, height: int, grade: int,
 
 
 def cached_slides(workdir: str, count: int, seed: int, width: int, height: int,
-                  log: Callable[[str], None]) -> List[BenchSlide]:
-  """The first `count` slides, drawing only those not in the cache yet."""
+                  log: Callable[[str], None],
+                  tiff_tile: int = synthetic.TIFF_TILE_SIZE) -> List[BenchSlide]:
+  """The first `count` slides, drawing only those not in the cache yet; one
+  cache a TIFF tile size (`tiff_tile` px)."""
   cache_dir = os.path.join(workdir, "slide_cache")
   os.makedirs(cache_dir, exist_ok=True)
   slides = []
   for index in range(count):
     image_id, provider, grade, gleason, rng = slide_metadata(seed, index)
-    path = os.path.join(cache_dir, f"{image_id}-{width}x{height}-v{GENERATOR_VERSION}.tiff")
+    tile_name = "" if tiff_tile == synthetic.TIFF_TILE_SIZE else f"-t{tiff_tile}"
+    path = os.path.join(cache_dir,
+                        f"{image_id}-{width}x{height}{tile_name}-v{GENERATOR_VERSION}.tiff")
     if os.path.exists(path):
       log(f"slide {index + 1}/{count}: cached {os.path.basename(path)}")
     else:
       start = time.perf_counter()
       levels = render_levels(rng, width, height, grade, provider)
       partial = path + ".partial"
-      synthetic.write_pyramidal_tiff(partial, levels)
+      synthetic.write_pyramidal_tiff(partial, levels, tile_size=tiff_tile)
       del levels
       os.replace(partial, path)
       log(f"slide {index + 1}/{count}: wrote {os.path.getsize(path) / 1e6:.0f} MB "

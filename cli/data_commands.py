@@ -35,8 +35,9 @@ def _synth(args) -> int:
 def _tile(args) -> int:
   from histopipe.beam.tile_job import describe, run_tile_job
   config = config_from_args(args, args.format)
-  summary = run_tile_job(args.data, args.out, config, gzip=args.gzip)
-  print(describe(summary, args.out, gzip=args.gzip))
+  summary = run_tile_job(args.data, args.out, config, gzip=args.gzip,
+                         previews=not args.no_previews)
+  print(describe(summary, args.out, gzip=args.gzip, previews=not args.no_previews))
   if summary["slides_total"] and not summary["slides_written"]:
     print("histopipe tile: error: no slide was tiled; the reasons are in "
           f"{args.out}/rejects.csv", file=sys.stderr)
@@ -79,5 +80,7 @@ def add_commands(commands) -> None:
   tile.add_argument("--gzip", action="store_true",
                     help="gzip the bag files (2-3%% smaller: the tiles are PNG/JPEG "
                     "already; costs about as much time as tiling)")
+  tile.add_argument("--no-previews", action="store_true",
+                    help="do not draw OUT/previews/ (one PNG a slide)")
   add_config_arguments(tile)
   tile.set_defaults(handler=_tile)

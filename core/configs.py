@@ -73,6 +73,12 @@ class TilingConfig:
   min_tissue_fraction: float = 0.25  # tiles with less tissue are not taken
   tile_format: Literal["png", "jpeg"] = "png"  # PNG is lossless
   jpeg_quality: int = 90
+  # JPEG tiles cut at a level's own scale, inside one JPEG-compressed TIFF
+  # tile and on its MCU grid, are copied from the slide's JPEG data without
+  # decoding (slides/jpeg_crop.py): the scanner's own quality, not
+  # jpeg_quality, and no second generation of JPEG loss. Other tiles are
+  # decoded and encoded at jpeg_quality.
+  lossless_jpeg_crop: bool = True
   resize_to: int = 0  # 0 keeps tile_size; otherwise tiles are resized to this
   # Slide reader: "auto" picks by the file's content (tifffile for TIFF-family
   # files it reads, OpenSlide for NDPI, MRXS, SCN, BIF, Philips, wsidicom for

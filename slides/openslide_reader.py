@@ -69,6 +69,13 @@ class OpenSlideSlide:
   def __exit__(self, *exc) -> None:
     self.close()
 
+  def read_region_jpeg(self, level: int, x: int, y: int, width: int,
+                       height: int) -> Optional[bytes]:
+    """None: no region is cut from the file's JPEG data here (see
+    `TiffSlide.read_region_jpeg`). OpenSlide hands out decoded pixels only."""
+    del level, x, y, width, height
+    return None
+
   def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
     """RGB uint8 [height, width, 3] at `level` pixel coords; outside is white."""
     import openslide  # pylint: disable=import-outside-toplevel

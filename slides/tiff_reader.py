@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import cv2
 import numpy as np
 import tifffile
 
 from histopipe.core import storage
 from histopipe.slides.base import Level, PLAUSIBLE_MPP, SlideError
 from histopipe.slides.limits import MAX_TIFF_PAGES, ReadLimits
-from histopipe.slides import resample
+from histopipe.slides import jpeg_crop, resample
 
 # Decoded TIFF segments kept per open slide (a 512 px RGB tile is 0.75 MB).
 _SEGMENT_CACHE_SIZE = 16
@@ -34,6 +35,9 @@ class TiffSlide:
     self.path = path
     self.limits = limits or ReadLimits()
     self._segment_cache: "collections.OrderedDict" = collections.OrderedDict()
+    # Per level: whether its lossless cuts decode as this reader decodes it
+    # (unknown until the first cut).
+    self._jpeg_crop_verified: Dict[int, bool] = {}
     # In a bucket: a file object that fetches the byte ranges tifffile asks for.
     self._remote = None
     if storage.is_url(path):
@@ -256,7 +260,41 @@ class TiffSlide:
       self._segment_cache.popitem(last=False)
     return decoded
 
-  def _read_and_decode(self, page, index: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+  def read_region_jpeg(self, level: int, x: int, y: int, width: int,
+                       height: int) -> Optional[bytes]:
+    """The region as a JPEG cut from the file's own JPEG data without decoding
+    (`jpeg_crop`), or None where it cannot be: a level not JPEG-compressed in
+    tiles, a region across TIFF tiles, off the JPEG's MCU grid or past the
+    image's edge (`read_region` pads with white there), or a level whose cut
+    JPEG would not decode to the pixels `read_region` gives (checked on the
+    level's first cut, against this reader's own decode)."""
+    page = self._pages[level]
+    if not _croppable(page):
+      return None
+    if x < 0 or y < 0 or x + width > page.imagewidth or y + height > page.imagelength:
+      return None
+    column, row = x // page.tilewidth, y // page.tilelength
+    if ((x + width - 1) // page.tilewidth != column
+        or (y + height - 1) // page.tilelength != row):
+      return None
+    verified = self._jpeg_crop_verified.get(level)
+    if verified is False:
+      return None
+    index = row * (-(-page.imagewidth // page.tilewidth)) + column
+    segment = jpeg_crop.standalone_jpeg(self._read_segment(page, index), page.jpegtables,
+                                        rgb=page.photometric == tifffile.PHOTOMETRIC.RGB)
+    header = jpeg_crop.read_header(segment)
+    if header is None or (header.width, header.height) != (page.tilewidth, page.tilelength):
+      return None  # a tile that is not what its tags say: decoding says why
+    cut = jpeg_crop.crop(segment, x - column * page.tilewidth, y - row * page.tilelength,
+                         width, height)
+    if cut is not None and verified is None:
+      verified = _decodes_alike(cut, self.read_region(level, x, y, width, height))
+      self._jpeg_crop_verified[level] = verified
+    return cut if verified else None
+
+  def _read_segment(self, page, index: int) -> bytes:
+    """The compressed bytes of one TIFF tile or strip, within the budgets."""
     self.limits.check_time(self.path)
     decoded_bytes = _segment_bytes(page)
     budget = self.limits.max_segment_bytes
@@ -273,6 +311,10 @@ class TiffSlide:
     data = fh.read(bytecount)
     if len(data) != bytecount:
       raise SlideError(self.path, "file is truncated")
+    return data
+
+  def _read_and_decode(self, page, index: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+    data = self._read_segment(page, index)
     try:
       segment, indices, _ = page.decode(data, index, jpegtables=page.jpegtables)
     except Exception as e:  # codec errors come in many types
@@ -314,6 +356,34 @@ def _qpi_channels_reason(channel_pages) -> str:
   return (f"a QPTIFF of {len(channel_pages)} channels{f' ({shown})' if names else ''} of "
           f"{_pixel_type(channel_pages[0].dtype)} pixels, a multiplex fluorescence scan: only "
           "RGB or single-channel 8-bit QPTIFF are read")
+
+
+# A lossless cut's pixels may differ from the level's decode only where the
+# chroma upsampling at the cut's border sees other neighbours: a few levels at
+# the edge, a mean far below this. A colour space read wrongly (RGB taken for
+# YCbCr) is tens of levels everywhere.
+_CROP_MEAN_DIFFERENCE = 2.0
+
+
+def _croppable(page) -> bool:
+  """Whether the level's tiles are baseline JPEGs a bag tile can be cut from:
+  JPEG-compressed tiles of 8-bit RGB, YCbCr or grey, nothing else in them."""
+  return (page.is_tiled and page.compression == tifffile.COMPRESSION.JPEG
+          and not page.extrasamples and page.bitspersample == 8
+          and (page.photometric, page.samplesperpixel) in (
+              (tifffile.PHOTOMETRIC.RGB, 3), (tifffile.PHOTOMETRIC.YCBCR, 3),
+              (tifffile.PHOTOMETRIC.MINISBLACK, 1)))
+
+
+def _decodes_alike(jpeg: bytes, pixels: np.ndarray) -> bool:
+  """Whether `jpeg`, decoded as any decoder would (libjpeg's own colour
+  rules), shows `pixels`."""
+  decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+  if decoded is None or decoded.shape != pixels.shape:
+    return False
+  difference = np.abs(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB).astype(np.int16)
+                      - pixels.astype(np.int16))
+  return float(difference.mean()) <= _CROP_MEAN_DIFFERENCE
 
 
 def _segment_count(page) -> int:

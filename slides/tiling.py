@@ -1,4 +1,5 @@
-"""Cuts one slide into a bag: tissue mask, tile grid, best N tiles, encoding.
+"""Cuts one slide into a bag: tissue mask, tile grid, best N tiles, encoding
+(or a lossless cut of the slide's own JPEG, `jpeg_crop`, where the tile allows).
 
 The same function serves the SlideExampleGen and clients that tile slides
 themselves, so training and serving see identical tiles. It returns data
@@ -43,6 +44,14 @@ def encode_tile(tile_rgb: np.ndarray, tiling: TilingConfig) -> bytes:
   if not ok:
     raise RuntimeError("tile encoding failed")
   return buf.tobytes()
+
+
+def decode_tile(encoded: bytes) -> np.ndarray:
+  """An encoded tile's RGB pixels, as `encode_tile` took them."""
+  bgr = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+  if bgr is None:
+    raise RuntimeError("tile decoding failed")
+  return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class TileScale(NamedTuple):
@@ -168,17 +177,26 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
       raise SlideError(path, f"no tile has tissue fraction >= "
                        f"{tiling.min_tissue_fraction}")
     out_size = tiling.resize_to or tiling.tile_size
+    lossless = (tiling.lossless_jpeg_crop and tiling.tile_format == "jpeg"
+                and out_size == tiling.tile_size and scale.read_factor == 1.0)
     tiles: List[bytes] = []
     pixels_of_tiles: List[np.ndarray] = []
     xs, ys = [], []
     for choice in chosen:
       limits.check_time(path)  # tiles read from cached segments decode nothing
       x, y = choice.col * tiling.tile_size, choice.row * tiling.tile_size
-      pixels = read_tile(slide, scale, x, y, tiling.tile_size)
-      if out_size != tiling.tile_size:
-        pixels = cv2.resize(pixels, (out_size, out_size), interpolation=cv2.INTER_AREA)
-      tiles.append(encode_tile(pixels, tiling))
-      if not every_tile or len(pixels_of_tiles) < STATISTICS_TILES:
+      wants_pixels = not every_tile or len(pixels_of_tiles) < STATISTICS_TILES
+      encoded = (slide.read_region_jpeg(scale.level.index, x, y, tiling.tile_size,
+                                        tiling.tile_size) if lossless else None)
+      if encoded is not None:
+        pixels = decode_tile(encoded) if wants_pixels else None
+      else:
+        pixels = read_tile(slide, scale, x, y, tiling.tile_size)
+        if out_size != tiling.tile_size:
+          pixels = cv2.resize(pixels, (out_size, out_size), interpolation=cv2.INTER_AREA)
+        encoded = encode_tile(pixels, tiling)
+      tiles.append(encoded)
+      if wants_pixels:
         pixels_of_tiles.append(pixels)
       xs.append(int(round(x * scale.downsample)))
       ys.append(int(round(y * scale.downsample)))

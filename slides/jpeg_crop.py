@@ -1,0 +1,116 @@
+"""Lossless JPEG crop: a bag tile cut from a slide's own JPEG data, never decoded.
+
+A JPEG-compressed TIFF tile holds its pixels as blocks of DCT coefficients. A
+bag tile that lies inside one TIFF tile and starts on its MCU grid can be cut
+by copying those blocks into a new JPEG, as `jpegtran -crop` does: no inverse
+DCT, no colour conversion, no re-encoding, and no second generation of JPEG
+loss. The tile is the scanner's own JPEG at the scanner's quality, and a tile
+that is a whole TIFF tile is the TIFF tile's bytes (with its tables).
+
+Hand-written around libjpeg-turbo's TurboJPEG `tjTransform` because no
+maintained wheel both ships the library and exposes the transform: PyTurboJPEG
+loads a system libturbojpeg (our images have none), imagecodecs, simplejpeg
+and OpenCV bundle libjpeg-turbo but expose no transform. The
+`jpegtran-cffi-wheels` wheel ships libturbojpeg with a cffi binding of
+`tjTransform`; its Python wrapper (`jpegtran.JPEGImage`) crops at any offset,
+silently moving it to the MCU grid, so this module checks the grid itself and
+calls the binding directly.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import NamedTuple, Optional
+
+from _jpegtran import ffi, lib  # jpegtran-cffi-wheels: libturbojpeg and its cffi binding
+
+# TurboJPEG's chroma subsampling codes -> the MCU's (width, height) in pixels.
+_MCU_BY_SUBSAMPLING = {0: (8, 8),    # 4:4:4
+                       1: (16, 8),   # 4:2:2
+                       2: (16, 16),  # 4:2:0
+                       3: (8, 8),    # greyscale
+                       4: (8, 16),   # 4:4:0
+                       5: (32, 8)}   # 4:1:1
+
+# APP14 "Adobe" marker, transform 0: the components are R, G, B as they are.
+# A TIFF tile in RGB (Aperio) carries no marker, so any decoder but the TIFF
+# reader (which knows the photometric tag) would take it for YCbCr.
+_ADOBE_RGB_MARKER = b"\xff\xee" + struct.pack(">H", 14) + b"Adobe" + bytes([0, 100, 0, 0, 0, 0, 0])
+
+# A tjhandle is not safe to share between threads (Beam may run DoFns in
+# several); one a thread, made on first use.
+_handles = threading.local()
+
+
+class JpegHeader(NamedTuple):
+  width: int
+  height: int
+  mcu_width: int
+  mcu_height: int
+
+
+def standalone_jpeg(segment: bytes, jpeg_tables: Optional[bytes], rgb: bool) -> bytes:
+  """A TIFF JPEG segment as a JPEG any decoder reads: the TIFF's shared tables
+  (JPEGTables, DQT/DHT) put in front of it, and with `rgb` an Adobe marker that
+  says its components are RGB, not YCbCr."""
+  body = segment[2:] if segment[:2] == b"\xff\xd8" else segment
+  head = b"\xff\xd8"
+  if rgb:
+    head += _ADOBE_RGB_MARKER
+  if jpeg_tables:
+    tables = jpeg_tables[2:] if jpeg_tables[:2] == b"\xff\xd8" else jpeg_tables
+    head += tables[:-2] if tables[-2:] == b"\xff\xd9" else tables
+  return head + body
+
+
+def _handle():
+  handle = getattr(_handles, "transform", None)
+  if handle is None:
+    handle = ffi.gc(lib.tjInitTransform(), lib.tjDestroy)
+    if handle == ffi.NULL:
+      raise RuntimeError("libturbojpeg: tjInitTransform failed")
+    _handles.transform = handle
+  return handle
+
+
+def read_header(jpeg: bytes) -> Optional[JpegHeader]:
+  """The JPEG's size and MCU, None when libjpeg-turbo cannot parse its header."""
+  width, height, subsampling = ffi.new("int*"), ffi.new("int*"), ffi.new("int*")
+  if lib.tjDecompressHeader2(_handle(), ffi.from_buffer(jpeg), len(jpeg), width, height,
+                             subsampling) != 0:
+    return None
+  mcu = _MCU_BY_SUBSAMPLING.get(subsampling[0])
+  if mcu is None:
+    return None
+  return JpegHeader(width[0], height[0], *mcu)
+
+
+def crop(jpeg: bytes, x: int, y: int, width: int, height: int) -> Optional[bytes]:
+  """The rectangle of `jpeg` as a JPEG, losslessly; None when it cannot be cut
+  so (outside the image, off the MCU grid, data libjpeg-turbo refuses). The
+  caller decodes and encodes instead."""
+  header = read_header(jpeg)
+  if header is None or x < 0 or y < 0 or width <= 0 or height <= 0:
+    return None
+  if x + width > header.width or y + height > header.height:
+    return None
+  if x % header.mcu_width or y % header.mcu_height:
+    return None  # tjTransform would move the corner to the grid without a word
+  if (x, y, width, height) == (0, 0, header.width, header.height):
+    return jpeg
+  transform = ffi.new("tjtransform*")
+  transform.r.x, transform.r.y, transform.r.w, transform.r.h = x, y, width, height
+  transform.op = lib.TJXOP_NONE
+  transform.options = lib.TJXOPT_CROP
+  out_buffer = ffi.new("unsigned char**")
+  out_size = ffi.new("unsigned long*")
+  status = lib.tjTransform(_handle(), ffi.from_buffer(jpeg), len(jpeg), 1, out_buffer,
+                           out_size, transform, 0)
+  try:
+    if status != 0 or out_buffer[0] == ffi.NULL:
+      return None
+    return bytes(ffi.buffer(out_buffer[0], out_size[0]))
+  finally:
+    if out_buffer[0] != ffi.NULL:
+      lib.tjFree(out_buffer[0])
