@@ -165,8 +165,8 @@ def floor(images_dir: str, counts_file: str) -> None:
       fractions = tissue.tile_tissue_fractions(tissue.tissue_mask(thumbnail), level.width,
                                                level.height, TILE_SIZE)
       chosen = tissue.select_tiles(fractions, None, tiling.min_tissue_fraction)
-      cut = [slide.read_region_jpeg(LEVEL, c.col * TILE_SIZE, c.row * TILE_SIZE, TILE_SIZE,
-                                    TILE_SIZE) for c in chosen[:tiling.max_tiles]]
+      cut = slide.read_regions_jpeg(LEVEL, [(c.col * TILE_SIZE, c.row * TILE_SIZE, TILE_SIZE,
+                                             TILE_SIZE) for c in chosen[:tiling.max_tiles]])
     slides += 1
     tiles += sum(c is not None for c in cut)
   with open(counts_file, "w") as f:

@@ -159,13 +159,12 @@ class DicomSlide:
   def __exit__(self, *exc) -> None:
     self.close()
 
-  def read_region_jpeg(self, level: int, x: int, y: int, width: int,
-                       height: int) -> Optional[bytes]:
-    """None: no region is cut from the file's JPEG data here (see
-    `TiffSlide.read_region_jpeg`). Not done yet: DICOM WSI frames are JPEGs too, but
+  def read_regions_jpeg(self, level: int, rectangles) -> List[Optional[bytes]]:
+    """None for each: no region is cut from the file's JPEG data here (see
+    `TiffSlide.read_regions_jpeg`). Not done yet: DICOM WSI frames are JPEGs too, but
     wsidicom hands out decoded pixels; every region is decoded and encoded."""
-    del level, x, y, width, height
-    return None
+    del level
+    return [None] * len(rectangles)
 
   def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
     """RGB uint8 [height, width, 3] at `level` pixel coords; outside is white."""

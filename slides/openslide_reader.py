@@ -69,12 +69,11 @@ class OpenSlideSlide:
   def __exit__(self, *exc) -> None:
     self.close()
 
-  def read_region_jpeg(self, level: int, x: int, y: int, width: int,
-                       height: int) -> Optional[bytes]:
-    """None: no region is cut from the file's JPEG data here (see
-    `TiffSlide.read_region_jpeg`). OpenSlide hands out decoded pixels only."""
-    del level, x, y, width, height
-    return None
+  def read_regions_jpeg(self, level: int, rectangles) -> List[Optional[bytes]]:
+    """None for each: no region is cut from the file's JPEG data here (see
+    `TiffSlide.read_regions_jpeg`). OpenSlide hands out decoded pixels only."""
+    del level
+    return [None] * len(rectangles)
 
   def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
     """RGB uint8 [height, width, 3] at `level` pixel coords; outside is white."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -260,38 +260,45 @@ class TiffSlide:
       self._segment_cache.popitem(last=False)
     return decoded
 
-  def read_region_jpeg(self, level: int, x: int, y: int, width: int,
-                       height: int) -> Optional[bytes]:
-    """The region as a JPEG cut from the file's own JPEG data without decoding
-    (`jpeg_crop`), or None where it cannot be: a level not JPEG-compressed in
-    tiles, a region across TIFF tiles, off the JPEG's MCU grid or past the
-    image's edge (`read_region` pads with white there), or a level whose cut
-    JPEG would not decode to the pixels `read_region` gives (checked on the
-    level's first cut, against this reader's own decode)."""
+  def read_regions_jpeg(self, level: int, rectangles: Sequence[jpeg_crop.Rectangle]
+                        ) -> List[Optional[bytes]]:
+    """Each (x, y, width, height) at `level` as a JPEG cut from the file's own
+    JPEG data without decoding (`jpeg_crop`), or None where it cannot be: a
+    level not JPEG-compressed in tiles, a region across TIFF tiles, off the
+    JPEG's MCU grid or past the image's edge (`read_region` pads with white
+    there), or a level whose cuts would not decode to the pixels
+    `read_region` gives (checked on the level's first cut, against this
+    reader's own decode). Regions in one TIFF tile are cut in one call."""
+    cuts: List[Optional[bytes]] = [None] * len(rectangles)
     page = self._pages[level]
-    if not _croppable(page):
-      return None
-    if x < 0 or y < 0 or x + width > page.imagewidth or y + height > page.imagelength:
-      return None
-    column, row = x // page.tilewidth, y // page.tilelength
-    if ((x + width - 1) // page.tilewidth != column
-        or (y + height - 1) // page.tilelength != row):
-      return None
-    verified = self._jpeg_crop_verified.get(level)
-    if verified is False:
-      return None
-    index = row * (-(-page.imagewidth // page.tilewidth)) + column
-    segment = jpeg_crop.standalone_jpeg(self._read_segment(page, index), page.jpegtables,
-                                        rgb=page.photometric == tifffile.PHOTOMETRIC.RGB)
-    header = jpeg_crop.read_header(segment)
-    if header is None or (header.width, header.height) != (page.tilewidth, page.tilelength):
-      return None  # a tile that is not what its tags say: decoding says why
-    cut = jpeg_crop.crop(segment, x - column * page.tilewidth, y - row * page.tilelength,
-                         width, height)
-    if cut is not None and verified is None:
-      verified = _decodes_alike(cut, self.read_region(level, x, y, width, height))
-      self._jpeg_crop_verified[level] = verified
-    return cut if verified else None
+    if not _croppable(page) or self._jpeg_crop_verified.get(level) is False:
+      return cuts
+    across = -(-page.imagewidth // page.tilewidth)
+    by_segment: Dict[int, List[int]] = collections.defaultdict(list)
+    for position, (x, y, width, height) in enumerate(rectangles):
+      if x < 0 or y < 0 or x + width > page.imagewidth or y + height > page.imagelength:
+        continue
+      column, row = x // page.tilewidth, y // page.tilelength
+      if ((x + width - 1) // page.tilewidth == column
+          and (y + height - 1) // page.tilelength == row):
+        by_segment[row * across + column].append(position)
+    for index, positions in by_segment.items():
+      segment = jpeg_crop.standalone_jpeg(self._read_segment(page, index), page.jpegtables,
+                                          rgb=page.photometric == tifffile.PHOTOMETRIC.RGB)
+      header = jpeg_crop.read_header(segment)
+      if header is None or (header.width, header.height) != (page.tilewidth, page.tilelength):
+        continue  # a tile that is not what its tags say: decoding says why
+      seg_x, seg_y = (index % across) * page.tilewidth, (index // across) * page.tilelength
+      within = [(x - seg_x, y - seg_y, width, height)
+                for x, y, width, height in (rectangles[p] for p in positions)]
+      for position, cut in zip(positions, jpeg_crop.crop(segment, within)):
+        cuts[position] = cut
+        if cut is not None and level not in self._jpeg_crop_verified:
+          self._jpeg_crop_verified[level] = _decodes_alike(
+              cut, self.read_region(level, *rectangles[position]))
+      if self._jpeg_crop_verified.get(level) is False:
+        return [None] * len(rectangles)
+    return cuts
 
   def _read_segment(self, page, index: int) -> bytes:
     """The compressed bytes of one TIFF tile or strip, within the budgets."""

@@ -182,12 +182,14 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
     tiles: List[bytes] = []
     pixels_of_tiles: List[np.ndarray] = []
     xs, ys = [], []
-    for choice in chosen:
+    size = tiling.tile_size
+    cuts = (slide.read_regions_jpeg(scale.level.index, [
+        (c.col * size, c.row * size, size, size) for c in chosen]) if lossless
+            else [None] * len(chosen))
+    for choice, encoded in zip(chosen, cuts):
       limits.check_time(path)  # tiles read from cached segments decode nothing
       x, y = choice.col * tiling.tile_size, choice.row * tiling.tile_size
       wants_pixels = not every_tile or len(pixels_of_tiles) < STATISTICS_TILES
-      encoded = (slide.read_region_jpeg(scale.level.index, x, y, tiling.tile_size,
-                                        tiling.tile_size) if lossless else None)
       if encoded is not None:
         pixels = decode_tile(encoded) if wants_pixels else None
       else:

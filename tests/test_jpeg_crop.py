@@ -93,7 +93,7 @@ def test_tensorflow_reads_a_cut_rgb_tile_in_its_colours():
   or TF (and any libjpeg) would take R, G, B for Y, Cb, Cr."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   with TiffSlide(str(APERIO)) as slide:
-    cut = slide.read_region_jpeg(0, 480, 720, 80, 80)
+    (cut,) = slide.read_regions_jpeg(0, [(480, 720, 80, 80)])
     pixels = slide.read_region(0, 480, 720, 80, 80)
   assert cut is not None
   decoded = tf.io.decode_jpeg(cut, channels=3).numpy()
@@ -132,15 +132,20 @@ def test_a_tile_that_is_a_whole_tiff_tile_is_its_bytes(synthetic_slide):
 def test_cuts_off_the_mcu_grid_across_tiff_tiles_or_past_the_edge_are_refused(synthetic_slide):
   with TiffSlide(synthetic_slide) as slide:
     width, height = slide.levels[0].width, slide.levels[0].height
-    on_grid = slide.read_region_jpeg(0, 272, 16, 64, 64)
-    assert on_grid is not None
-    difference = np.abs(_rgb(on_grid).astype(np.int16)
-                        - slide.read_region(0, 272, 16, 64, 64).astype(np.int16)).mean()
-    assert difference <= MAX_MEAN_DIFFERENCE
-    assert slide.read_region_jpeg(0, 264, 16, 64, 64) is None  # 4:2:0 MCUs are 16 px
-    assert slide.read_region_jpeg(0, 224, 0, 64, 64) is None  # across two TIFF tiles
-    assert slide.read_region_jpeg(0, width - 32, 0, 64, 64) is None  # past the edge
-    assert slide.read_region_jpeg(0, 0, height, 64, 64) is None
+    on_grid, off_grid, across, past_right, past_bottom, whole, beside = slide.read_regions_jpeg(0, [
+        (272, 16, 64, 64),
+        (264, 16, 64, 64),  # 4:2:0 MCUs are 16 px
+        (224, 0, 64, 64),  # across two TIFF tiles
+        (width - 32, 0, 64, 64), (0, height, 64, 64),  # past the edge
+        (256, 0, 256, 256),  # the TIFF tile on_grid lies in, whole
+        (256, 64, 64, 64)])  # another cut of that tile, in the same call
+    assert (off_grid, across, past_right, past_bottom) == (None, None, None, None)
+    for cut, (x, y, size) in ((on_grid, (272, 16, 64)), (whole, (256, 0, 256)),
+                              (beside, (256, 64, 64))):
+      assert cut is not None
+      difference = np.abs(_rgb(cut).astype(np.int16)
+                          - slide.read_region(0, x, y, size, size).astype(np.int16)).mean()
+      assert difference <= MAX_MEAN_DIFFERENCE, (x, y, difference)
 
 
 def test_tiles_that_cannot_be_cut_are_encoded_and_show_the_same_slide(synthetic_slide):
@@ -164,6 +169,10 @@ def test_tiles_that_cannot_be_cut_are_encoded_and_show_the_same_slide(synthetic_
 def test_crop_refuses_a_rectangle_outside_the_jpeg():
   ok, encoded = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))
   assert ok
-  assert jpeg_crop.crop(encoded.tobytes(), 48, 0, 32, 16) is None
-  assert jpeg_crop.crop(b"not a jpeg", 0, 0, 16, 16) is None
-  assert jpeg_crop.read_header(encoded.tobytes()) == jpeg_crop.JpegHeader(64, 64, 16, 16)
+  jpeg = encoded.tobytes()
+  inside, outside, whole = jpeg_crop.crop(jpeg, [(16, 16, 32, 32), (48, 0, 32, 16),
+                                                 (0, 0, 64, 64)])
+  assert outside is None and whole == jpeg
+  assert jpeg_crop.read_header(inside) == jpeg_crop.JpegHeader(32, 32, 16, 16)
+  assert jpeg_crop.crop(b"not a jpeg", [(0, 0, 16, 16)]) == [None]
+  assert jpeg_crop.read_header(jpeg) == jpeg_crop.JpegHeader(64, 64, 16, 16)
