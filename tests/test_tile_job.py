@@ -59,6 +59,19 @@ def test_tile_command_writes_bags_rejects_summary_and_previews(tiny_dataset, tmp
   assert previews == sorted(f"{s.image_id}.png" for s in slides)
 
 
+def test_tile_command_without_previews_draws_none(tiny_dataset, tmp_path, capsys):
+  source, slides = tiny_dataset
+  config = tmp_path / "config.json"
+  config.write_text(json.dumps(TINY_CONFIG))
+  out = tmp_path / "out"
+  assert cli.main(["tile", "--data", str(source), "--out", str(out), "--config", str(config),
+                   "--no-previews"]) == 0
+  printed = capsys.readouterr().out
+  assert f"{len(slides)} of {len(slides)} slides tiled" in printed and "previews" not in printed
+  assert not (out / "previews").exists()
+  assert json.loads((out / "summary.json").read_text())["slides_written"] == len(slides)
+
+
 def test_preview_outlines_each_chosen_tile(tiny_dataset):
   _, slides = tiny_dataset
   config = TilingConfig(tiles_per_slide=3, tile_size=32, level=1, min_tissue_fraction=0.5)
