@@ -83,7 +83,7 @@ def serving_signatures(head: keras.Model, config: PipelineConfig, contract: Mode
   def one_bag(embeddings):  # [n, D]
     return outputs_of(embeddings[None], tf.ones([1, tf.shape(embeddings)[0]]))
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.EXAMPLES)])
+  @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=signatures.EXAMPLES)])
   def serve_tf_examples(serialized):
     parsed = tf.io.parse_example(serialized, _TILE_BAG_SPEC)
     tiles = tf.sparse.to_dense(parsed[bag_features.TILES], default_value="")  # [B, N]
@@ -97,22 +97,22 @@ def serving_signatures(head: keras.Model, config: PipelineConfig, contract: Mode
                                                  tf.int64))
     return outputs_of(tf.reshape(bags, [batch, width, embedding_size]), valid)
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.TILES)])
+  @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=signatures.TILES)])
   def predict_tiles(encoded_tiles):
     """One bag: all its encoded tiles."""
     return one_bag(embed(encoded_tiles))
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.TILES)])
+  @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=signatures.TILES)])
   def embed_tiles(encoded_tiles):
     return {signatures.EMBEDDINGS: embed(encoded_tiles)}
 
-  @tf.function(input_signature=[tf.TensorSpec([None, embedding_size], tf.float32,
+  @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, embedding_size], tf.float32,
                                               name=signatures.EMBEDDINGS)])
   def predict_embeddings(embeddings):
     """One bag: the embeddings of all its tiles (embed_tiles', in chunks)."""
     return one_bag(embeddings)
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.EXAMPLES)])
+  @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=signatures.EXAMPLES)])
   def serve_embedding_bags(serialized):
     parsed = tf.io.parse_example(serialized, embedding_bags.PARSE_SPEC)
     return outputs_of(*embedding_bags.padded_bags(parsed[bag_features.EMBEDDINGS],

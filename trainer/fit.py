@@ -60,6 +60,20 @@ def compile_model(model: keras.Model, config: PipelineConfig) -> None:
       loss={features.ORDINAL_LOGITS: loss_of(config)},
       metrics={features.PROBABILITIES: [metric]},
   )
+  trace_steps_without_autograph(model)
+
+
+def trace_steps_without_autograph(model: keras.Model) -> None:
+  """Keras traces `train_step`, `test_step` and `predict_step` through
+  AutoGraph, which parses and rewrites the source of every Keras and
+  histopipe function they call, once per process: 12 of the 15 s that a
+  head's first epoch took (the head-only Trainer's first epoch, 2-core CPU;
+  a ResNet50's first step pays it too). Neither Keras' steps nor our layers
+  branch or loop on a tensor in Python, so the graph is the same without it;
+  a function that did would fail to trace, not train differently. Functions
+  of our own that need AutoGraph are `tf.function`s of their own and keep it."""
+  for step in ("train_step", "test_step", "predict_step"):
+    setattr(model, step, tf.autograph.experimental.do_not_convert(getattr(model, step)))
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
