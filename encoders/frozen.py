@@ -112,13 +112,39 @@ def _keras_file_encoder(path: str) -> keras.Model:
   return keras.models.load_model(path, compile=False)
 
 
+# The seed of resnet50_trunc's weights when no weights file is given.
+RANDOM_WEIGHTS_SEED = 20261207
+
+
 def _resnet50_trunc(model: ModelConfig, input_shape) -> keras.Model:
-  full = keras.applications.ResNet50(
-      include_top=False, input_shape=input_shape,
-      weights=imagenet_weights.resolve("resnet50", model.imagenet_weights) or None)
+  weights = imagenet_weights.resolve("resnet50", model.imagenet_weights) or None
+  full = keras.applications.ResNet50(include_top=False, input_shape=input_shape,
+                                     weights=weights)
+  if weights is None:
+    _draw_seeded_weights(full, RANDOM_WEIGHTS_SEED)
   trunk = full.get_layer("conv4_block6_out").output
   return keras.Model(full.input, keras.layers.GlobalAveragePooling2D()(trunk),
                      name=RESNET50_TRUNC)
+
+
+def _draw_seeded_weights(network: keras.Model, seed: int) -> None:
+  """Every weight drawn again by its own initializer, seeded by `seed` and
+  its position. The encoder is built in the TileEmbedder's workers and again
+  in the Trainer's export: unseeded random weights (Keras' default) would
+  give the served model another encoder than the one that computed the
+  embeddings its head was trained on, under the same digest."""
+  position = 0
+  for layer in network.layers:
+    for variable in layer.weights:
+      name = variable.name.split("/")[-1].split(":")[0]  # kernel, bias, gamma, moving_mean...
+      initializer = getattr(layer, f"{name}_initializer", None)
+      if initializer is None:
+        raise ValueError(f"{layer.name}: no initializer for its weight {name}")
+      config = initializer.get_config()
+      if "seed" in config:
+        config["seed"] = seed + position
+      variable.assign(type(initializer).from_config(config)(variable.shape, variable.dtype))
+      position += 1
 
 
 def build_frozen_encoder(model: ModelConfig, name: str = "frozen_encoder") -> keras.Model:

@@ -100,6 +100,19 @@ def test_resnet50_trunc_is_resnet50_cut_after_conv4_then_averaged(tmp_path):
   np.testing.assert_allclose(encoder(pixels).numpy(), reference, rtol=1e-4, atol=1e-4)
 
 
+def test_resnet50_trunc_without_weights_is_the_same_encoder_wherever_it_is_built():
+  """The TileEmbedder and the Trainer's export each build it: without a weights
+  file its random weights must not depend on the process's random state."""
+  config = ModelConfig(encoder=frozen.RESNET50_TRUNC, input_size=32)
+  pixels = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+  features = []
+  for global_seed in (1, 2):
+    tf.random.set_seed(global_seed)
+    features.append(frozen.build_frozen_encoder(config)(pixels).numpy())
+  np.testing.assert_array_equal(features[0], features[1])
+  assert np.abs(features[0]).mean() > 0
+
+
 def test_the_digest_follows_the_encoders_bytes_not_its_path(tmp_path):
   path = _save_encoder(tmp_path / "encoder")
   copy = str(tmp_path / "copy")
