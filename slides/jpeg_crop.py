@@ -68,6 +68,36 @@ def standalone_jpeg(segment: bytes, jpeg_tables: Optional[bytes], rgb: bool) -> 
   return head + body
 
 
+# Start-of-frame markers (baseline, extended, progressive, lossless; Huffman
+# or arithmetic): the segment that declares the image's size.
+_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def declared_size(jpeg: bytes) -> Optional[Tuple[int, int]]:
+  """(width, height) the JPEG's frame header declares, None when no frame
+  header is found before the scan. Read by walking the markers, not by
+  libjpeg-turbo, whose header reading refuses some of the sizes a hostile
+  file declares (that a decoder would still try to allocate)."""
+  position = 2 if jpeg[:2] == b"\xff\xd8" else 0
+  while position + 4 <= len(jpeg):
+    if jpeg[position] != 0xFF:
+      return None
+    marker = jpeg[position + 1]
+    if marker == 0xFF:  # fill byte
+      position += 1
+      continue
+    (length,) = struct.unpack_from(">H", jpeg, position + 2)
+    if marker in _FRAME_MARKERS:
+      if position + 9 > len(jpeg):
+        return None
+      height, width = struct.unpack_from(">HH", jpeg, position + 5)
+      return width, height
+    if marker == 0xDA:  # start of scan: no frame header before it
+      return None
+    position += 2 + length
+  return None
+
+
 def _handle():
   handle = getattr(_handles, "transform", None)
   if handle is None:

@@ -300,6 +300,22 @@ class TiffSlide:
         return [None] * len(rectangles)
     return cuts
 
+  def _check_jpeg_size(self, page, index: int, data: bytes) -> None:
+    """Refuses a JPEG segment whose own header declares more pixels than the
+    TIFF says the segment holds: the decoder allocates what the JPEG declares
+    (a 256 px tile whose header says 65535 x 65535 took 12 GB before failing),
+    so the TIFF tags' budget alone does not bound it."""
+    declared = jpeg_crop.declared_size(data)
+    if declared is None:
+      return  # the decoder names what is wrong with it
+    if page.is_tiled:
+      width, rows = page.tilewidth, page.tilelength
+    else:
+      width, rows = page.imagewidth, min(page.rowsperstrip or page.imagelength, page.imagelength)
+    if declared[0] * declared[1] > width * rows:
+      raise SlideError(self.path, f"TIFF segment {index} is a JPEG of {declared[0]}x"
+                       f"{declared[1]} px in a {width}x{rows} px segment")
+
   def _read_segment(self, page, index: int) -> bytes:
     """The compressed bytes of one TIFF tile or strip, within the budgets."""
     self.limits.check_time(self.path)
@@ -322,6 +338,8 @@ class TiffSlide:
 
   def _read_and_decode(self, page, index: int) -> Tuple[np.ndarray, Tuple[int, int]]:
     data = self._read_segment(page, index)
+    if page.compression == tifffile.COMPRESSION.JPEG:
+      self._check_jpeg_size(page, index, data)
     try:
       segment, indices, _ = page.decode(data, index, jpegtables=page.jpegtables)
     except Exception as e:  # codec errors come in many types

@@ -142,6 +142,35 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
   assert peak < 400, f"peak RSS {peak:.0f} MB while refusing the bomb"
 
 
+def test_a_jpeg_tile_declaring_a_huge_image_is_refused_before_it_is_decoded(tmp_path):
+  """A 256 px JPEG TIFF tile whose own header (SOF) says 65535 x 65535 px:
+  the decoder would allocate 12 GB for it."""
+  path = tmp_path / "huge-jpeg-tile.tif"
+  tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (512, 512, 3), np.uint8),
+                   tile=(256, 256), compression="jpeg", photometric="rgb")
+  with tifffile.TiffFile(path) as tiff:
+    offset, count = tiff.pages[0].dataoffsets[1], tiff.pages[0].databytecounts[1]
+  data = bytearray(path.read_bytes())
+  frame = data.find(b"\xff\xc0", offset, offset + count)  # baseline SOF: P, height, width
+  assert frame > 0
+  data[frame + 5:frame + 9] = b"\xff\xff\xff\xff"
+  path.write_bytes(bytes(data))
+  jpeg_tiles = TilingConfig(level=0, tile_size=64, tiles_per_slide=0, min_tissue_fraction=0.0,
+                            tile_format="jpeg")
+  with pytest.raises(SlideError, match=r"segment 1 is a JPEG of 65535x65535 px in a 256x256"):
+    tile_slide(str(path), jpeg_tiles)
+  peak = _peak_rss_mb_of(f"""
+      from histopipe.slides.tiling import tile_slide
+      from histopipe.slides.base import SlideError
+      from histopipe.core.configs import TilingConfig
+      try:
+        tile_slide({str(path)!r}, TilingConfig(level=0, tile_size=64, min_tissue_fraction=0.0))
+        raise SystemExit("tiled it")
+      except SlideError:
+        pass""")
+  assert peak < 400, f"peak RSS {peak:.0f} MB while refusing the tile"
+
+
 def test_the_segment_budget_is_a_setting(tmp_path):
   path = tmp_path / "small.tif"
   _tiled_tiff(path)

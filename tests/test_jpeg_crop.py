@@ -176,3 +176,6 @@ def test_crop_refuses_a_rectangle_outside_the_jpeg():
   assert jpeg_crop.read_header(inside) == jpeg_crop.JpegHeader(32, 32, 16, 16)
   assert jpeg_crop.crop(b"not a jpeg", [(0, 0, 16, 16)]) == [None]
   assert jpeg_crop.read_header(jpeg) == jpeg_crop.JpegHeader(64, 64, 16, 16)
+  ok, wide = cv2.imencode(".jpg", np.zeros((24, 40, 3), np.uint8))
+  assert jpeg_crop.declared_size(jpeg) == (64, 64) and jpeg_crop.declared_size(wide.tobytes()) == (40, 24)
+  assert jpeg_crop.declared_size(b"\xff\xd8\xff\xda\x00\x02") is None  # a scan, no frame
