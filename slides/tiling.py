@@ -188,13 +188,13 @@ def tile_slide(path: str, tiling: TilingConfig) -> TiledSlide:
             else [None] * len(chosen))
     for choice, encoded in zip(chosen, cuts):
       limits.check_time(path)  # tiles read from cached segments decode nothing
-      x, y = choice.col * tiling.tile_size, choice.row * tiling.tile_size
+      x, y = choice.col * size, choice.row * size
       wants_pixels = not every_tile or len(pixels_of_tiles) < STATISTICS_TILES
       if encoded is not None:
         pixels = decode_tile(encoded) if wants_pixels else None
       else:
-        pixels = read_tile(slide, scale, x, y, tiling.tile_size)
-        if out_size != tiling.tile_size:
+        pixels = read_tile(slide, scale, x, y, size)
+        if out_size != size:
           pixels = cv2.resize(pixels, (out_size, out_size), interpolation=cv2.INTER_AREA)
         encoded = encode_tile(pixels, tiling)
       tiles.append(encoded)

@@ -123,6 +123,19 @@ def _peak_rss_mb_of(code: str, timeout: float = 120) -> float:
   return float(done.stdout.strip().splitlines()[-1])
 
 
+def _peak_rss_mb_refusing(path) -> float:
+  """Peak RSS in MB of a fresh interpreter that tiles `path` and has it rejected."""
+  return _peak_rss_mb_of(f"""
+      from histopipe.slides.tiling import tile_slide
+      from histopipe.slides.base import SlideError
+      from histopipe.core.configs import TilingConfig
+      try:
+        tile_slide({str(path)!r}, TilingConfig(level=0, tile_size=64, min_tissue_fraction=0.0))
+        raise SystemExit("tiled it")
+      except SlideError:
+        pass""")
+
+
 def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
   """16,384 x 16,384 px in one strip: 768 MiB decoded from ~0.8 MB on disk."""
   path = tmp_path / "bomb.tif"
@@ -130,15 +143,7 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
   assert path.stat().st_size < 2e6
   with pytest.raises(SlideError, match=r"would decode to 768 MiB, over the budget of 256 MiB"):
     tile_slide(str(path), TILING)
-  peak = _peak_rss_mb_of(f"""
-      from histopipe.slides.tiling import tile_slide
-      from histopipe.slides.base import SlideError
-      from histopipe.core.configs import TilingConfig
-      try:
-        tile_slide({str(path)!r}, TilingConfig(level=0, tile_size=64, min_tissue_fraction=0.0))
-        raise SystemExit("tiled a bomb")
-      except SlideError:
-        pass""")
+  peak = _peak_rss_mb_refusing(path)
   assert peak < 400, f"peak RSS {peak:.0f} MB while refusing the bomb"
 
 
@@ -159,15 +164,7 @@ def test_a_jpeg_tile_declaring_a_huge_image_is_refused_before_it_is_decoded(tmp_
                             tile_format="jpeg")
   with pytest.raises(SlideError, match=r"segment 1 is a JPEG of 65535x65535 px in a 256x256"):
     tile_slide(str(path), jpeg_tiles)
-  peak = _peak_rss_mb_of(f"""
-      from histopipe.slides.tiling import tile_slide
-      from histopipe.slides.base import SlideError
-      from histopipe.core.configs import TilingConfig
-      try:
-        tile_slide({str(path)!r}, TilingConfig(level=0, tile_size=64, min_tissue_fraction=0.0))
-        raise SystemExit("tiled it")
-      except SlideError:
-        pass""")
+  peak = _peak_rss_mb_refusing(path)
   assert peak < 400, f"peak RSS {peak:.0f} MB while refusing the tile"
 
 
